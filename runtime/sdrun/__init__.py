@@ -1,0 +1,1 @@
+"""sdrun: Stable Diffusion on onnxruntime and numpy alone (no torch)."""

@@ -1,0 +1,1 @@
+"""sdexport: Stable Diffusion 1.x in PyTorch, exported to ONNX."""
