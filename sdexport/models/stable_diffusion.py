@@ -1,0 +1,76 @@
+"""Stable Diffusion 1.x: the three networks under the original checkpoint's top-level names."""
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from sdexport.models.clip import CLIPTextConfig, CLIPTextModel
+from sdexport.models.unet import UNetConfig, UNetModel
+from sdexport.models.vae import AutoencoderKL, VAEConfig
+
+
+@dataclass
+class StableDiffusionConfig:
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text_encoder: CLIPTextConfig = field(default_factory=CLIPTextConfig)
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "scaled_linear"
+    num_train_timesteps: int = 1000
+    prediction_type: str = "epsilon"
+
+    @classmethod
+    def tiny(cls) -> "StableDiffusionConfig":
+        """A few-MB model with every structural feature of SD 1.x, for tests (real CLIP vocabulary)."""
+        return cls(
+            unet=UNetConfig(
+                model_channels=32,
+                channel_mult=(1, 2, 2),
+                attention_resolutions=(1, 2),
+                num_heads=2,
+                context_dim=32,
+                norm_groups=8,
+            ),
+            vae=VAEConfig(ch=32, ch_mult=(1, 2, 2, 2), num_res_blocks=1, norm_groups=8),
+            text_encoder=CLIPTextConfig(
+                hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+            ),
+        )
+
+
+class DiffusionWrapper(nn.Module):
+    """Holds the UNet as `diffusion_model`, giving the original `model.diffusion_model.*` keys."""
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        self.diffusion_model = UNetModel(config)
+
+
+class FrozenCLIPEmbedder(nn.Module):
+    """Holds the text encoder as `transformer`, giving the original `cond_stage_model.transformer.*` keys."""
+
+    def __init__(self, config: CLIPTextConfig):
+        super().__init__()
+        self.transformer = CLIPTextModel(config)
+
+
+class StableDiffusion(nn.Module):
+    def __init__(self, config: StableDiffusionConfig):
+        super().__init__()
+        self.config = config
+        self.model = DiffusionWrapper(config.unet)
+        self.first_stage_model = AutoencoderKL(config.vae)
+        self.cond_stage_model = FrozenCLIPEmbedder(config.text_encoder)
+
+    @property
+    def unet(self) -> UNetModel:
+        return self.model.diffusion_model
+
+    @property
+    def vae(self) -> AutoencoderKL:
+        return self.first_stage_model
+
+    @property
+    def text_encoder(self) -> CLIPTextModel:
+        return self.cond_stage_model.transformer
