@@ -1,0 +1,189 @@
+"""CLIP's BPE tokenizer (Radford et al. 2021) on the `tokenizers` library, read from a tokenizer folder.
+
+The pipeline is the one of transformers' CLIPTokenizerFast: NFC, whitespace runs collapsed to one space,
+lower case; CLIP's word regex; GPT-2's byte-to-unicode map; BPE with "</w>" closing each word. A prompt
+becomes [start, ids..., end, pad...], cut to the model's context length (77 for SD 1.x).
+"""
+
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers
+from tokenizers.models import BPE
+
+# The text encoder's context length, for folders whose tokenizer_config.json does not give one.
+CLIP_CONTEXT_LENGTH = 77
+# CLIP's words: its contractions, runs of letters, single digits, runs of other non-space symbols.
+CLIP_WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+DEFAULT_SPECIAL_TOKENS = {
+    "bos_token": "<|startoftext|>",
+    "eos_token": "<|endoftext|>",
+    "pad_token": "<|endoftext|>",
+    "unk_token": "<|endoftext|>",
+}
+
+
+class TokenizerError(ValueError):
+    """A tokenizer folder or a tokenizer input that cannot be used; the message says what to fix."""
+
+
+class PromptTruncatedWarning(UserWarning):
+    """A prompt was longer than the text encoder's context and lost its last tokens."""
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """What one prompt lost to the context length."""
+
+    prompt_index: int
+    dropped_tokens: int
+    dropped_text: str
+
+    def message(self, max_length: int) -> str:
+        return (
+            f"prompt {self.prompt_index} is longer than {max_length} tokens: "
+            f"{self.dropped_tokens} tokens dropped: {self.dropped_text!r}"
+        )
+
+
+@dataclass(frozen=True)
+class TokenizedPrompts:
+    """input_ids: int64 [n, max_length]; truncations: one entry per prompt that was cut."""
+
+    input_ids: np.ndarray
+    truncations: list[Truncation]
+
+
+class CLIPTokenizer:
+    """Prompts -> the text encoder's input_ids, padded and truncated to the context length."""
+
+    def __init__(
+        self,
+        vocab: dict[str, int],
+        merges: list[tuple[str, str]],
+        special_tokens: dict[str, str] | None = None,
+        max_length: int = CLIP_CONTEXT_LENGTH,
+    ) -> None:
+        tokens = {**DEFAULT_SPECIAL_TOKENS, **(special_tokens or {})}
+        missing = sorted({content for content in tokens.values() if content not in vocab})
+        if missing:
+            raise TokenizerError(f"special tokens {missing} are not in the vocabulary: check vocab.json")
+        if max_length < 2:
+            raise TokenizerError(f"max_length {max_length} leaves no room for the start and end tokens")
+        self.max_length = max_length
+        self.vocab_size = len(vocab)
+        self.bos_token_id = vocab[tokens["bos_token"]]
+        self.eos_token_id = vocab[tokens["eos_token"]]
+        self.pad_token_id = vocab[tokens["pad_token"]]
+        self._tokenizer = _build_tokenizer(vocab, merges, tokens)
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> "CLIPTokenizer":
+        """Read vocab.json and merges.txt, and the special tokens and max length from the JSON configs.
+
+        Reads the files of transformers' CLIPTokenizer (the ones sdexport and optimum write); a
+        tokenizer.json beside them is not needed and not read.
+        """
+        folder = Path(folder)
+        vocab = _read_json(folder / "vocab.json", required=True)
+        merges = _read_merges(folder / "merges.txt")
+        config = _read_json(folder / "tokenizer_config.json", required=False)
+        special_map = _read_json(folder / "special_tokens_map.json", required=False)
+        special_tokens = {}
+        for source in (special_map, config):  # tokenizer_config.json wins where both name a token
+            given = {key: source[key] for key in DEFAULT_SPECIAL_TOKENS if source.get(key) is not None}
+            special_tokens.update({key: _token_content(value) for key, value in given.items()})
+        max_length = config.get("model_max_length")
+        # transformers writes a huge sentinel (1e30) when a tokenizer has no length of its own.
+        if not isinstance(max_length, int) or max_length > 1_000_000:
+            max_length = CLIP_CONTEXT_LENGTH
+        return cls(vocab, merges, special_tokens, max_length)
+
+    def tokenize(self, prompts: Sequence[str]) -> TokenizedPrompts:
+        """Token ids of each prompt, and what each over-long prompt lost (no warning: the caller reports)."""
+        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+            raise TokenizerError("prompts must be a list of strings: wrap a single prompt in a list")
+        room = self.max_length - 2
+        input_ids = np.full((len(prompts), self.max_length), self.pad_token_id, dtype=np.int64)
+        truncations = []
+        encodings = self._tokenizer.encode_batch(list(prompts), add_special_tokens=False)
+        for index, (prompt, encoding) in enumerate(zip(prompts, encodings, strict=True)):
+            ids = encoding.ids[:room]
+            input_ids[index, : len(ids) + 2] = [self.bos_token_id, *ids, self.eos_token_id]
+            if len(encoding.ids) > room:
+                dropped_from = encoding.offsets[room][0]
+                truncations.append(Truncation(index, len(encoding.ids) - room, prompt[dropped_from:].strip()))
+        return TokenizedPrompts(input_ids, truncations)
+
+    def encode(self, prompts: Sequence[str]) -> np.ndarray:
+        """int64 [n, max_length] input_ids; warns (PromptTruncatedWarning) for each prompt that was cut."""
+        tokenized = self.tokenize(prompts)
+        for truncation in tokenized.truncations:
+            warnings.warn(truncation.message(self.max_length), PromptTruncatedWarning, stacklevel=2)
+        return tokenized.input_ids
+
+
+def _build_tokenizer(
+    vocab: dict[str, int], merges: list[tuple[str, str]], tokens: dict[str, str]
+) -> Tokenizer:
+    try:
+        model = BPE(vocab, merges, unk_token=tokens["unk_token"], end_of_word_suffix="</w>", fuse_unk=False)
+    except Exception as error:  # tokenizers raises a bare Exception for merges outside the vocabulary
+        raise TokenizerError(
+            f"vocab.json and merges.txt do not match ({error}): use the pair from one model"
+        ) from None
+    tokenizer = Tokenizer(model)
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(CLIP_WORD_PATTERN), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
+    # Typed in a prompt, the special tokens map to their ids, as in transformers' tokenizers.
+    specials = dict.fromkeys(tokens.values())
+    tokenizer.add_special_tokens([AddedToken(content, normalized=True) for content in specials])
+    return tokenizer
+
+
+def _read_json(path: Path, required: bool) -> dict:
+    if not path.is_file():
+        if required:
+            raise TokenizerError(f"{path} not found: pass the model's tokenizer folder")
+        return {}
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TokenizerError(f"{path} is not valid JSON ({error}): re-export the tokenizer folder") from None
+    if not isinstance(content, dict):
+        raise TokenizerError(f"{path} holds no JSON object: re-export the tokenizer folder")
+    return content
+
+
+def _read_merges(path: Path) -> list[tuple[str, str]]:
+    if not path.is_file():
+        raise TokenizerError(f"{path} not found: pass the model's tokenizer folder")
+    merges = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.startswith("#version"):
+            continue
+        pair = line.split()
+        if len(pair) != 2:
+            raise TokenizerError(f"{path}:{number} is not a merge of two symbols: {line!r}")
+        merges.append((pair[0], pair[1]))
+    return merges
+
+
+def _token_content(value: object) -> str:
+    """A special token as the configs write it: a string, or an AddedToken dict with its content."""
+    content = value.get("content") if isinstance(value, dict) else value
+    if not isinstance(content, str):
+        raise TokenizerError(f"special token {value!r} has no text content: fix the tokenizer config")
+    return content

@@ -1,0 +1,89 @@
+"""The CLIP tokenizer folder of an exported model, derived from the BPE merges shipped in sdexport/data.
+
+Writes the files that transformers' `CLIPTokenizer.save_pretrained` writes for the SD 1.x tokenizer
+(openai/clip-vit-large-patch14): vocab.json, merges.txt, special_tokens_map.json, tokenizer_config.json.
+"""
+
+import gzip
+import json
+from importlib import resources
+from pathlib import Path
+
+BPE_MERGES_FILE = "bpe_simple_vocab_16e6.txt.gz"
+# CLIP's vocabulary keeps the first 49152 - 256 - 2 merges of the file (OpenAI's simple_tokenizer.py).
+MERGE_COUNT = 49152 - 256 - 2
+START_TOKEN = "<|startoftext|>"
+END_TOKEN = "<|endoftext|>"
+END_OF_WORD = "</w>"
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map from the 256 byte values to printable unicode characters.
+
+    Printable Latin-1 bytes map to themselves; the rest (controls, space) move to U+0100 onwards, so that
+    no BPE symbol is whitespace.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    printable += range(ord("®"), ord("ÿ") + 1)
+    others = [b for b in range(256) if b not in printable]
+    codes = printable + [256 + n for n in range(len(others))]
+    return {byte: chr(code) for byte, code in zip(printable + others, codes, strict=True)}
+
+
+def read_merges() -> list[tuple[str, str]]:
+    """The merges CLIP uses, in rank order, from the package's gzipped BPE file (its header line skipped)."""
+    data = resources.files("sdexport").joinpath("data", BPE_MERGES_FILE).read_bytes()
+    lines = gzip.decompress(data).decode("utf-8").split("\n")[1 : MERGE_COUNT + 1]
+    return [tuple(line.split()) for line in lines]
+
+
+def build_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
+    """Token -> id: byte symbols, the same ending a word, one token per merge, then start and end tokens."""
+    symbols = list(bytes_to_unicode().values())
+    tokens = [*symbols, *(s + END_OF_WORD for s in symbols), *("".join(pair) for pair in merges)]
+    tokens += [START_TOKEN, END_TOKEN]
+    return {token: index for index, token in enumerate(tokens)}
+
+
+def _added_token(content: str) -> dict[str, object]:
+    return {"content": content, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
+
+
+def write_tokenizer(folder: Path, max_length: int = 77) -> None:
+    """Write the SD 1.x CLIP tokenizer files (49,408 tokens; pad = unk = eos = <|endoftext|>) to `folder`."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    merges = read_merges()
+    vocab = build_vocab(merges)
+
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
+    merge_lines = ["#version: 0.2", *(" ".join(pair) for pair in merges)]
+    (folder / "merges.txt").write_text("\n".join(merge_lines) + "\n", encoding="utf-8")
+
+    special_tokens_map = {
+        "bos_token": _added_token(START_TOKEN),
+        "eos_token": _added_token(END_TOKEN),
+        "pad_token": _added_token(END_TOKEN),
+        "unk_token": _added_token(END_TOKEN),
+    }
+    tokenizer_config = {
+        "add_prefix_space": False,
+        "added_tokens_decoder": {
+            str(vocab[token]): {**_added_token(token), "special": True} for token in (START_TOKEN, END_TOKEN)
+        },
+        "bos_token": START_TOKEN,
+        "clean_up_tokenization_spaces": False,
+        "do_lower_case": True,
+        "eos_token": END_TOKEN,
+        "errors": "replace",
+        "extra_special_tokens": {},
+        "model_max_length": max_length,
+        "pad_token": END_TOKEN,
+        "tokenizer_class": "CLIPTokenizer",
+        "unk_token": END_TOKEN,
+    }
+    for name, content in (
+        ("special_tokens_map.json", special_tokens_map),
+        ("tokenizer_config.json", tokenizer_config),
+    ):
+        (folder / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
