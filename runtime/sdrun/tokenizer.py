@@ -15,6 +15,8 @@ import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
+from sdrun.errors import SdrunError
+
 # The text encoder's context length, for folders whose tokenizer_config.json does not give one.
 CLIP_CONTEXT_LENGTH = 77
 # CLIP's words: its contractions, runs of letters, single digits, runs of other non-space symbols.
@@ -27,7 +29,7 @@ DEFAULT_SPECIAL_TOKENS = {
 }
 
 
-class TokenizerError(ValueError):
+class TokenizerError(SdrunError):
     """A tokenizer folder or a tokenizer input that cannot be used; the message says what to fix."""
 
 
