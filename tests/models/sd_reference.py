@@ -74,27 +74,20 @@ def _loaded(model: nn.Module, state_dict: dict[str, Tensor]) -> nn.Module:
     return model.eval()
 
 
-def diffusers_unet(
-    config: StableDiffusionConfig, checkpoint: dict[str, Tensor]
-) -> diffusers.UNet2DConditionModel:
-    """diffusers' UNet holding the `model.diffusion_model.*` weights of an original-layout checkpoint."""
+def diffusers_unet_config(config: StableDiffusionConfig, checkpoint: dict[str, Tensor]) -> dict:
     unet_config = sfu.create_unet_diffusers_config_from_ldm(original_config(config), checkpoint)
     unet_config["norm_num_groups"] = config.unet.norm_groups
-    converted = sfu.convert_ldm_unet_checkpoint(checkpoint, unet_config)
-    return _loaded(diffusers.UNet2DConditionModel(**unet_config), converted)
+    return unet_config
 
 
-def diffusers_vae(config: StableDiffusionConfig, checkpoint: dict[str, Tensor]) -> diffusers.AutoencoderKL:
-    """diffusers' AutoencoderKL holding the `first_stage_model.*` weights of an original-layout checkpoint."""
+def diffusers_vae_config(config: StableDiffusionConfig, checkpoint: dict[str, Tensor]) -> dict:
     vae_config = sfu.create_vae_diffusers_config_from_ldm(original_config(config), checkpoint)
     vae_config["norm_num_groups"] = config.vae.norm_groups
-    converted = sfu.convert_ldm_vae_checkpoint(checkpoint, vae_config)
-    return _loaded(diffusers.AutoencoderKL(**vae_config), converted)
+    return vae_config
 
 
-def transformers_clip(config: CLIPTextConfig, checkpoint: dict[str, Tensor]) -> transformers.CLIPTextModel:
-    """transformers' CLIPTextModel holding the `cond_stage_model.transformer.*` weights."""
-    clip_config = transformers.CLIPTextConfig(
+def transformers_clip_config(config: CLIPTextConfig) -> transformers.CLIPTextConfig:
+    return transformers.CLIPTextConfig(
         vocab_size=config.vocab_size,
         max_position_embeddings=config.max_position_embeddings,
         hidden_size=config.hidden_size,
@@ -106,6 +99,27 @@ def transformers_clip(config: CLIPTextConfig, checkpoint: dict[str, Tensor]) -> 
         bos_token_id=49406,
         eos_token_id=49407,
     )
+
+
+def diffusers_unet(
+    config: StableDiffusionConfig, checkpoint: dict[str, Tensor]
+) -> diffusers.UNet2DConditionModel:
+    """diffusers' UNet holding the `model.diffusion_model.*` weights of an original-layout checkpoint."""
+    unet_config = diffusers_unet_config(config, checkpoint)
+    converted = sfu.convert_ldm_unet_checkpoint(checkpoint, unet_config)
+    return _loaded(diffusers.UNet2DConditionModel(**unet_config), converted)
+
+
+def diffusers_vae(config: StableDiffusionConfig, checkpoint: dict[str, Tensor]) -> diffusers.AutoencoderKL:
+    """diffusers' AutoencoderKL holding the `first_stage_model.*` weights of an original-layout checkpoint."""
+    vae_config = diffusers_vae_config(config, checkpoint)
+    converted = sfu.convert_ldm_vae_checkpoint(checkpoint, vae_config)
+    return _loaded(diffusers.AutoencoderKL(**vae_config), converted)
+
+
+def transformers_clip(config: CLIPTextConfig, checkpoint: dict[str, Tensor]) -> transformers.CLIPTextModel:
+    """transformers' CLIPTextModel holding the `cond_stage_model.transformer.*` weights."""
+    clip_config = transformers_clip_config(config)
     converted = sfu.convert_ldm_clip_checkpoint(checkpoint)
     return _loaded(transformers.CLIPTextModel(clip_config), converted)
 
