@@ -1,0 +1,447 @@
+"""The diffusers layout of SD 1.x, in one place: weight names, and our configs <-> diffusers configs.
+
+Weights: a diffusers key is renamed to the original (CompVis) key by its longest module prefix, from a
+table of module names generated from the config (`module_map`); what follows the prefix is kept. The
+transformer blocks of the UNet and the CLIP layers carry the same names on both sides, so one entry
+covers each of them whole. The VAE's attention is linear in diffusers and 1x1 convolutions in the
+original: those weights gain two trailing axes.
+
+Configs: each component's `config.json` (diffusers for the UNet, VAE and scheduler; transformers for
+the text encoder) is read into our config dataclasses and written from them, so that diffusers and
+optimum can read an exported folder. The fixed settings of SD 1.x are written out in full and, when
+reading, any other value for them is refused.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from sdexport.checkpoints.errors import CheckpointError
+from sdexport.models import CLIPTextConfig, StableDiffusionConfig, UNetConfig, VAEConfig
+
+COMPONENT_PREFIXES = {
+    "unet": "model.diffusion_model.",
+    "vae": "first_stage_model.",
+    "text_encoder": "cond_stage_model.transformer.",
+}
+# The diffusers release whose config format is written.
+DIFFUSERS_VERSION = "0.36.0"
+
+_UNET_RESNET = {
+    "norm1": "in_layers.0",
+    "conv1": "in_layers.2",
+    "time_emb_proj": "emb_layers.1",
+    "norm2": "out_layers.0",
+    "conv2": "out_layers.3",
+    "conv_shortcut": "skip_connection",
+}
+_VAE_RESNET = {
+    "norm1": "norm1",
+    "conv1": "conv1",
+    "norm2": "norm2",
+    "conv2": "conv2",
+    "conv_shortcut": "nin_shortcut",
+}
+# Current names, then those of diffusers < 0.14 that published folders still carry.
+_VAE_ATTENTION = {
+    "group_norm": "norm",
+    "to_q": "q",
+    "to_k": "k",
+    "to_v": "v",
+    "to_out.0": "proj_out",
+    "query": "q",
+    "key": "k",
+    "value": "v",
+    "proj_attn": "proj_out",
+}
+
+
+def _add(table: dict[str, str], diffusers: str, original: str, parts: Mapping[str, str]) -> None:
+    for diffusers_part, original_part in parts.items():
+        table[f"{diffusers}.{diffusers_part}"] = f"{original}.{original_part}"
+
+
+def _unet_module_map(config: UNetConfig) -> dict[str, str]:
+    table = {
+        "time_embedding.linear_1": "time_embed.0",
+        "time_embedding.linear_2": "time_embed.2",
+        "conv_in": "input_blocks.0.0",
+        "conv_norm_out": "out.0",
+        "conv_out": "out.2",
+    }
+    levels = len(config.channel_mult)
+    block = 1
+    for level in range(levels):
+        attends = 2**level in config.attention_resolutions
+        for i in range(config.num_res_blocks):
+            _add(table, f"down_blocks.{level}.resnets.{i}", f"input_blocks.{block}.0", _UNET_RESNET)
+            if attends:
+                table[f"down_blocks.{level}.attentions.{i}"] = f"input_blocks.{block}.1"
+            block += 1
+        if level != levels - 1:
+            table[f"down_blocks.{level}.downsamplers.0.conv"] = f"input_blocks.{block}.0.op"
+            block += 1
+    _add(table, "mid_block.resnets.0", "middle_block.0", _UNET_RESNET)
+    table["mid_block.attentions.0"] = "middle_block.1"
+    _add(table, "mid_block.resnets.1", "middle_block.2", _UNET_RESNET)
+    block = 0
+    for up, level in enumerate(reversed(range(levels))):
+        attends = 2**level in config.attention_resolutions
+        for i in range(config.num_res_blocks + 1):
+            _add(table, f"up_blocks.{up}.resnets.{i}", f"output_blocks.{block}.0", _UNET_RESNET)
+            if attends:
+                table[f"up_blocks.{up}.attentions.{i}"] = f"output_blocks.{block}.1"
+            block += 1
+        if level != 0:
+            # The upsampler ends the level's last block, after its transformer when it has one.
+            table[f"up_blocks.{up}.upsamplers.0.conv"] = (
+                f"output_blocks.{block - 1}.{2 if attends else 1}.conv"
+            )
+    return table
+
+
+def _vae_module_map(config: VAEConfig) -> dict[str, str]:
+    table = {name: name for name in ("quant_conv", "post_quant_conv")}
+    for side in ("encoder", "decoder"):
+        for name in ("conv_in", "conv_out"):
+            table[f"{side}.{name}"] = f"{side}.{name}"
+        table[f"{side}.conv_norm_out"] = f"{side}.norm_out"
+        _add(table, f"{side}.mid_block.resnets.0", f"{side}.mid.block_1", _VAE_RESNET)
+        _add(table, f"{side}.mid_block.attentions.0", f"{side}.mid.attn_1", _VAE_ATTENTION)
+        _add(table, f"{side}.mid_block.resnets.1", f"{side}.mid.block_2", _VAE_RESNET)
+    levels = len(config.ch_mult)
+    for level in range(levels):
+        for i in range(config.num_res_blocks):
+            _add(
+                table,
+                f"encoder.down_blocks.{level}.resnets.{i}",
+                f"encoder.down.{level}.block.{i}",
+                _VAE_RESNET,
+            )
+        if level != levels - 1:
+            table[f"encoder.down_blocks.{level}.downsamplers.0.conv"] = (
+                f"encoder.down.{level}.downsample.conv"
+            )
+    # The decoder's up_blocks run from the lowest resolution; the original's `up` is indexed by level.
+    for up, level in enumerate(reversed(range(levels))):
+        for i in range(config.num_res_blocks + 1):
+            _add(table, f"decoder.up_blocks.{up}.resnets.{i}", f"decoder.up.{level}.block.{i}", _VAE_RESNET)
+        if level != 0:
+            table[f"decoder.up_blocks.{up}.upsamplers.0.conv"] = f"decoder.up.{level}.upsample.conv"
+    return table
+
+
+def module_map(component: str, config: StableDiffusionConfig) -> dict[str, str]:
+    """Diffusers module name -> original module name (with the component's prefix) for one component."""
+    if component == "unet":
+        table = _unet_module_map(config.unet)
+    elif component == "vae":
+        table = _vae_module_map(config.vae)
+    elif component == "text_encoder":
+        table = {"text_model": "text_model"}
+    else:
+        raise ValueError(f"unknown component {component!r}")
+    prefix = COMPONENT_PREFIXES[component]
+    return {diffusers: prefix + original for diffusers, original in table.items()}
+
+
+def diffusers_to_original(
+    component: str, state_dict: Mapping[str, Tensor], config: StableDiffusionConfig
+) -> tuple[dict[str, Tensor], list[str]]:
+    """One component's diffusers weights under original keys, and the diffusers keys that have none."""
+    table = module_map(component, config)
+    converted: dict[str, Tensor] = {}
+    unmapped: list[str] = []
+    for key, tensor in state_dict.items():
+        parts = key.split(".")
+        for split in range(len(parts) - 1, 0, -1):
+            module = table.get(".".join(parts[:split]))
+            if module is not None:
+                original = module + "." + ".".join(parts[split:])
+                if component == "vae" and ".mid.attn_1." in original and tensor.ndim == 2:
+                    tensor = tensor[:, :, None, None]
+                converted[original] = tensor
+                break
+        else:
+            unmapped.append(key)
+    return converted, unmapped
+
+
+# The settings of a SD 1.x UNet that have no counterpart in UNetConfig, at their diffusers defaults.
+_UNET_FIXED: dict[str, Any] = {
+    "act_fn": "silu",
+    "addition_embed_type": None,
+    "addition_time_embed_dim": None,
+    "attention_type": "default",
+    "center_input_sample": False,
+    "class_embed_type": None,
+    "class_embeddings_concat": False,
+    "conv_in_kernel": 3,
+    "conv_out_kernel": 3,
+    "cross_attention_norm": None,
+    "downsample_padding": 1,
+    "dual_cross_attention": False,
+    "encoder_hid_dim": None,
+    "encoder_hid_dim_type": None,
+    "flip_sin_to_cos": True,
+    "freq_shift": 0,
+    "mid_block_only_cross_attention": None,
+    "mid_block_scale_factor": 1,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "norm_eps": 1e-05,
+    "num_class_embeds": None,
+    "only_cross_attention": False,
+    "projection_class_embeddings_input_dim": None,
+    "resnet_out_scale_factor": 1.0,
+    "resnet_skip_time_act": False,
+    "resnet_time_scale_shift": "default",
+    "reverse_transformer_layers_per_block": None,
+    "time_cond_proj_dim": None,
+    "time_embedding_act_fn": None,
+    "time_embedding_dim": None,
+    "time_embedding_type": "positional",
+    "timestep_post_act": None,
+    "use_linear_projection": False,
+}
+_VAE_FIXED: dict[str, Any] = {
+    "act_fn": "silu",
+    "latents_mean": None,
+    "latents_std": None,
+    "mid_block_add_attention": True,
+    "shift_factor": None,
+    "use_post_quant_conv": True,
+    "use_quant_conv": True,
+}
+# transformers' CLIPTextModel settings of CLIP ViT-L/14. Token ids as in SD 1.x's own text_encoder
+# config: eos_token_id 2 makes transformers pool at the argmax id, as the original does.
+_TEXT_FIXED: dict[str, Any] = {
+    "architectures": ["CLIPTextModel"],
+    "model_type": "clip_text_model",
+    "hidden_act": "quick_gelu",
+    "bos_token_id": 0,
+    "eos_token_id": 2,
+    "pad_token_id": 1,
+}
+_SCHEDULER_FIXED: dict[str, Any] = {
+    "_class_name": "PNDMScheduler",
+    "_diffusers_version": DIFFUSERS_VERSION,
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "skip_prk_steps": True,
+    "steps_offset": 1,
+    "timestep_spacing": "leading",
+    "trained_betas": None,
+}
+_BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+_PREDICTION_TYPES = ("epsilon", "v_prediction")
+
+
+def _check_fixed(name: str, config: Mapping[str, Any], fixed: Mapping[str, Any]) -> None:
+    """Refuse a config.json whose fixed settings differ from SD 1.x's (absent keys take the defaults)."""
+    odd = []
+    for key, expected in fixed.items():
+        value = config.get(key, expected)
+        values = value if isinstance(value, list) and not isinstance(expected, list) else [value]
+        if any(v != expected for v in values):
+            odd.append(f"{key}={value!r} (SD 1.x: {expected!r})")
+    if odd:
+        raise CheckpointError(
+            f"{name}: settings this SD 1.x implementation does not have: {', '.join(odd[:4])}"
+        )
+
+
+def _single(name: str, key: str, value: Any) -> Any:
+    """A per-block diffusers setting that SD 1.x keeps the same for every block."""
+    if isinstance(value, list | tuple):
+        if len(set(value)) != 1:
+            raise CheckpointError(f"{name}: {key}={list(value)} varies per block; SD 1.x uses one value")
+        return value[0]
+    return value
+
+
+def unet_config_to_diffusers(config: UNetConfig, sample_size: int = 64) -> dict[str, Any]:
+    """The diffusers `UNet2DConditionModel` config.json of `config`; `sample_size` is the latent side."""
+    levels = range(len(config.channel_mult))
+    attends = [2**level in config.attention_resolutions for level in levels]
+    return {
+        "_class_name": "UNet2DConditionModel",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        **_UNET_FIXED,
+        "attention_head_dim": config.num_heads,
+        "block_out_channels": [config.model_channels * mult for mult in config.channel_mult],
+        "cross_attention_dim": config.context_dim,
+        "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attends],
+        "in_channels": config.in_channels,
+        "layers_per_block": config.num_res_blocks,
+        "norm_num_groups": config.norm_groups,
+        "num_attention_heads": None,
+        "out_channels": config.out_channels,
+        "sample_size": sample_size,
+        "transformer_layers_per_block": config.transformer_depth,
+        "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attends)],
+        "upcast_attention": False,
+    }
+
+
+def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
+    """UNetConfig from a diffusers UNet config.json (absent keys take diffusers' defaults)."""
+    name = "unet/config.json"
+    _check_fixed(name, config, _UNET_FIXED)
+    channels = list(config.get("block_out_channels", (320, 640, 1280, 1280)))
+    down = list(config.get("down_block_types", ["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"]))
+    up = list(config.get("up_block_types", ["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3))
+    known = {"CrossAttnDownBlock2D", "DownBlock2D"}
+    if len(down) != len(channels) or not set(down) <= known:
+        raise CheckpointError(f"{name}: down_block_types {down} is not a SD 1.x UNet's ({sorted(known)})")
+    mirrored = [t.replace("Down", "Up") for t in reversed(down)]
+    if up != mirrored:
+        raise CheckpointError(
+            f"{name}: up_block_types {up} does not mirror down_block_types (SD 1.x: {mirrored})"
+        )
+    base = channels[0]
+    if any(c % base for c in channels):
+        raise CheckpointError(f"{name}: block_out_channels {channels} are not multiples of the first")
+    heads = config.get("num_attention_heads") or config.get("attention_head_dim", 8)
+    return UNetConfig(
+        in_channels=config.get("in_channels", 4),
+        out_channels=config.get("out_channels", 4),
+        model_channels=base,
+        attention_resolutions=tuple(
+            2**level for level in reversed(range(len(down))) if down[level] == "CrossAttnDownBlock2D"
+        ),
+        num_res_blocks=_single(name, "layers_per_block", config.get("layers_per_block", 2)),
+        channel_mult=tuple(c // base for c in channels),
+        num_heads=_single(name, "attention_head_dim", heads),
+        transformer_depth=_single(
+            name, "transformer_layers_per_block", config.get("transformer_layers_per_block", 1)
+        ),
+        context_dim=config.get("cross_attention_dim", 1280),
+        norm_groups=config.get("norm_num_groups", 32),
+    )
+
+
+def vae_config_to_diffusers(config: VAEConfig, sample_size: int = 512) -> dict[str, Any]:
+    """The diffusers `AutoencoderKL` config.json of `config` (with its latent scaling_factor)."""
+    if config.embed_dim != config.z_channels:
+        raise CheckpointError(
+            f"the VAE's embed_dim {config.embed_dim} differs from z_channels {config.z_channels}, "
+            "which diffusers' AutoencoderKL cannot express"
+        )
+    levels = len(config.ch_mult)
+    return {
+        "_class_name": "AutoencoderKL",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        **_VAE_FIXED,
+        "block_out_channels": [config.ch * mult for mult in config.ch_mult],
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "in_channels": config.in_channels,
+        "latent_channels": config.z_channels,
+        "layers_per_block": config.num_res_blocks,
+        "norm_num_groups": config.norm_groups,
+        "out_channels": config.out_channels,
+        "sample_size": sample_size,
+        "scaling_factor": config.scaling_factor,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+    }
+
+
+def vae_config_from_diffusers(config: Mapping[str, Any]) -> VAEConfig:
+    """VAEConfig from a diffusers AutoencoderKL config.json (absent keys take diffusers' defaults)."""
+    name = "vae/config.json"
+    _check_fixed(name, config, _VAE_FIXED)
+    channels = list(config.get("block_out_channels", (64,)))
+    levels = len(channels)
+    for key, block in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+        types = list(config.get(key, [block]))
+        if types != [block] * levels:
+            raise CheckpointError(f"{name}: {key} {types} is not a SD 1.x VAE's ({levels} x {block})")
+    base = channels[0]
+    if any(c % base for c in channels):
+        raise CheckpointError(f"{name}: block_out_channels {channels} are not multiples of the first")
+    latent = config.get("latent_channels", 4)
+    return VAEConfig(
+        in_channels=config.get("in_channels", 3),
+        out_channels=config.get("out_channels", 3),
+        ch=base,
+        ch_mult=tuple(c // base for c in channels),
+        num_res_blocks=config.get("layers_per_block", 1),
+        z_channels=latent,
+        embed_dim=latent,
+        norm_groups=config.get("norm_num_groups", 32),
+        scaling_factor=config.get("scaling_factor", 0.18215),
+    )
+
+
+def text_encoder_config_to_diffusers(config: CLIPTextConfig) -> dict[str, Any]:
+    """The transformers `CLIPTextModel` config.json of `config`, as a diffusers folder holds it."""
+    return {
+        **_TEXT_FIXED,
+        "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "layer_norm_eps": config.layer_norm_eps,
+        "max_position_embeddings": config.max_position_embeddings,
+        "num_attention_heads": config.num_attention_heads,
+        "num_hidden_layers": config.num_hidden_layers,
+        "torch_dtype": "float32",
+        "vocab_size": config.vocab_size,
+    }
+
+
+def text_encoder_config_from_diffusers(config: Mapping[str, Any]) -> CLIPTextConfig:
+    """CLIPTextConfig from a transformers CLIP text config.json (a full CLIP config: its text_config)."""
+    name = "text_encoder/config.json"
+    if config.get("model_type") == "clip":
+        config = config.get("text_config") or {}
+    architectures = config.get("architectures") or ["CLIPTextModel"]
+    if architectures != ["CLIPTextModel"] and architectures != ["CLIPModel"]:
+        raise CheckpointError(f"{name}: architectures {architectures}; SD 1.x uses CLIPTextModel")
+    _check_fixed(name, config, {"hidden_act": "quick_gelu"})
+    # Absent keys take transformers' CLIPTextConfig defaults.
+    return CLIPTextConfig(
+        vocab_size=config.get("vocab_size", 49408),
+        max_position_embeddings=config.get("max_position_embeddings", 77),
+        hidden_size=config.get("hidden_size", 512),
+        intermediate_size=config.get("intermediate_size", 2048),
+        num_hidden_layers=config.get("num_hidden_layers", 12),
+        num_attention_heads=config.get("num_attention_heads", 8),
+        layer_norm_eps=config.get("layer_norm_eps", 1e-5),
+    )
+
+
+def scheduler_config_to_diffusers(config: StableDiffusionConfig) -> dict[str, Any]:
+    """The scheduler_config.json of the training schedule (PNDM, as SD 1.x folders ship)."""
+    return {
+        **_SCHEDULER_FIXED,
+        "beta_end": config.beta_end,
+        "beta_schedule": config.beta_schedule,
+        "beta_start": config.beta_start,
+        "num_train_timesteps": config.num_train_timesteps,
+        "prediction_type": config.prediction_type,
+    }
+
+
+def schedule_from_diffusers(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The schedule fields of StableDiffusionConfig from a scheduler_config.json (absent: SD 1.x's)."""
+    name = "scheduler/scheduler_config.json"
+    defaults = StableDiffusionConfig()
+    if config.get("trained_betas") is not None:
+        raise CheckpointError(
+            f"{name}: trained_betas are not supported; give beta_start, beta_end, beta_schedule"
+        )
+    schedule = {
+        "beta_start": float(config.get("beta_start", defaults.beta_start)),
+        "beta_end": float(config.get("beta_end", defaults.beta_end)),
+        "beta_schedule": config.get("beta_schedule", defaults.beta_schedule),
+        "num_train_timesteps": int(config.get("num_train_timesteps", defaults.num_train_timesteps)),
+        "prediction_type": config.get("prediction_type", defaults.prediction_type),
+    }
+    if schedule["beta_schedule"] not in _BETA_SCHEDULES:
+        raise CheckpointError(
+            f"{name}: beta_schedule {schedule['beta_schedule']!r} is not one of {_BETA_SCHEDULES}"
+        )
+    if schedule["prediction_type"] not in _PREDICTION_TYPES:
+        raise CheckpointError(
+            f"{name}: prediction_type {schedule['prediction_type']!r} is not one of {_PREDICTION_TYPES}"
+        )
+    return schedule
