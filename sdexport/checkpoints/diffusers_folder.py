@@ -1,0 +1,129 @@
+"""Diffusers folders: `unet/`, `vae/`, `text_encoder/` (config.json + weights) and `scheduler/`.
+
+The configs come from the folder's JSON files and the weights go through the one key mapping of
+`diffusers_layout` into the original layout, where they are checked and built like a single file.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from sdexport.checkpoints.diffusers_layout import (
+    diffusers_to_original,
+    schedule_from_diffusers,
+    text_encoder_config_from_diffusers,
+    unet_config_from_diffusers,
+    vae_config_from_diffusers,
+)
+from sdexport.checkpoints.errors import CheckpointError
+from sdexport.checkpoints.family import unsupported
+from sdexport.checkpoints.tensor_files import read_tensor_file
+from sdexport.checkpoints.weights import build_model, dtype_name, split_unused
+from sdexport.models import StableDiffusion, StableDiffusionConfig
+
+COMPONENTS = ("unet", "vae", "text_encoder")
+# Preferred first: safetensors over pickles, full precision over the fp16 variant.
+_WEIGHT_FILES = tuple(
+    f"{stem}{variant}{suffix}"
+    for variant in ("", ".fp16")
+    for suffix in (".safetensors", ".bin")
+    for stem in ("diffusion_pytorch_model", "model", "pytorch_model")
+)
+
+
+def is_diffusers_folder(folder: Path) -> bool:
+    return (folder / "model_index.json").is_file() or (folder / "unet" / "config.json").is_file()
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    name = f"{path.parent.name}/{path.name}"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{name} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"cannot read {name}: {error}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{name} is not a JSON object")
+    return data
+
+
+def _optional_json(path: Path) -> dict[str, Any]:
+    return read_json(path) if path.is_file() else {}
+
+
+def detect_diffusers_family(folder: Path) -> None:
+    """Raise unless the folder's configs describe a SD 1.x pipeline."""
+    pipeline = str(_optional_json(folder / "model_index.json").get("_class_name", ""))
+    if "XL" in pipeline or (folder / "text_encoder_2").is_dir():
+        raise unsupported(f"SDXL ({pipeline or 'text_encoder_2/'})")
+    if "Inpaint" in pipeline:
+        raise unsupported(f"an inpainting pipeline ({pipeline})")
+    unet = _optional_json(folder / "unet" / "config.json")
+    if unet.get("addition_embed_type") == "text_time":
+        raise unsupported("SDXL (unet addition_embed_type text_time)")
+    if unet.get("in_channels") == 9:
+        raise unsupported("an inpainting UNet (9 input channels)")
+    if unet.get("use_linear_projection") or unet.get("cross_attention_dim") == 1024:
+        raise unsupported("SD 2.x (UNet with linear projections / 1024-wide context)")
+    if _optional_json(folder / "text_encoder" / "config.json").get("hidden_act") == "gelu":
+        raise unsupported("SD 2.x (OpenCLIP text encoder, hidden_act gelu)")
+
+
+def _weights_file(folder: Path) -> Path:
+    for name in _WEIGHT_FILES:
+        if (folder / name).is_file():
+            return folder / name
+    raise CheckpointError(
+        f"{folder.name}/ has no weights file (expected {_WEIGHT_FILES[0]} or {_WEIGHT_FILES[1]})"
+    )
+
+
+def read_diffusers_config(folder: Path) -> tuple[StableDiffusionConfig, list[str]]:
+    """The model config of a diffusers folder, and notes on what was assumed."""
+    notes = []
+    scheduler = folder / "scheduler" / "scheduler_config.json"
+    if scheduler.is_file():
+        schedule = schedule_from_diffusers(read_json(scheduler))
+    else:
+        schedule = {}
+        notes.append("no scheduler/scheduler_config.json: SD 1.x training schedule assumed")
+    config = StableDiffusionConfig(
+        unet=unet_config_from_diffusers(read_json(folder / "unet" / "config.json")),
+        vae=vae_config_from_diffusers(read_json(folder / "vae" / "config.json")),
+        text_encoder=text_encoder_config_from_diffusers(read_json(folder / "text_encoder" / "config.json")),
+        **schedule,
+    )
+    return config, notes
+
+
+def load_diffusers(folder: Path) -> tuple[StableDiffusion, str, list[str]]:
+    """Read, check and build a diffusers folder: (model, weights dtype, notes)."""
+    if (folder / "unet" / "model.onnx").is_file():
+        raise CheckpointError("is an exported ONNX folder; sdexport reads PyTorch checkpoints")
+    if not is_diffusers_folder(folder):
+        raise CheckpointError(
+            "is a folder but not a diffusers model (no model_index.json or unet/config.json); "
+            "give a .ckpt/.safetensors file or a diffusers folder"
+        )
+    detect_diffusers_family(folder)
+    config, notes = read_diffusers_config(folder)
+    state: dict[str, Tensor] = {}
+    for component in COMPONENTS:
+        path = _weights_file(folder / component)
+        tensors = {key: t for key, t in read_tensor_file(path).items() if isinstance(t, Tensor)}
+        converted, unmapped = diffusers_to_original(component, tensors, config)
+        if unmapped:
+            raise CheckpointError(
+                f"{component}/{path.name}: {len(unmapped)} unexpected tensors, not in SD 1.x "
+                f"({', '.join(unmapped[:3])})"
+            )
+        state.update(converted)
+        if path.name.split(".")[-2] == "fp16":
+            notes.append(f"{component}: only the fp16 variant {path.name} found")
+    # Drops the text encoder's position ids, which older transformers saved.
+    tensors, _ = split_unused(state)
+    model = build_model(tensors, config, f"{folder.name}/*/config.json")
+    return model, dtype_name(tensors.values()), notes

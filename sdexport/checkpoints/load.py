@@ -1,0 +1,54 @@
+"""The entry point: any supported checkpoint or folder -> a built StableDiffusion and what was read."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdexport.checkpoints.diffusers_folder import load_diffusers
+from sdexport.checkpoints.errors import CheckpointError
+from sdexport.checkpoints.original import load_original
+from sdexport.models import StableDiffusion
+
+
+@dataclass
+class LoadedModel:
+    model: StableDiffusion
+    name: str
+    source: Path
+    kind: str  # "original" or "diffusers"
+    weights: str  # "ema", "non-ema" or "only set"
+    source_dtype: str  # floating types as stored, e.g. "float16" or "float16+float32"
+    notes: list[str] = field(default_factory=list)
+
+
+def load_model(source: Path, *, config: Path | None = None, ema: bool | None = None) -> LoadedModel:
+    """Load a SD 1.x checkpoint into float32 modules (eval mode, no gradients).
+
+    source: a `.ckpt`/`.pt`/`.pth`/`.bin` pickle (read with weights_only), a `.safetensors` file, or a
+        diffusers folder.
+    config: the model config file (v1-inference.yaml layout) of a single file; without it,
+        `<stem>.yaml` beside the file, else the SD 1.x sizes. Diffusers folders carry their own.
+    ema: for files holding both UNet weight sets, True takes the EMA copy (`model_ema.*`), False the
+        trained weights; None takes the EMA copy, the better one for sampling, when it is complete.
+        True on a file without EMA weights is an error.
+
+    Every problem with the input raises CheckpointError with a one-line message starting with `source`.
+    """
+    source = Path(source)
+    try:
+        if source.is_dir():
+            if config is not None:
+                raise CheckpointError(
+                    "--config is for single files; a diffusers folder has its config.json files"
+                )
+            if ema:
+                raise CheckpointError("a diffusers folder holds one set of weights; leave out --ema")
+            model, dtype, notes = load_diffusers(source)
+            return LoadedModel(model, source.name, source, "diffusers", "only set", dtype, notes)
+        if not source.exists():
+            raise CheckpointError("no such file or folder")
+        loaded = load_original(source, config, ema)
+    except CheckpointError as error:
+        raise CheckpointError(f"{source}: {error}") from None
+    return LoadedModel(
+        loaded.model, source.stem, source, "original", loaded.weights, loaded.source_dtype, loaded.notes
+    )
