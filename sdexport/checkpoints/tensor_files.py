@@ -76,15 +76,16 @@ def _read_pickle(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(placeholders):
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
-        detail = _unpickling_detail(str(error))
-        called = re.search(r"GLOBAL (\S+)", detail)
-        if called:
+        refused = re.search(r"GLOBAL (\S+)", str(error))
+        if refused:
             raise CheckpointError(
-                f"refused to unpickle: the file asks to call {called.group(1)}; only tensors and plain data "
-                "are read. Use a .safetensors copy from a source you trust"
+                f"refused to unpickle {refused.group(1)}: only tensors and plain data are read, as loading "
+                "other Python objects can run code; use a .safetensors copy from a source you trust"
             ) from None
-        raise CheckpointError(f"not a PyTorch checkpoint that can be read safely: {detail}") from None
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+        raise CheckpointError(
+            f"not a PyTorch checkpoint that can be read safely: {_unpickling_detail(error)}"
+        ) from None
+    except Exception as error:  # whatever a damaged file makes torch.load raise
         raise CheckpointError(
             f"not a readable PyTorch checkpoint (truncated or corrupt?): {_first_line(error)}"
         ) from None
@@ -93,14 +94,17 @@ def _read_pickle(path: Path) -> dict[str, Any]:
     return obj
 
 
-def _unpickling_detail(message: str) -> str:
-    """The line of torch's weights-only error that says what was refused, without its boilerplate."""
-    boilerplate = ("Weights only load failed", "Check the documentation", "Please file an issue")
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    details = [line for line in lines if not line.startswith(boilerplate)]
-    return details[0] if details else lines[0]
+def _unpickling_detail(error: pickle.UnpicklingError) -> str:
+    """What torch's weights-only loader refused, without its advice on loading the file unsafely."""
+    message = str(error).split("WeightsUnpickler error:", 1)[-1]
+    advice = ("Weights only load failed", "Check the documentation", "Please file an issue", "(1)", "(2)")
+    details = [
+        line.strip() for line in message.splitlines() if line.strip() and not line.strip().startswith(advice)
+    ]
+    return details[0] if details else "unreadable pickle"
 
 
 def _first_line(error: BaseException) -> str:
+    """The first sentence of an error message (torch's go on with advice)."""
     text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
+    return text.splitlines()[0].split(". ")[0]
