@@ -95,10 +95,10 @@ def read_config_yaml(path: Path) -> StableDiffusionConfig:
         raise CheckpointError(f"cannot read config {path}: {error.strerror}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as error:
         raise CheckpointError(f"config {path} is not valid YAML: {str(error).splitlines()[0]}") from None
-    root = _Section(path, "config", document)
-    if not root.child("model").has("params"):
+    model = document.get("model") if isinstance(document, dict) else None
+    if not isinstance(model, dict) or "params" not in model:
         raise CheckpointError(f"config {path} has no model.params (expected the layout of v1-inference.yaml)")
-    params = root.child("model").child("params")
+    params = _Section(path, "model.params", model["params"])
     if params.has("network_config") or params.has("conditioner_config"):
         raise unsupported(f"config {path} is in the SDXL (sgm) layout")
     defaults = StableDiffusionConfig()

@@ -57,8 +57,10 @@ def _optional_json(path: Path) -> dict[str, Any]:
 def detect_diffusers_family(folder: Path) -> None:
     """Raise unless the folder's configs describe a SD 1.x pipeline."""
     pipeline = str(_optional_json(folder / "model_index.json").get("_class_name", ""))
-    if "XL" in pipeline or (folder / "text_encoder_2").is_dir():
-        raise unsupported(f"SDXL ({pipeline or 'text_encoder_2/'})")
+    if "XL" in pipeline:
+        raise unsupported(f"SDXL ({pipeline})")
+    if (folder / "text_encoder_2").is_dir():
+        raise unsupported("SDXL (a second text encoder, text_encoder_2/)")
     if "Inpaint" in pipeline:
         raise unsupported(f"an inpainting pipeline ({pipeline})")
     unet = _optional_json(folder / "unet" / "config.json")
