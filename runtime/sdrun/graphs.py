@@ -1,0 +1,75 @@
+"""One ONNX graph in an onnxruntime session, its inputs found by rank and fed in the dtypes it declares.
+
+Exporters differ in names and types (optimum's UNet takes a float scalar timestep, diffusers' older
+exports an int64 [1]; a graph may be float16), so nothing here assumes them: each input is cast to the
+graph's own dtype and every float output comes back as float32.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from sdrun.errors import ModelFolderError
+
+_ONNX_TO_NUMPY = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    name: str
+    dtype: type
+    shape: tuple[int | str | None, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+
+class Graph:
+    """A loaded component graph (text_encoder, unet, vae_encoder or vae_decoder)."""
+
+    def __init__(self, component: str, session: ort.InferenceSession) -> None:
+        self.component = component
+        self.session = session
+        self.inputs = []
+        for node in session.get_inputs():
+            if node.type not in _ONNX_TO_NUMPY:
+                raise ModelFolderError(
+                    f"{component} input {node.name!r} has type {node.type}, which sdrun cannot feed; "
+                    "export the model folder again"
+                )
+            self.inputs.append(GraphInput(node.name, _ONNX_TO_NUMPY[node.type], tuple(node.shape)))
+        self.output_names = [node.name for node in session.get_outputs()]
+
+    def input_of_rank(self, *ranks: int) -> GraphInput:
+        """The one input whose rank is among `ranks` (e.g. the UNet's rank-4 sample)."""
+        found = [node for node in self.inputs if node.rank in ranks]
+        if len(found) != 1:
+            names = ", ".join(f"{node.name} (rank {node.rank})" for node in self.inputs)
+            raise ModelFolderError(
+                f"{self.component} graph inputs [{names}] are not those of a Stable Diffusion 1.x "
+                f"{self.component}: expected exactly one of rank {' or '.join(map(str, ranks))}"
+            )
+        return found[0]
+
+    def check_inputs(self, expected: list[GraphInput]) -> None:
+        """Refuse a graph with inputs beyond those sdrun feeds (say an SDXL UNet's text_embeds)."""
+        extra = [node.name for node in self.inputs if node not in expected]
+        if extra:
+            raise ModelFolderError(
+                f"{self.component} graph has inputs sdrun does not know: {', '.join(extra)}; "
+                "sdrun runs Stable Diffusion 1.x folders"
+            )
+
+    def run(self, feeds: dict[GraphInput, np.ndarray], output: str | None = None) -> np.ndarray:
+        """One output (by name, else the first), float outputs as float32."""
+        arrays = {node.name: np.asarray(value, dtype=node.dtype, order="C") for node, value in feeds.items()}
+        (result,) = self.session.run([output or self.output_names[0]], arrays)
+        return result.astype(np.float32) if np.issubdtype(result.dtype, np.floating) else result

@@ -1,0 +1,52 @@
+"""Choosing the onnxruntime execution provider and creating sessions on it."""
+
+from pathlib import Path
+
+import onnxruntime as ort
+
+from sdrun.errors import ProviderError
+
+PROVIDER_CHOICES = ("auto", "cpu", "cuda")
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+_SHORT_NAMES = {CUDA: "cuda", CPU: "cpu"}
+# onnxruntime's warnings (e.g. about nodes it keeps on the CPU) are noise for a user of the CLI.
+_LOG_ERRORS_ONLY = 3
+
+
+def requested_providers(choice: str) -> list[str]:
+    """The provider list to ask onnxruntime for: "auto" is CUDA when this onnxruntime offers it, else CPU."""
+    if choice not in PROVIDER_CHOICES:
+        raise ProviderError(f"unknown provider {choice!r}; choose one of {', '.join(PROVIDER_CHOICES)}")
+    cuda_offered = CUDA in ort.get_available_providers()
+    if choice == "cuda" and not cuda_offered:
+        raise ProviderError(
+            f"onnxruntime {ort.__version__} here has no CUDA execution provider "
+            "(install onnxruntime-gpu instead of onnxruntime), or use --provider cpu"
+        )
+    if choice == "cpu" or not cuda_offered:
+        return [CPU]
+    return [CUDA, CPU]
+
+
+def create_session(path: Path, providers: list[str], strict: bool) -> ort.InferenceSession:
+    """A session on the first of `providers` that works; with `strict`, only on the first.
+
+    onnxruntime-gpu lists CUDA as available even where its CUDA libraries fail to load, and then quietly
+    runs on the CPU, so a strict request checks the session's own providers.
+    """
+    options = ort.SessionOptions()
+    options.log_severity_level = _LOG_ERRORS_ONLY
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    if strict and session.get_providers()[0] != providers[0]:
+        raise ProviderError(
+            f"onnxruntime offers {providers[0]} but could not start it (check the CUDA and cuDNN libraries "
+            "onnxruntime-gpu needs), or use --provider cpu"
+        )
+    return session
+
+
+def provider_name(session: ort.InferenceSession) -> str:
+    """The short name ("cuda" or "cpu") of the provider the session runs on."""
+    first = session.get_providers()[0]
+    return _SHORT_NAMES.get(first, first)

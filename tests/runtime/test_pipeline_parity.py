@@ -1,0 +1,129 @@
+"""End to end against an independent pipeline: diffusers' StableDiffusionPipeline (PyTorch) on the tiny
+random-weight model, and sdrun on the ONNX folder that optimum-cli exported from the same weights, started
+from the same noise with the same deterministic sampler, give the same image to within 2 levels of 255."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionPipeline,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from sdrun.images import load_image
+from sdrun.pipeline import Pipeline
+
+MAX_LEVEL_DIFFERENCE = 2
+PROMPT = "a red cube on a wooden table, studio light"
+NEGATIVE = "blurry, low quality"
+GUIDANCE = 7.5
+STEPS = 8
+
+# sdrun sampler -> the diffusers scheduler (and its config overrides) that runs the same method.
+DETERMINISTIC_SAMPLERS = {
+    "ddim": (DDIMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+}
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_diffusers_dir: Path) -> StableDiffusionPipeline:
+    return StableDiffusionPipeline.from_pretrained(tiny_diffusers_dir).to(torch.float32)
+
+
+@pytest.fixture(scope="module")
+def sdrun_pipeline(tiny_onnx_dir: Path) -> Pipeline:
+    return Pipeline.load(tiny_onnx_dir, provider="cpu")
+
+
+def _with_scheduler(reference: StableDiffusionPipeline, sampler: str) -> dict:
+    scheduler_class, overrides = DETERMINISTIC_SAMPLERS[sampler]
+    return {
+        **reference.components,
+        "scheduler": scheduler_class.from_config(reference.scheduler.config, **overrides),
+    }
+
+
+def _level_difference(ours: Image.Image, theirs: Image.Image) -> int:
+    return int(np.abs(np.asarray(ours, dtype=np.int16) - np.asarray(theirs, dtype=np.int16)).max())
+
+
+def _init_image(size: int) -> Image.Image:
+    """A smooth picture with an edge in it, so the VAE encoder sees structure."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    rgb = np.stack([x, y, ((x - 0.5) ** 2 + (y - 0.5) ** 2 < 0.1).astype(float)], axis=-1)
+    return Image.fromarray((rgb * 255).astype(np.uint8))
+
+
+@pytest.mark.parametrize("sampler", DETERMINISTIC_SAMPLERS)
+def test_text_to_image_matches_diffusers(reference, sdrun_pipeline: Pipeline, sampler: str) -> None:
+    size = sdrun_pipeline.default_size
+    shape = (1, sdrun_pipeline.latent_channels, size // 8, size // 8)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    theirs = StableDiffusionPipeline(**_with_scheduler(reference, sampler))(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        num_inference_steps=STEPS,
+        guidance_scale=GUIDANCE,
+        height=size,
+        width=size,
+        latents=noise.clone(),
+    ).images[0]
+
+    embeddings = sdrun_pipeline.encode_prompt(PROMPT, NEGATIVE, GUIDANCE)
+    latents = sdrun_pipeline.denoise(
+        embeddings,
+        noise.numpy(),
+        np.random.default_rng(0),
+        steps=STEPS,
+        guidance_scale=GUIDANCE,
+        sampler=sampler,
+    )
+    (ours,) = sdrun_pipeline.decode(latents)
+    assert ours.size == theirs.size == (size, size)
+    assert _level_difference(ours, theirs) <= MAX_LEVEL_DIFFERENCE
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler"])
+def test_image_to_image_matches_diffusers(reference, sdrun_pipeline: Pipeline, sampler: str) -> None:
+    """diffusers draws the VAE latent sample and then the starting noise from one torch generator;
+    sdrun is given the same two draws."""
+    size, strength, seed = sdrun_pipeline.default_size, 0.6, 5
+    init_image = _init_image(size)
+    theirs = StableDiffusionImg2ImgPipeline(**_with_scheduler(reference, sampler))(
+        PROMPT,
+        image=init_image,
+        strength=strength,
+        negative_prompt=NEGATIVE,
+        num_inference_steps=STEPS,
+        guidance_scale=GUIDANCE,
+        generator=torch.Generator().manual_seed(seed),
+    ).images[0]
+
+    generator = torch.Generator().manual_seed(seed)
+    shape = (1, sdrun_pipeline.latent_channels, size // 8, size // 8)
+    vae_noise = randn_tensor(shape, generator=generator).numpy()
+    start_noise = randn_tensor(shape, generator=generator).numpy()
+    distribution = sdrun_pipeline.encode_image(load_image(init_image))
+    init_latents = distribution.sample(vae_noise) * sdrun_pipeline.latent_scale
+    embeddings = sdrun_pipeline.encode_prompt(PROMPT, NEGATIVE, GUIDANCE)
+    latents = sdrun_pipeline.denoise(
+        embeddings,
+        start_noise,
+        np.random.default_rng(0),
+        steps=STEPS,
+        guidance_scale=GUIDANCE,
+        sampler=sampler,
+        init_latents=init_latents,
+        strength=strength,
+    )
+    (ours,) = sdrun_pipeline.decode(latents)
+    assert _level_difference(ours, theirs) <= MAX_LEVEL_DIFFERENCE
