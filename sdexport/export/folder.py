@@ -1,0 +1,244 @@
+"""Build the model folder: every component exported and checked, with the files that tools expect beside
+them (DESIGN.md, "The exported folder").
+
+The folder is written under a temporary name beside the target and renamed into place at the end, so a
+failed or interrupted build leaves no half-written folder and any earlier folder as it was.
+"""
+
+import json
+import secrets
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from sdexport.checkpoints import LoadedModel
+from sdexport.checkpoints.diffusers_layout import DIFFUSERS_VERSION, scheduler_config_to_diffusers
+from sdexport.export.errors import BuildError
+from sdexport.export.fp16 import convert_to_fp16
+from sdexport.export.graph_files import EXTERNAL_DATA_FILE, GRAPH_FILE
+from sdexport.export.inspect_folder import format_size
+from sdexport.export.manifest import FORMAT_VERSION, graph_signature, source_sha256, versions, write_manifest
+from sdexport.export.onnx_export import DEFAULT_OPSET, MIN_OPSET, export_graph
+from sdexport.export.quantize import quantize_int8
+from sdexport.export.specs import COMPONENTS, VALIDATION_SIZES, ComponentSpec
+from sdexport.export.tokenizer_files import write_tokenizer
+from sdexport.export.validate import VALIDATION_SEED, Check, validate_graph
+
+PRECISIONS = ("fp32", "fp16")
+QUANTIZATIONS = ("none", "int8")
+SCHEDULER_DIR = "scheduler"
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    opset: int = DEFAULT_OPSET
+    precision: str = "fp32"  # fp16: for onnxruntime's CUDA provider
+    quantize: str = "none"  # int8: for CPUs
+    validate: bool = True
+    force: bool = False
+
+    def check(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise BuildError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.quantize not in QUANTIZATIONS:
+            raise BuildError(f"quantization {self.quantize!r}: choose one of {', '.join(QUANTIZATIONS)}")
+        if self.precision == "fp16" and self.quantize == "int8":
+            raise BuildError("fp16 is for CUDA and int8 for CPUs: choose --precision fp16 or --quantize int8")
+        if self.opset < MIN_OPSET:
+            raise BuildError(f"opset {self.opset} is older than these graphs need: give --opset {MIN_OPSET}+")
+
+    def component_precision(self, spec: ComponentSpec) -> str:
+        """fp32, fp16 or int8: what this component's graph holds under these options."""
+        if self.quantize == "int8":
+            return "int8"
+        return "fp16" if self.precision == "fp16" and spec.converts_to_fp16 else "fp32"
+
+
+def check_target(target: Path, force: bool) -> None:
+    """Refuse to overwrite an existing folder without `force` (checked before the slow work starts)."""
+    if target.exists() and not target.is_dir():
+        raise BuildError(f"{target} exists and is not a folder; choose another output with -o")
+    if target.exists() and not force:
+        raise BuildError(f"{target} already exists; add --force to replace it, or choose another -o")
+
+
+def build_folder(
+    loaded: LoadedModel, target: Path, options: BuildOptions, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Export, check and write the model folder of `loaded` at `target`; returns the manifest written."""
+    options.check()
+    check_target(target, options.force)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    staging = _sibling(target, "building")
+    staging.mkdir()
+    try:
+        manifest = _write_folder(loaded, staging, options, log)
+        _move_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    total = sum(entry["size"] for entry in manifest["files"].values())
+    log(
+        f"Done in {time.perf_counter() - started:.1f} s: {target} ({len(manifest['components'])} graphs, "
+        f"{format_size(total)}, {_precision_label(options)}, opset {options.opset})"
+    )
+    return manifest
+
+
+def _write_folder(
+    loaded: LoadedModel, folder: Path, options: BuildOptions, log: Callable[[str], None]
+) -> dict[str, Any]:
+    loaded.model.float().eval()
+    config = loaded.model.config
+    log(f"Building {loaded.name} from {loaded.source} ({loaded.kind} checkpoint, weights: {loaded.weights})")
+    components = {}
+    for spec in COMPONENTS:
+        components[spec.name] = _build_component(spec, loaded, folder, options, log)
+        config_json = _json(spec.diffusers_config(config))
+        (folder / spec.name / "config.json").write_text(config_json, encoding="utf-8")
+
+    scheduler = scheduler_config_to_diffusers(config)
+    (folder / SCHEDULER_DIR).mkdir()
+    (folder / SCHEDULER_DIR / "scheduler_config.json").write_text(_json(scheduler), encoding="utf-8")
+    _write_tokenizer(loaded, folder / TOKENIZER_DIR, config.text_encoder.max_position_embeddings)
+    (folder / "model_index.json").write_text(_json(_model_index(loaded.name, scheduler)), encoding="utf-8")
+
+    manifest = {
+        "format": "sdexport",
+        "format_version": FORMAT_VERSION,
+        "name": loaded.name,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "source": {
+            "path": str(loaded.source.resolve()),
+            "sha256": source_sha256(loaded.source),
+            "kind": loaded.kind,
+            "weights": loaded.weights,
+            "dtype": loaded.source_dtype,
+            "notes": loaded.notes,
+        },
+        "versions": versions(),
+        "exporter": "torch.onnx.export(dynamo=True)",
+        "opset": options.opset,
+        "precision": options.precision,
+        "quantization": options.quantize,
+        "validation": {
+            "enabled": options.validate,
+            "provider": "CPUExecutionProvider",
+            "seed": VALIDATION_SEED,
+            "reference": "the float32 PyTorch modules",
+        },
+        "components": components,
+    }
+    return write_manifest(folder, manifest)
+
+
+def _build_component(
+    spec: ComponentSpec, loaded: LoadedModel, folder: Path, options: BuildOptions, log: Callable[[str], None]
+) -> dict[str, Any]:
+    config = loaded.model.config
+    module = spec.wrap(loaded.model).eval()
+    precision = options.component_precision(spec)
+    out = folder / spec.name
+
+    started = time.perf_counter()
+    if precision == "fp32":
+        graph = export_graph(spec, module, config, out, options.opset)
+    else:
+        scratch = folder / ".float32" / spec.name
+        float32 = export_graph(spec, module, config, scratch, options.opset)
+        out.mkdir()
+        graph = out / GRAPH_FILE
+        (convert_to_fp16 if precision == "fp16" else quantize_int8)(float32, graph)
+        shutil.rmtree(folder / ".float32")
+    export_seconds = time.perf_counter() - started
+
+    started = time.perf_counter()
+    tolerance = spec.tolerances[precision]
+    checks: list[Check] = []
+    if options.validate:
+        checks = validate_graph(spec, module, config, graph, tolerance, VALIDATION_SIZES)
+    validate_seconds = time.perf_counter() - started
+
+    files = [path for path in (graph, out / EXTERNAL_DATA_FILE) if path.is_file()]
+    size = sum(path.stat().st_size for path in files)
+    worst = max(checks, key=lambda check: check.max_abs_error / check.limit, default=None)
+    checked = (
+        f"validated {validate_seconds:5.1f} s, max error {worst.max_abs_error:.1e} (limit {worst.limit:.1e})"
+        if worst
+        else "not validated"
+    )
+    log(f"  {spec.name:<13} {precision}  exported {export_seconds:5.1f} s, {checked}, {format_size(size)}")
+    return {
+        "graph": graph.relative_to(folder).as_posix(),
+        "external_data": (out / EXTERNAL_DATA_FILE).is_file(),
+        "precision": precision,
+        **graph_signature(graph),
+        "export_seconds": round(export_seconds, 2),
+        "validation": {
+            "tolerance": {"atol": tolerance.atol, "rtol": tolerance.rtol},
+            "checks": [check.as_json() for check in checks],
+            "max_abs_error": max((check.max_abs_error for check in checks), default=None),
+            "seconds": round(validate_seconds, 2),
+        },
+    }
+
+
+def _write_tokenizer(loaded: LoadedModel, folder: Path, max_length: int) -> None:
+    """The source's own tokenizer when a diffusers folder carries one, else SD 1.x's CLIP tokenizer."""
+    carried = loaded.source / TOKENIZER_DIR
+    if loaded.kind == "diffusers" and carried.is_dir():
+        shutil.copytree(carried, folder)
+    else:
+        write_tokenizer(folder, max_length=max_length)
+
+
+def _model_index(name: str, scheduler: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline index that diffusers and optimum read (as `optimum-cli export onnx` writes it)."""
+    return {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "_name_or_path": name,
+        "feature_extractor": [None, None],
+        "image_encoder": [None, None],
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "scheduler": ["diffusers", scheduler["_class_name"]],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+        "tokenizer": ["transformers", "CLIPTokenizer"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename `staging` to `target`; an existing target is set aside first and deleted only afterwards."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    old = _sibling(target, "replaced")
+    target.rename(old)
+    try:
+        staging.rename(target)
+    except BaseException:
+        old.rename(target)
+        raise
+    shutil.rmtree(old)
+
+
+def _sibling(target: Path, purpose: str) -> Path:
+    """A hidden unused name beside `target` (same filesystem, so renames are atomic)."""
+    return target.parent / f".{target.name}.{purpose}-{secrets.token_hex(4)}"
+
+
+def _json(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def _precision_label(options: BuildOptions) -> str:
+    return "int8" if options.quantize == "int8" else options.precision

@@ -1,0 +1,45 @@
+"""Half precision for the CUDA execution provider, with float32 where half precision breaks.
+
+Inputs and outputs stay float32 (the runtime feeds the same arrays either way). Kept in float32:
+- the sinusoidal timestep embedding (every node feeding Cos/Sin): float16 steps are 0.5 near t = 1000,
+  which would scramble the phases t * f_i (Vaswani et al. 2017, sec. 3.5);
+- InstanceNormalization (GroupNorm's core), whose variance sums squares that overflow 65504;
+- onnxruntime's default list of ops without float16 kernels.
+"""
+
+from pathlib import Path
+
+import onnx
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+from sdexport.export.graph_files import save_graph
+
+FP32_OPS = (*DEFAULT_OP_BLOCK_LIST, "InstanceNormalization")
+_SINUSOID_OPS = ("Cos", "Sin")
+
+
+def sinusoid_nodes(graph: onnx.GraphProto) -> list[str]:
+    """Names of the Cos/Sin nodes and every node they depend on."""
+    producer = {output: node for node in graph.node for output in node.output}
+    keep: dict[str, onnx.NodeProto] = {}
+    pending = [node for node in graph.node if node.op_type in _SINUSOID_OPS]
+    while pending:
+        node = pending.pop()
+        if node.name in keep:
+            continue
+        keep[node.name] = node
+        pending.extend(producer[name] for name in node.input if name in producer)
+    return list(keep)
+
+
+def convert_to_fp16(source: Path, destination: Path) -> None:
+    """Write the float16 version of the float32 graph at `source` to `destination`."""
+    structure = onnx.load(source, load_external_data=False)
+    # A path (not a loaded model) lets the converter run shape inference on graphs past 2 GB.
+    model = convert_float_to_float16(
+        str(source),
+        keep_io_types=True,
+        op_block_list=list(FP32_OPS),
+        node_block_list=sinusoid_nodes(structure.graph),
+    )
+    save_graph(model, destination)

@@ -1,0 +1,72 @@
+"""A readable account of a model folder: ours (with its manifest) or any Hugging Face ONNX export."""
+
+from pathlib import Path
+from typing import Any
+
+from sdexport.export.errors import BuildError
+from sdexport.export.graph_files import GRAPH_FILE
+from sdexport.export.manifest import graph_signature, read_manifest
+from sdexport.export.specs import COMPONENTS
+
+
+def describe_folder(folder: Path) -> str:
+    if not (folder / "model_index.json").is_file():
+        raise BuildError(f"{folder} is not a model folder (it has no model_index.json)")
+    manifest = read_manifest(folder) or {}
+    lines = [f"{folder}"]
+    lines += _summary(manifest) if manifest else ["  no sdexport manifest (not built by sdexport)"]
+    components = manifest.get("components", {})
+    for spec in COMPONENTS:
+        graph = folder / spec.name / GRAPH_FILE
+        if graph.is_file():
+            lines += _component(spec.name, graph, components.get(spec.name, {}))
+        else:
+            lines.append(f"  {spec.name}: none")
+    files = [path for path in folder.rglob("*") if path.is_file()]
+    lines.append(f"  {len(files)} files, {format_size(sum(path.stat().st_size for path in files))} in all")
+    return "\n".join(lines)
+
+
+def _summary(manifest: dict[str, Any]) -> list[str]:
+    source = manifest.get("source", {})
+    versions = manifest.get("versions", {})
+    tools = ", ".join(f"{name} {version}" for name, version in versions.items())
+    return [
+        f"  built {manifest.get('created')} from {source.get('path')}",
+        f"    {source.get('kind')} checkpoint, weights: {source.get('weights')}, "
+        f"stored as {source.get('dtype')}, sha256 {str(source.get('sha256'))[:16]}...",
+        f"  precision {manifest.get('precision')}, quantization {manifest.get('quantization')}, "
+        f"opset {manifest.get('opset')}",
+        f"  {tools}",
+    ]
+
+
+def _component(name: str, graph: Path, recorded: dict[str, Any]) -> list[str]:
+    files = [graph, graph.with_name(graph.name + ".data")]
+    size = sum(path.stat().st_size for path in files if path.is_file())
+    precision = recorded.get("precision", "")
+    lines = [f"  {name}  {precision}  {format_size(size)}".rstrip()]
+    signature = graph_signature(graph)
+    for kind, arrow in (("inputs", "<-"), ("outputs", "->")):
+        for value in signature[kind]:
+            shape = ", ".join(str(dim) for dim in value["shape"])
+            lines.append(f"    {arrow} {value['name']}: {value['dtype']} [{shape}]")
+    validation = recorded.get("validation")
+    if validation and validation.get("checks"):
+        checks = validation["checks"]
+        worst = max(checks, key=lambda check: check["max_abs_error"] / check["limit"])
+        lines.append(
+            f"    validated ({len(checks)} checks): worst error {worst['max_abs_error']:.1e} "
+            f"against a limit of {worst['limit']:.1e}"
+        )
+    elif recorded:
+        lines.append("    not validated (built with --skip-validation)")
+    return lines
+
+
+def format_size(size: int) -> str:
+    """Bytes in decimal units, as file managers show them."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"

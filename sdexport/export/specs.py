@@ -1,0 +1,236 @@
+"""The component table: what each exported graph takes and returns, how to make inputs for it, and how
+closely it must agree with PyTorch (the idea of optimum's OnnxConfig).
+
+The exporter, the validator and the manifest all read this one table. Names, dtypes and dynamic axes are
+those of the Hugging Face ONNX exports, so optimum's pipeline runs our folders and sdrun runs theirs. A
+named (string) axis is dynamic; an integer is fixed. Sizes are given in latent pixels; the VAE's image
+side is `factor` times that.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from sdexport.checkpoints.diffusers_layout import (
+    text_encoder_config_to_diffusers,
+    unet_config_to_diffusers,
+    vae_config_to_diffusers,
+)
+from sdexport.models import StableDiffusion, StableDiffusionConfig
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy's name: "float32", "int64"
+    shape: tuple[int | str, ...]
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {axis: dim for axis, dim in enumerate(self.shape) if isinstance(dim, str)}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """One input shape: batch and latent height/width (the image is 8x larger for SD 1.x)."""
+
+    batch: int
+    height: int
+    width: int
+
+    def __str__(self) -> str:
+        return f"batch {self.batch}, latent {self.height}x{self.width}"
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A graph output passes when max|onnx - torch| <= atol + rtol * max|torch|."""
+
+    atol: float
+    rtol: float
+
+    def limit(self, reference_peak: float) -> float:
+        return self.atol + self.rtol * reference_peak
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    name: str  # also the folder's subfolder
+    inputs: Callable[[StableDiffusionConfig], tuple[TensorSpec, ...]]
+    outputs: tuple[str, ...]
+    wrap: Callable[[StableDiffusion], nn.Module]
+    make_inputs: Callable[[StableDiffusionConfig, Sizes, torch.Generator], dict[str, Tensor]]
+    diffusers_config: Callable[[StableDiffusionConfig], dict]
+    tolerances: dict[str, Tolerance]  # by the graph's precision: fp32, fp16, int8
+    # fp16 folders keep this graph in float32 when False.
+    converts_to_fp16: bool = True
+
+
+# The example for tracing: batch 2 and a non-square size, so no dimension specializes to 1 or to another.
+EXPORT_SIZES = Sizes(batch=2, height=8, width=12)
+# Fresh inputs for validation: batch 1 and 2, square and not, and a latent side that the UNet's three
+# halvings do not divide (its upsamplings must then match the skip connections' odd sizes).
+VALIDATION_SIZES = (Sizes(1, 8, 8), Sizes(2, 6, 10), Sizes(1, 9, 13))
+
+
+def vae_factor(config: StableDiffusionConfig) -> int:
+    """Image pixels per latent pixel: one halving per VAE level but the last."""
+    return 2 ** (len(config.vae.ch_mult) - 1)
+
+
+class TextEncoderGraph(nn.Module):
+    def __init__(self, model: StableDiffusion):
+        super().__init__()
+        self.text_encoder = model.text_encoder
+
+    def forward(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+        return self.text_encoder(input_ids)
+
+
+class UNetGraph(nn.Module):
+    def __init__(self, model: StableDiffusion):
+        super().__init__()
+        self.unet = model.unet
+
+    def forward(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor) -> Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states)
+
+
+class VAEEncoderGraph(nn.Module):
+    """Image in [-1, 1] -> mean and log-variance; the caller samples the latent with its own generator."""
+
+    def __init__(self, model: StableDiffusion):
+        super().__init__()
+        self.vae = model.vae
+
+    def forward(self, sample: Tensor) -> Tensor:
+        return self.vae.encode(sample)
+
+
+class VAEDecoderGraph(nn.Module):
+    """Latent already divided by the scaling factor -> image in about [-1, 1]."""
+
+    def __init__(self, model: StableDiffusion):
+        super().__init__()
+        self.vae = model.vae
+
+    def forward(self, latent_sample: Tensor) -> Tensor:
+        return self.vae.decode(latent_sample)
+
+
+def _text_encoder_inputs(config: StableDiffusionConfig) -> tuple[TensorSpec, ...]:
+    return (TensorSpec("input_ids", "int64", ("batch", config.text_encoder.max_position_embeddings)),)
+
+
+def _prompt_ids(config: StableDiffusionConfig, sizes: Sizes, generator: torch.Generator) -> dict[str, Tensor]:
+    """Token ids shaped like a tokenized prompt: start token, words, end token, end-token padding."""
+    vocab = config.text_encoder.vocab_size
+    length = config.text_encoder.max_position_embeddings
+    start, end = vocab - 2, vocab - 1  # CLIP's <|startoftext|> and <|endoftext|> close the vocabulary
+    ids = torch.randint(0, vocab - 2, (sizes.batch, length), generator=generator)
+    ids[:, 0] = start
+    for row in ids:
+        words = int(torch.randint(1, length - 1, (), generator=generator))
+        row[1 + words :] = end
+    return {"input_ids": ids}
+
+
+def _unet_inputs(config: StableDiffusionConfig) -> tuple[TensorSpec, ...]:
+    c = config.unet
+    return (
+        TensorSpec("sample", "float32", ("batch", c.in_channels, "height", "width")),
+        # A scalar, as optimum exports it; every image of the batch is at the same step.
+        TensorSpec("timestep", "float32", ()),
+        TensorSpec("encoder_hidden_states", "float32", ("batch", "sequence", c.context_dim)),
+    )
+
+
+def _unet_example(
+    config: StableDiffusionConfig, sizes: Sizes, generator: torch.Generator
+) -> dict[str, Tensor]:
+    c = config.unet
+    length = config.text_encoder.max_position_embeddings
+    timestep = torch.randint(0, config.num_train_timesteps, (), generator=generator).float()
+    return {
+        "sample": torch.randn(sizes.batch, c.in_channels, sizes.height, sizes.width, generator=generator),
+        "timestep": timestep,
+        "encoder_hidden_states": torch.randn(sizes.batch, length, c.context_dim, generator=generator),
+    }
+
+
+def _vae_encoder_inputs(config: StableDiffusionConfig) -> tuple[TensorSpec, ...]:
+    dims = ("batch", config.vae.in_channels, "image_height", "image_width")
+    return (TensorSpec("sample", "float32", dims),)
+
+
+def _image(config: StableDiffusionConfig, sizes: Sizes, generator: torch.Generator) -> dict[str, Tensor]:
+    f = vae_factor(config)
+    shape = (sizes.batch, config.vae.in_channels, sizes.height * f, sizes.width * f)
+    return {"sample": torch.rand(shape, generator=generator) * 2 - 1}
+
+
+def _vae_decoder_inputs(config: StableDiffusionConfig) -> tuple[TensorSpec, ...]:
+    dims = ("batch", config.vae.embed_dim, "latent_height", "latent_width")
+    return (TensorSpec("latent_sample", "float32", dims),)
+
+
+def _latent(config: StableDiffusionConfig, sizes: Sizes, generator: torch.Generator) -> dict[str, Tensor]:
+    shape = (sizes.batch, config.vae.embed_dim, sizes.height, sizes.width)
+    return {"latent_sample": torch.randn(shape, generator=generator)}
+
+
+# fp32 bounds sit ~50x above the float32 reordering noise measured on random SD 1.5 weights (about 2e-6
+# relative); fp16 allows half precision's 1e-3 relative steps compounded through the layers; int8 allows
+# 8-bit matrix products (measured in tests/export on random weights, where errors are largest).
+_FP32 = Tolerance(atol=1e-4, rtol=1e-4)
+_FP16 = Tolerance(atol=2e-2, rtol=2e-2)
+_INT8 = Tolerance(atol=5e-2, rtol=1e-1)
+
+COMPONENTS: tuple[ComponentSpec, ...] = (
+    ComponentSpec(
+        name="text_encoder",
+        inputs=_text_encoder_inputs,
+        outputs=("last_hidden_state", "pooler_output"),
+        wrap=TextEncoderGraph,
+        make_inputs=_prompt_ids,
+        diffusers_config=lambda config: text_encoder_config_to_diffusers(config.text_encoder),
+        tolerances={"fp32": _FP32, "fp16": _FP16, "int8": _INT8},
+    ),
+    ComponentSpec(
+        name="unet",
+        inputs=_unet_inputs,
+        outputs=("out_sample",),
+        wrap=UNetGraph,
+        make_inputs=_unet_example,
+        diffusers_config=lambda config: unet_config_to_diffusers(config.unet),
+        tolerances={"fp32": _FP32, "fp16": _FP16, "int8": _INT8},
+    ),
+    ComponentSpec(
+        name="vae_encoder",
+        inputs=_vae_encoder_inputs,
+        outputs=("latent_parameters",),
+        wrap=VAEEncoderGraph,
+        make_inputs=_image,
+        diffusers_config=lambda config: vae_config_to_diffusers(config.vae),
+        tolerances={"fp32": _FP32, "int8": _INT8},
+        # The VAE's activations reach the thousands in its mid block: kept in float32 (it is a small
+        # share of a generation's time next to the UNet's steps).
+        converts_to_fp16=False,
+    ),
+    ComponentSpec(
+        name="vae_decoder",
+        inputs=_vae_decoder_inputs,
+        outputs=("sample",),
+        wrap=VAEDecoderGraph,
+        make_inputs=_latent,
+        diffusers_config=lambda config: vae_config_to_diffusers(config.vae),
+        tolerances={"fp32": _FP32, "int8": _INT8},
+        converts_to_fp16=False,
+    ),
+)
+
+
+def component(name: str) -> ComponentSpec:
+    return next(spec for spec in COMPONENTS if spec.name == name)
