@@ -1,0 +1,264 @@
+"""The `sdrun` command: `sdrun "a prompt" --model DIR` writes PNGs that carry their settings."""
+
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from sdrun.errors import ModelFolderError, SdrunError, SettingsError
+from sdrun.pipeline import Pipeline
+from sdrun.png_info import read_png_settings, save_png
+from sdrun.providers import PROVIDER_CHOICES
+from sdrun.samplers import SAMPLERS
+from sdrun.settings import ImageSettings
+
+# Where `sdexport build` puts the model that ships with the project.
+DEFAULT_MODEL_DIR = Path("exported") / "tiny-shapes"
+DEFAULT_OUT = "sdrun-{seed}.png"
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 7.5
+DEFAULT_SAMPLER = "euler_a"
+DEFAULT_STRENGTH = 0.8
+
+
+class _PromptFirstGroup(click.Group):
+    """`sdrun PROMPT ...` means `sdrun generate PROMPT ...`; a first word naming a subcommand runs it."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["generate", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_PromptFirstGroup)
+def main() -> None:
+    """Stable Diffusion 1.x on onnxruntime and numpy (no PyTorch).
+
+    \b
+      sdrun "a prompt" [OPTIONS]       same as: sdrun generate "a prompt" [OPTIONS]
+      sdrun --from-png IMAGE [OPTIONS] make IMAGE again from the settings it carries
+
+    See `sdrun generate --help` for the options.
+    """
+
+
+def _output_paths(pattern: str, settings: list[ImageSettings]) -> list[Path]:
+    """Fill {i} and {seed} in the --out pattern; several images without either get -0, -1, ... added."""
+    if len(settings) > 1 and "{i}" not in pattern and "{seed}" not in pattern:
+        path = Path(pattern)
+        pattern = str(path.with_name(f"{path.stem}-{{i}}{path.suffix}"))
+    paths = []
+    for index, image_settings in enumerate(settings):
+        try:
+            paths.append(Path(pattern.format(i=index, seed=image_settings.seed)))
+        except (KeyError, IndexError, ValueError):
+            raise SettingsError(f"--out {pattern!r}: a pattern may use only {{i}} and {{seed}}") from None
+    return paths
+
+
+def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    click.echo(f"Warning: {message}", err=True)
+
+
+def _open_pipeline(
+    model: Path, model_is_default: bool, provider: str, verify: bool, sequential: bool
+) -> Pipeline:
+    if model_is_default and not model.is_dir():
+        raise ModelFolderError(f"no model folder at {model}: run `sdexport build` first, or pass --model DIR")
+    return Pipeline.load(model, provider, verify_checksums=verify, sequential_guidance=sequential)
+
+
+@main.command()
+@click.argument("prompt", required=False)
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_MODEL_DIR,
+    show_default=True,
+    help="Exported model folder.",
+)
+@click.option(
+    "--out",
+    default=DEFAULT_OUT,
+    show_default=True,
+    help="Output PNG path; may hold {i} (image index from 0) and {seed}. With several images and "
+    "neither field, -0, -1, ... is added before the suffix.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    help="Seed of the first image (image i gets seed + i). Random when not given.",
+)
+@click.option("--steps", type=click.IntRange(min=1), help=f"Sampling steps.  [default: {DEFAULT_STEPS}]")
+@click.option(
+    "--guidance",
+    type=float,
+    help=f"Classifier-free guidance scale; 1 turns guidance off.  [default: {DEFAULT_GUIDANCE}]",
+)
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), help=f"[default: {DEFAULT_SAMPLER}]")
+@click.option("--negative", help="Negative prompt.")
+@click.option("--height", type=int, help="Image height in pixels (the model's size by default).")
+@click.option("--width", type=int, help="Image width in pixels (the model's size by default).")
+@click.option("--num-images", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--init-image", help="Image-to-image: start from this picture (resized to the output size).")
+@click.option(
+    "--strength",
+    type=float,
+    help=f"Image-to-image: how much of the schedule to run, in (0, 1].  [default: {DEFAULT_STRENGTH}]",
+)
+@click.option(
+    "--provider",
+    type=click.Choice(PROVIDER_CHOICES),
+    default="auto",
+    show_default=True,
+    help="onnxruntime execution provider; auto takes CUDA when available.",
+)
+@click.option(
+    "--from-png",
+    "from_png",
+    type=click.Path(path_type=Path),
+    help="Reproduce a PNG from the settings in its 'parameters' chunk; other options override them.",
+)
+@click.option("--skip-checksums", is_flag=True, help="Check only file sizes against the folder's manifest.")
+@click.option(
+    "--sequential-guidance",
+    is_flag=True,
+    help="Run the guided and unguided UNet passes one after the other (less memory).",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar or notes; print only where images went.")
+@click.pass_context
+def generate(
+    ctx: click.Context,
+    prompt: str | None,
+    model: Path,
+    out: str,
+    quiet: bool,
+    provider: str,
+    from_png: Path | None,
+    init_image: str | None,
+    skip_checksums: bool,
+    sequential_guidance: bool,
+    num_images: int,
+    **overrides: Any,
+) -> None:
+    """Generate images from PROMPT and write them as PNGs with their settings."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            _generate(
+                ctx,
+                prompt,
+                model,
+                out,
+                quiet,
+                provider,
+                from_png,
+                init_image,
+                skip_checksums,
+                sequential_guidance,
+                num_images,
+                overrides,
+            )
+        except SdrunError as error:
+            raise click.ClickException(str(error)) from None
+
+
+def _settings_from_options(
+    prompt: str | None, recorded: ImageSettings | None, init_image: str | None, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """generate() keyword arguments: the recorded settings (if any), then the options given."""
+    base: dict[str, Any] = {
+        "steps": DEFAULT_STEPS,
+        "guidance_scale": DEFAULT_GUIDANCE,
+        "sampler": DEFAULT_SAMPLER,
+        "negative_prompt": "",
+        "strength": DEFAULT_STRENGTH,
+    }
+    if recorded is not None:
+        if recorded.strength is not None and init_image is None:
+            raise SettingsError(
+                f"the PNG was made from an init image (denoising strength {recorded.strength}); "
+                "pass that image with --init-image"
+            )
+        base.update(
+            prompt=recorded.prompt,
+            negative_prompt=recorded.negative_prompt,
+            steps=recorded.steps,
+            sampler=recorded.sampler,
+            guidance_scale=recorded.guidance_scale,
+            seed=recorded.seed,
+            width=recorded.width,
+            height=recorded.height,
+        )
+        if recorded.strength is not None:
+            base["strength"] = recorded.strength
+    elif prompt is None:
+        raise SettingsError('give a prompt (sdrun "a prompt") or --from-png IMAGE')
+    if init_image is None and overrides["strength"] is not None:
+        raise SettingsError("--strength applies to image-to-image only: give --init-image too")
+    renamed = {"guidance": "guidance_scale", "negative": "negative_prompt"}
+    given = {renamed.get(key, key): value for key, value in overrides.items() if value is not None}
+    if prompt is not None:
+        given["prompt"] = prompt
+    return {**base, **given, "init_image": init_image}
+
+
+def _generate(
+    ctx: click.Context,
+    prompt: str | None,
+    model: Path,
+    out: str,
+    quiet: bool,
+    provider: str,
+    from_png: Path | None,
+    init_image: str | None,
+    skip_checksums: bool,
+    sequential_guidance: bool,
+    num_images: int,
+    overrides: dict[str, Any],
+) -> None:
+    recorded = read_png_settings(from_png) if from_png is not None else None
+    arguments = _settings_from_options(prompt, recorded, init_image, overrides)
+    model_is_default = ctx.get_parameter_source("model") == click.core.ParameterSource.DEFAULT
+    pipeline = _open_pipeline(model, model_is_default, provider, not skip_checksums, sequential_guidance)
+    if not quiet:
+        click.echo(
+            f"Model {pipeline.folder.path} on the {pipeline.provider.upper()} execution provider", err=True
+        )
+        if recorded is not None and recorded.model and recorded.model != pipeline.folder.name:
+            click.echo(f"Note: {from_png} was made with model {recorded.model!r}", err=True)
+
+    with _ProgressBar(enabled=not quiet) as progress:
+        result = pipeline.generate(num_images=num_images, callback=progress.update, **arguments)
+    paths = _output_paths(out, result.settings)
+    for image, image_settings, path in zip(result.images, result.settings, paths, strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_png(image, path, image_settings)
+        click.echo(f"Wrote {path}")
+
+
+class _ProgressBar:
+    """A click progress bar on stderr over all sampling steps, created at the first step (when the
+    total is known); does nothing when disabled."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar: Any = None
+
+    def update(self, step: int, total: int, latents: np.ndarray) -> bool:
+        if self.enabled:
+            if self._bar is None:
+                self._bar = click.progressbar(length=total, label="Sampling", file=sys.stderr)
+                self._bar.__enter__()
+            self._bar.update(1)
+        return False
+
+    def __enter__(self) -> "_ProgressBar":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc_info)
