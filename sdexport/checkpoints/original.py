@@ -27,7 +27,7 @@ class OriginalCheckpoint:
     notes: list[str]
 
 
-def ema_key(key: str) -> str:
+def _ema_key(key: str) -> str:
     """LitEma's name for the EMA copy: model.diffusion_model.a.0.w -> model_ema.diffusion_modela0w."""
     return "model_ema." + key.removeprefix("model.").replace(".", "")
 
@@ -44,7 +44,7 @@ def _unwrap(top: dict[str, Any], notes: list[str]) -> dict[str, Any]:
 
 def _select_unet_weights(state: dict[str, Any], ema: bool | None, notes: list[str]) -> str:
     """Put the chosen UNet weights under `model.diffusion_model.*` in place; return which set it was."""
-    pairs = {key: ema_key(key) for key in state if key.startswith(_UNET)}
+    pairs = {key: _ema_key(key) for key in state if key.startswith(_UNET)}
     present = [key for key in pairs.values() if key in state]
     if not present:
         if ema:

@@ -142,3 +142,19 @@ def test_lightning_trainer_state_is_not_fatal(tmp_path: Path, tiny_model, tiny_y
         monkeypatch.delitem(sys.modules, name)
 
     assert_holds(load_model(path, config=tiny_yaml).model, tiny_model.state_dict())
+
+
+def test_incomplete_ema_set(tmp_path: Path, tiny_yaml) -> None:
+    trained = random_model(StableDiffusionConfig.tiny(), seed=1)
+    path = tmp_path / "partial.ckpt"
+    full_ema_checkpoint(path, trained, random_model(StableDiffusionConfig.tiny(), seed=2))
+    state = torch.load(path, weights_only=True)
+    del state["state_dict"]["model_ema.diffusion_modelout2weight"]
+    torch.save(state, path)
+
+    loaded = load_model(path, config=tiny_yaml)
+    assert loaded.weights == "non-ema"
+    assert any("incomplete" in note for note in loaded.notes)
+    assert_holds(loaded.model, trained.state_dict())
+    with pytest.raises(CheckpointError, match="EMA weights are incomplete.*--no-ema"):
+        load_model(path, config=tiny_yaml, ema=True)
