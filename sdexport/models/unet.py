@@ -137,13 +137,11 @@ class SpatialTransformer(nn.Module):
         self.proj_out = nn.Conv2d(inner, channels, 1)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        batch, _, height, width = x.shape
-        h = self.proj_in(self.norm(x))
-        inner = h.shape[1]
-        h = h.reshape(batch, inner, height * width).transpose(1, 2)
+        height, width = x.shape[-2:]
+        h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
         for block in self.transformer_blocks:
             h = block(h, context)
-        h = h.transpose(1, 2).reshape(batch, inner, height, width)
+        h = h.transpose(1, 2).unflatten(2, (height, width))
         return x + self.proj_out(h)
 
 
