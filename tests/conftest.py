@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 TINY_MODEL_NAME = "tiny-random-sd"
+PREBUILT_ONNX_DIR_VARIABLE = "SDRUN_TINY_ONNX_DIR"
 
 
 def build_tiny_diffusers_pipeline(folder: Path) -> None:
@@ -104,8 +105,15 @@ def tiny_diffusers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx_dir(tmp_path_factory: pytest.TempPathFactory, tiny_diffusers_dir: Path) -> Path:
-    """The optimum export of `tiny_diffusers_dir`; tests must not modify it (copy it first)."""
+def tiny_onnx_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """The optimum export of `tiny_diffusers_dir`; tests must not modify it (copy it first).
+
+    With SDRUN_TINY_ONNX_DIR set, that folder (an earlier export) is used instead, for machines without
+    diffusers and optimum, such as a GPU machine checking the CUDA provider.
+    """
+    prebuilt = os.environ.get(PREBUILT_ONNX_DIR_VARIABLE)
+    if prebuilt:
+        return Path(prebuilt)
     out = tmp_path_factory.mktemp("onnx") / TINY_MODEL_NAME
-    optimum_export(tiny_diffusers_dir, out)
+    optimum_export(request.getfixturevalue("tiny_diffusers_dir"), out)
     return out

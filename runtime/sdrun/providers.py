@@ -1,5 +1,8 @@
 """Choosing the onnxruntime execution provider and creating sessions on it."""
 
+import contextlib
+import io
+from functools import cache
 from pathlib import Path
 
 import onnxruntime as ort
@@ -26,7 +29,19 @@ def requested_providers(choice: str) -> list[str]:
         )
     if choice == "cpu" or not cuda_offered:
         return [CPU]
+    _preload_cuda_libraries()
     return [CUDA, CPU]
+
+
+@cache
+def _preload_cuda_libraries() -> None:
+    """Load the CUDA and cuDNN libraries of the nvidia-* wheels (`pip install onnxruntime-gpu[cuda,cudnn]`),
+    which onnxruntime does not find by itself. Failures are left to show when the session is created;
+    what onnxruntime prints about them would land on our stdout."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is not None:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(Exception):
+            preload()
 
 
 def create_session(path: Path, providers: list[str], strict: bool) -> ort.InferenceSession:
