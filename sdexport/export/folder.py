@@ -54,9 +54,8 @@ class BuildOptions:
 
     def component_precision(self, spec: ComponentSpec) -> str:
         """fp32, fp16 or int8: what this component's graph holds under these options."""
-        if self.quantize == "int8":
-            return "int8"
-        return "fp16" if self.precision == "fp16" and spec.converts_to_fp16 else "fp32"
+        asked = "int8" if self.quantize == "int8" else self.precision
+        return asked if asked in spec.tolerances else "fp32"
 
 
 def check_target(target: Path, force: bool) -> None:

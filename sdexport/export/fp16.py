@@ -11,6 +11,7 @@ from pathlib import Path
 
 import onnx
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+from onnxruntime.transformers.onnx_model import OnnxModel
 
 from sdexport.export.graph_files import save_graph
 
@@ -42,4 +43,24 @@ def convert_to_fp16(source: Path, destination: Path) -> None:
         op_block_list=list(FP32_OPS),
         node_block_list=sinusoid_nodes(structure.graph),
     )
+    _tidy(model)
     save_graph(model, destination)
+
+
+def _tidy(model: onnx.ModelProto) -> None:
+    """Make the converter's output a valid ONNX graph again, as strict tools (the ONNX checker) demand.
+
+    It appends its Cast nodes at the end, out of topological order, and its value_info calls a few
+    initializers that it kept in float32 (the sinusoid's constants) float16; value_info is optional, so
+    those stale entries go.
+    """
+    OnnxModel(model).topological_sort()
+    initializer_types = {tensor.name: tensor.data_type for tensor in model.graph.initializer}
+    consistent = [
+        value
+        for value in model.graph.value_info
+        if value.name not in initializer_types
+        or initializer_types[value.name] == value.type.tensor_type.elem_type
+    ]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(consistent)

@@ -1,0 +1,66 @@
+"""fp16 and int8 graphs, made from the float32 graphs of the shared build and checked against the float32
+PyTorch modules with their looser tolerances."""
+
+from pathlib import Path
+
+import onnx
+import pytest
+from export_helpers import Built
+
+from sdexport.export.fp16 import convert_to_fp16
+from sdexport.export.quantize import quantize_int8
+from sdexport.export.specs import VALIDATION_SIZES, component
+from sdexport.export.validate import validate_graph
+
+FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+
+
+def _elem_types(model: onnx.ModelProto) -> dict[str, int]:
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    values = [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+    types = {value.name: value.type.tensor_type.elem_type for value in values}
+    types.update({tensor.name: tensor.data_type for tensor in inferred.graph.initializer})
+    return types
+
+
+@pytest.mark.parametrize("name", ["text_encoder", "unet"])
+def test_fp16_keeps_float32_io_and_sinusoid_and_passes_validation(
+    built: Built, tmp_path: Path, name: str
+) -> None:
+    graph = tmp_path / "model.onnx"
+    convert_to_fp16(built.folder / name / "model.onnx", graph)
+    model = onnx.load(graph)
+    onnx.checker.check_model(model, full_check=True)
+    types = _elem_types(model)
+    for value in [*model.graph.input, *model.graph.output]:
+        assert value.type.tensor_type.elem_type in (FLOAT, onnx.TensorProto.INT64), value.name
+    assert any(t.data_type == HALF for t in model.graph.initializer), "weights are half precision"
+    for node in model.graph.node:
+        if node.op_type in ("Cos", "Sin", "InstanceNormalization"):
+            assert types[node.input[0]] == FLOAT, f"{node.op_type} must compute in float32"
+
+    spec = component(name)
+    loaded = built.loaded
+    checks = validate_graph(
+        spec, spec.wrap(loaded.model), loaded.model.config, graph, spec.tolerances["fp16"], VALIDATION_SIZES
+    )
+    assert checks and all(check.passed for check in checks)
+
+
+@pytest.mark.parametrize("name", ["text_encoder", "unet"])
+def test_int8_quantizes_weight_matmuls_only_and_passes_validation(
+    built: Built, tmp_path: Path, name: str
+) -> None:
+    graph = tmp_path / "model.onnx"
+    quantize_int8(built.folder / name / "model.onnx", graph)
+    ops = {node.op_type for node in onnx.load(graph).graph.node}
+    assert "MatMulInteger" in ops
+    assert "ConvInteger" not in ops, "convolutions stay float32 (ConvInteger is slower on CPUs)"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"], "small graphs are one file"
+
+    spec = component(name)
+    loaded = built.loaded
+    checks = validate_graph(
+        spec, spec.wrap(loaded.model), loaded.model.config, graph, spec.tolerances["int8"], VALIDATION_SIZES
+    )
+    assert checks and all(check.passed for check in checks)
