@@ -14,6 +14,9 @@ from typing import Any
 from sdrun.errors import ModelFolderError
 
 MANIFEST_FILE = "sdexport_manifest.json"
+# Manifest key: the multiple that latent sides must be of for the UNet graph (1 when it resizes each
+# upsampling to its skip connection); folders without it get the one their UNet's depth implies.
+LATENT_MULTIPLE_KEY = "latent_size_multiple"
 GRAPH_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
 SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
@@ -72,6 +75,9 @@ class ModelFolder:
         path = self.path / component / CONFIG_FILE
         return _read_json(path) if path.is_file() else {}
 
+    def manifest(self) -> dict[str, Any]:
+        return read_manifest(self.path)
+
     def scheduler_config(self) -> dict[str, Any]:
         return _read_json(self.path / SCHEDULER_CONFIG)
 
@@ -82,12 +88,15 @@ class ModelFolder:
 
 def check_manifest(folder: Path, verify_checksums: bool = True) -> None:
     """Check every file listed in the folder's manifest (if any): present, same size, same SHA-256."""
-    manifest_path = folder / MANIFEST_FILE
-    if not manifest_path.is_file():
+    manifest = read_manifest(folder)
+    if not manifest:
         return
-    files = _read_json(manifest_path).get("files")
-    if not isinstance(files, dict):
-        raise ModelFolderError(f'{manifest_path} has no "files" table; export the model folder again')
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
+        raise ModelFolderError(
+            f'{folder / MANIFEST_FILE} has no "files" table of sizes and digests; '
+            "export the model folder again"
+        )
     for relpath, expected in files.items():
         path = folder / relpath
         damaged = f"model folder {folder} is damaged: {relpath}"
@@ -103,6 +112,12 @@ def check_manifest(folder: Path, verify_checksums: bool = True) -> None:
             raise ModelFolderError(
                 f"{damaged} fails its SHA-256 check against the manifest; export the model folder again"
             )
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """The folder's sdexport manifest; empty for a folder without one (optimum's, say)."""
+    path = folder / MANIFEST_FILE
+    return _read_json(path) if path.is_file() else {}
 
 
 def open_model_folder(path: str | Path, verify_checksums: bool = True) -> ModelFolder:

@@ -15,11 +15,12 @@ import numpy as np
 from PIL import Image
 
 from sdrun.errors import ModelFolderError, SdrunError, SettingsError
-from sdrun.folder import ModelFolder, open_model_folder
+from sdrun.folder import LATENT_MULTIPLE_KEY, ModelFolder, open_model_folder
 from sdrun.graphs import Graph
 from sdrun.images import fit_size, from_pixels, load_image, to_pixels
-from sdrun.providers import create_session, provider_name, requested_providers
+from sdrun.providers import ProviderRequest, create_session, provider_name, requested_providers
 from sdrun.samplers import first_step, make_sampler, sample
+from sdrun.samplers.prediction import Model
 from sdrun.schedule import NoiseSchedule, ScheduleError
 from sdrun.settings import ImageSettings
 from sdrun.tokenizer import CLIPTokenizer, TokenizerError
@@ -77,7 +78,7 @@ class Pipeline:
         graphs: dict[str, Graph],
         tokenizer: CLIPTokenizer,
         schedule: NoiseSchedule,
-        providers: tuple[list[str], bool],
+        providers: ProviderRequest,
         sequential_guidance: bool = False,
     ) -> None:
         self.folder = folder
@@ -107,10 +108,12 @@ class Pipeline:
         vae_factor = 2 ** (len(_require(vae_config, "block_out_channels", "vae_decoder")) - 1)
         self.latent_channels = int(_require(vae_config, "latent_channels", "vae_decoder"))
         unet_config = folder.config("unet")
-        # The exported UNet upsamples by fixed factors, so its latent sides must survive each downsampling.
-        unet_downsamplings = max(len(unet_config.get("block_out_channels", ())) - 1, 0)
+        latent_multiple = folder.manifest().get(LATENT_MULTIPLE_KEY)
+        if not isinstance(latent_multiple, int) or latent_multiple < 1:
+            # optimum's UNet graphs upsample by fixed factors of 2: each downsampling must divide evenly.
+            latent_multiple = 2 ** max(len(unet_config.get("block_out_channels", ())) - 1, 0)
         self.vae_factor = vae_factor
-        self.size_multiple = vae_factor * 2**unet_downsamplings
+        self.size_multiple = vae_factor * latent_multiple
         sample_size = unet_config.get("sample_size")
         self.default_size = int(sample_size) * vae_factor if isinstance(sample_size, int) else FALLBACK_SIZE
 
@@ -130,7 +133,7 @@ class Pipeline:
         one after the other (half the activation memory) instead of as one batch of two.
         """
         model = open_model_folder(folder, verify_checksums=verify_checksums)
-        providers = (requested_providers(provider), provider != "auto")
+        providers = requested_providers(provider)
         graphs = {
             name: _load_graph(model, name, providers) for name in ("text_encoder", "unet", "vae_decoder")
         }
@@ -173,7 +176,7 @@ class Pipeline:
         feeds = {self._sample: latents, self._timestep: np.full(shape, timestep), self._context: context}
         return self._graphs["unet"].run(feeds)
 
-    def guided_model(self, embeddings: PromptEmbeddings, guidance_scale: float) -> Callable:
+    def guided_model(self, embeddings: PromptEmbeddings, guidance_scale: float) -> Model:
         """model(x, t) for the samplers: classifier-free guidance, eps_u + s (eps_c - eps_u)
         (Ho & Salimans 2022, eq. 6), or the conditional prediction alone when there is no negative."""
         cond, uncond = embeddings.conditional, embeddings.unconditional
@@ -336,11 +339,10 @@ class Pipeline:
         return Result(images, settings, stopped)
 
 
-def _load_graph(folder: ModelFolder, component: str, providers: tuple[list[str], bool]) -> Graph:
+def _load_graph(folder: ModelFolder, component: str, providers: ProviderRequest) -> Graph:
     path = folder.graph(component)
-    requested, strict = providers
     try:
-        session = create_session(path, requested, strict)
+        session = create_session(path, providers)
     except SdrunError:
         raise
     except Exception as error:  # onnxruntime raises its own classes for unreadable or invalid graphs

@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -17,8 +18,17 @@ _SHORT_NAMES = {CUDA: "cuda", CPU: "cpu"}
 _LOG_ERRORS_ONLY = 3
 
 
-def requested_providers(choice: str) -> list[str]:
-    """The provider list to ask onnxruntime for: "auto" is CUDA when this onnxruntime offers it, else CPU."""
+@dataclass(frozen=True)
+class ProviderRequest:
+    """The providers to ask onnxruntime for, in order; `strict`: only the first will do."""
+
+    providers: tuple[str, ...]
+    strict: bool
+
+
+def requested_providers(choice: str) -> ProviderRequest:
+    """What to ask onnxruntime for: "auto" is CUDA when this onnxruntime offers it (else the CPU), with
+    the CPU behind it; "cuda" and "cpu" are strict."""
     if choice not in PROVIDER_CHOICES:
         raise ProviderError(f"unknown provider {choice!r}; choose one of {', '.join(PROVIDER_CHOICES)}")
     cuda_offered = CUDA in ort.get_available_providers()
@@ -27,10 +37,11 @@ def requested_providers(choice: str) -> list[str]:
             f"onnxruntime {ort.__version__} here has no CUDA execution provider "
             "(install onnxruntime-gpu instead of onnxruntime), or use --provider cpu"
         )
+    strict = choice != "auto"
     if choice == "cpu" or not cuda_offered:
-        return [CPU]
+        return ProviderRequest((CPU,), strict)
     _preload_cuda_libraries()
-    return [CUDA, CPU]
+    return ProviderRequest((CUDA, CPU), strict)
 
 
 @cache
@@ -44,19 +55,19 @@ def _preload_cuda_libraries() -> None:
             preload()
 
 
-def create_session(path: Path, providers: list[str], strict: bool) -> ort.InferenceSession:
-    """A session on the first of `providers` that works; with `strict`, only on the first.
+def create_session(path: Path, request: ProviderRequest) -> ort.InferenceSession:
+    """A session on the first requested provider that works; for a strict request, only on the first.
 
     onnxruntime-gpu lists CUDA as available even where its CUDA libraries fail to load, and then quietly
     runs on the CPU, so a strict request checks the session's own providers.
     """
     options = ort.SessionOptions()
     options.log_severity_level = _LOG_ERRORS_ONLY
-    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    if strict and session.get_providers()[0] != providers[0]:
+    session = ort.InferenceSession(str(path), sess_options=options, providers=list(request.providers))
+    if request.strict and session.get_providers()[0] != request.providers[0]:
         raise ProviderError(
-            f"onnxruntime offers {providers[0]} but could not start it (check the CUDA and cuDNN libraries "
-            "onnxruntime-gpu needs), or use --provider cpu"
+            f"onnxruntime could not start {request.providers[0]} (check that the CUDA and cuDNN "
+            "libraries onnxruntime-gpu needs are installed), or use --provider cpu"
         )
     return session
 

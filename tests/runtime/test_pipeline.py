@@ -56,7 +56,7 @@ def _unet_batches(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, **generat
     return recorder.batches
 
 
-def _write_manifest(folder: Path) -> None:
+def _write_manifest(folder: Path, **fields: object) -> None:
     files = {
         path.relative_to(folder).as_posix(): {
             "size": path.stat().st_size,
@@ -65,7 +65,7 @@ def _write_manifest(folder: Path) -> None:
         for path in sorted(folder.rglob("*"))
         if path.is_file()
     }
-    (folder / "sdexport_manifest.json").write_text(json.dumps({"files": files}))
+    (folder / "sdexport_manifest.json").write_text(json.dumps({"files": files, **fields}))
 
 
 def test_auto_provider_takes_cuda_only_where_offered(tiny_onnx_dir: Path) -> None:
@@ -272,6 +272,12 @@ def test_manifest_checksums(folder_copy: Path) -> None:
         Pipeline.load(folder_copy, provider="cpu", verify_checksums=False)
 
 
+def test_manifest_can_relax_the_size_multiple(folder_copy: Path) -> None:
+    assert Pipeline.load(folder_copy, provider="cpu").size_multiple == 16  # 8 for the VAE, 2 for the UNet
+    _write_manifest(folder_copy, latent_size_multiple=1)
+    assert Pipeline.load(folder_copy, provider="cpu").size_multiple == 8
+
+
 def test_manifest_lists_a_missing_file(folder_copy: Path) -> None:
     _write_manifest(folder_copy)
     (folder_copy / "tokenizer" / "special_tokens_map.json").unlink()
@@ -283,3 +289,16 @@ def test_damaged_graph_without_manifest(folder_copy: Path) -> None:
     (folder_copy / "vae_decoder" / "model.onnx").write_bytes(b"\x00garbage")
     with pytest.raises(ModelFolderError, match="onnxruntime cannot load .*vae_decoder"):
         Pipeline.load(folder_copy, provider="cpu")
+
+
+def test_cuda_that_cannot_start(tiny_onnx_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime-gpu lists CUDA even when its libraries do not load, then runs on the CPU: "auto" says it
+    took the CPU, "cuda" is refused. A CPU-only onnxruntime asked for CUDA behaves the same way."""
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    monkeypatch.setattr(
+        ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    )
+    assert Pipeline.load(tiny_onnx_dir, provider="auto").provider == "cpu"
+    with pytest.raises(ProviderError, match="could not start CUDAExecutionProvider"):
+        Pipeline.load(tiny_onnx_dir, provider="cuda")
