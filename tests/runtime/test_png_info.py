@@ -16,8 +16,15 @@ from sdrun.png_info import (
 from sdrun.settings import ImageSettings
 
 BASE = ImageSettings(
-    prompt="a red cube", negative_prompt="", steps=20, sampler="euler_a", guidance_scale=7.0, seed=1,
-    width=512, height=768, model="tiny-shapes",
+    prompt="a red cube",
+    negative_prompt="",
+    steps=20,
+    sampler="euler_a",
+    guidance_scale=7.0,
+    seed=1,
+    width=512,
+    height=768,
+    model="tiny-shapes",
 )
 
 
@@ -48,8 +55,16 @@ def test_empty_negative_prompt_writes_no_line() -> None:
 @pytest.mark.parametrize("sampler", list(SAMPLER_LABELS))
 def test_round_trip(prompt: str, negative: str, sampler: str) -> None:
     settings = ImageSettings(
-        prompt=prompt, negative_prompt=negative, steps=31, sampler=sampler, guidance_scale=6.5,
-        seed=4294967296, width=640, height=384, model='odd, name: "v2"', strength=0.35,
+        prompt=prompt,
+        negative_prompt=negative,
+        steps=31,
+        sampler=sampler,
+        guidance_scale=6.5,
+        seed=4294967296,
+        width=640,
+        height=384,
+        model='odd, name: "v2"',
+        strength=0.35,
     )
     assert parse_parameters(format_parameters(settings)) == settings
 
@@ -60,14 +75,20 @@ def test_parses_what_the_web_ui_writes() -> None:
         "a second prompt line\n"
         "Negative prompt: lowres, bad anatomy\n"
         "Steps: 28, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 3527823911, Size: 512x768, "
-        'Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.45, Clip skip: 2, '
+        "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.45, Clip skip: 2, "
         'Lora hashes: "detail: 0a1b2c, style: 3d4e5f", Version: v1.10.1'
     )
     assert parse_parameters(text) == ImageSettings(
         prompt='masterpiece, best quality, "quoted" words\na second prompt line',
         negative_prompt="lowres, bad anatomy",
-        steps=28, sampler="dpmpp_2m_karras", guidance_scale=7.0, seed=3527823911, width=512, height=768,
-        model="v1-5-pruned-emaonly", strength=0.45,
+        steps=28,
+        sampler="dpmpp_2m_karras",
+        guidance_scale=7.0,
+        seed=3527823911,
+        width=512,
+        height=768,
+        model="v1-5-pruned-emaonly",
+        strength=0.45,
     )
 
 
