@@ -1,0 +1,52 @@
+"""`sdexport inspect`: what a folder holds, read from its graphs and manifest; --verify catches damage."""
+
+import shutil
+from pathlib import Path
+
+from click.testing import CliRunner
+from export_helpers import Built
+
+from sdexport.cli import main
+
+
+def test_inspect_shows_graphs_io_precision_sizes_and_validation(built: Built) -> None:
+    result = CliRunner().invoke(main, ["inspect", str(built.folder)])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    for component in ("text_encoder", "unet", "vae_encoder", "vae_decoder"):
+        assert f"  {component}  fp32  " in out
+    assert "<- timestep: float32 []" in out
+    assert "-> out_sample: float32 [batch, 4, height, width]" in out
+    assert "<- input_ids: int64 [batch, 77]" in out
+    assert out.count("validated (") == 4
+    assert "precision fp32, quantization none, opset 18" in out
+    assert " MB" in out
+
+
+def test_inspect_reads_a_folder_without_manifest(built: Built, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(built.folder, copy)
+    (copy / "sdexport_manifest.json").unlink()
+    result = CliRunner().invoke(main, ["inspect", str(copy), "--verify"])
+    assert result.exit_code == 0, result.output
+    assert "no sdexport manifest" in result.output
+    assert "-> latent_parameters: float32" in result.output
+
+
+def test_verify_catches_a_damaged_file(built: Built, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(built.folder, copy)
+    assert CliRunner().invoke(main, ["inspect", str(copy), "--verify"]).exit_code == 0
+    graph = copy / "unet" / "model.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    result = CliRunner().invoke(main, ["inspect", str(copy), "--verify"])
+    assert result.exit_code == 1
+    assert "Error:" in result.output and "unet/model.onnx" in result.output and "SHA-256" in result.output
+
+
+def test_inspect_refuses_what_is_not_a_model_folder(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["inspect", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and "model_index.json" in result.output
