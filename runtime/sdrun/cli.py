@@ -1,5 +1,6 @@
 """The `sdrun` command: `sdrun "a prompt" --model DIR` writes PNGs that carry their settings."""
 
+import string
 import sys
 import warnings
 from pathlib import Path
@@ -18,6 +19,7 @@ from sdrun.settings import ImageSettings
 # Where `sdexport build` puts the model that ships with the project.
 DEFAULT_MODEL_DIR = Path("exported") / "tiny-shapes"
 DEFAULT_OUT = "sdrun-{seed}.png"
+OUT_FIELDS = {"i", "seed"}
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 7.5
 DEFAULT_SAMPLER = "euler_a"
@@ -45,18 +47,18 @@ def main() -> None:
     """
 
 
-def _output_paths(pattern: str, settings: list[ImageSettings]) -> list[Path]:
+def _output_paths(pattern: str, seeds: list[int]) -> list[Path]:
     """Fill {i} and {seed} in the --out pattern; several images without either get -0, -1, ... added."""
-    if len(settings) > 1 and "{i}" not in pattern and "{seed}" not in pattern:
-        path = Path(pattern)
-        pattern = str(path.with_name(f"{path.stem}-{{i}}{path.suffix}"))
-    paths = []
-    for index, image_settings in enumerate(settings):
-        try:
-            paths.append(Path(pattern.format(i=index, seed=image_settings.seed)))
-        except (KeyError, IndexError, ValueError):
-            raise SettingsError(f"--out {pattern!r}: a pattern may use only {{i}} and {{seed}}") from None
-    return paths
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
+        if not fields <= OUT_FIELDS:
+            raise ValueError
+        if len(seeds) > 1 and not fields:
+            path = Path(pattern)
+            pattern = str(path.with_name(f"{path.stem}-{{i}}{path.suffix}"))
+        return [Path(pattern.format(i=index, seed=seed)) for index, seed in enumerate(seeds)]
+    except (KeyError, IndexError, ValueError):
+        raise SettingsError(f"--out {pattern!r}: a pattern may use only {{i}} and {{seed}}") from None
 
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
@@ -220,6 +222,7 @@ def _generate(
     num_images: int,
     overrides: dict[str, Any],
 ) -> None:
+    _output_paths(out, [0] * num_images)  # a bad pattern fails now, not after sampling
     recorded = read_png_settings(from_png) if from_png is not None else None
     arguments = _settings_from_options(prompt, recorded, init_image, overrides)
     model_is_default = ctx.get_parameter_source("model") == click.core.ParameterSource.DEFAULT
@@ -233,7 +236,7 @@ def _generate(
 
     with _ProgressBar(enabled=not quiet) as progress:
         result = pipeline.generate(num_images=num_images, callback=progress.update, **arguments)
-    paths = _output_paths(out, result.settings)
+    paths = _output_paths(out, [image_settings.seed for image_settings in result.settings])
     for image, image_settings, path in zip(result.images, result.settings, paths, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         save_png(image, path, image_settings)

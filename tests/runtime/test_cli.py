@@ -137,7 +137,11 @@ def test_web_ui_png_with_a_sampler_sdrun_lacks(tiny_onnx_dir: Path, tmp_path: Pa
 
 @pytest.mark.parametrize(
     "pattern, names",
-    [("{seed}-{i}.png", ["5-0.png", "6-1.png"]), ("many.png", ["many-0.png", "many-1.png"])],
+    [
+        ("{seed}-{i}.png", ["5-0.png", "6-1.png"]),
+        ("img{i:02d}.png", ["img00.png", "img01.png"]),
+        ("many.png", ["many-0.png", "many-1.png"]),
+    ],
 )
 def test_out_patterns_for_several_images(
     tiny_onnx_dir: Path, tmp_path: Path, pattern: str, names: list
@@ -198,7 +202,6 @@ def test_checksum_failure_error(folder_copy: Path) -> None:
         (["--height", "100"], "height 100 is not a positive multiple of 16"),
         (["--width", "4096", "--height", "8"], "height 8 is not a positive multiple of 16"),
         (["--sampler", "heun"], "Invalid value for '--sampler'"),
-        (["--out", "{name}.png"], "may use only {i} and {seed}"),
         (["--provider", "gpu"], "Invalid value for '--provider'"),
     ],
 )
@@ -207,6 +210,13 @@ def test_bad_input_is_one_line(tiny_onnx_dir: Path, tmp_path: Path, args: list, 
     Image.new("RGB", (64, 64)).save(init)
     args = [arg.replace("{init}", str(init)) for arg in args]
     _assert_one_line_error(_run("a cube", "--model", tiny_onnx_dir, "--steps", "2", *args), message)
+
+
+@pytest.mark.parametrize("pattern", ["{name}.png", "{}.png", "{i.png"])
+def test_bad_out_pattern_fails_before_sampling(tiny_onnx_dir: Path, pattern: str) -> None:
+    result = _run("a cube", "--model", tiny_onnx_dir, "--out", pattern)
+    _assert_one_line_error(result, "may use only {i} and {seed}")
+    assert "Sampling" not in result.stderr
 
 
 def test_no_prompt_is_one_line(tiny_onnx_dir: Path) -> None:
