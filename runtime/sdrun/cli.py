@@ -1,8 +1,10 @@
 """The `sdrun` command: `sdrun "a prompt" --model DIR` writes PNGs that carry their settings."""
 
+import functools
 import string
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,21 @@ def _output_paths(pattern: str, seeds: list[int]) -> list[Path]:
 
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     click.echo(f"Warning: {message}", err=True)
+
+
+def _reported(command: Callable[..., None]) -> Callable[..., None]:
+    """Run a command with sdrun's errors as one line ("Error: ...") and warnings as "Warning: ..." lines."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            try:
+                command(*args, **kwargs)
+            except SdrunError as error:
+                raise click.ClickException(str(error)) from None
+
+    return run
 
 
 def _open_pipeline(
@@ -132,6 +149,7 @@ def _open_pipeline(
 )
 @click.option("--quiet", is_flag=True, help="No progress bar or notes; print only where images went.")
 @click.pass_context
+@_reported
 def generate(
     ctx: click.Context,
     prompt: str | None,
@@ -147,25 +165,25 @@ def generate(
     **overrides: Any,
 ) -> None:
     """Generate images from PROMPT and write them as PNGs with their settings."""
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
-        try:
-            _generate(
-                ctx,
-                prompt,
-                model,
-                out,
-                quiet,
-                provider,
-                from_png,
-                init_image,
-                skip_checksums,
-                sequential_guidance,
-                num_images,
-                overrides,
-            )
-        except SdrunError as error:
-            raise click.ClickException(str(error)) from None
+    _output_paths(out, [0] * num_images)  # a bad pattern fails now, not after sampling
+    recorded = read_png_settings(from_png) if from_png is not None else None
+    arguments = _settings_from_options(prompt, recorded, init_image, overrides)
+    model_is_default = ctx.get_parameter_source("model") == click.core.ParameterSource.DEFAULT
+    pipeline = _open_pipeline(model, model_is_default, provider, not skip_checksums, sequential_guidance)
+    if not quiet:
+        click.echo(
+            f"Model {pipeline.folder.path} on the {pipeline.provider.upper()} execution provider", err=True
+        )
+        if recorded is not None and recorded.model and recorded.model != pipeline.folder.name:
+            click.echo(f"Note: {from_png} was made with model {recorded.model!r}", err=True)
+
+    with _ProgressBar(enabled=not quiet) as progress:
+        result = pipeline.generate(num_images=num_images, callback=progress.update, **arguments)
+    paths = _output_paths(out, [image_settings.seed for image_settings in result.settings])
+    for image, image_settings, path in zip(result.images, result.settings, paths, strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_png(image, path, image_settings)
+        click.echo(f"Wrote {path}")
 
 
 def _settings_from_options(
@@ -206,41 +224,6 @@ def _settings_from_options(
     if prompt is not None:
         given["prompt"] = prompt
     return {**base, **given, "init_image": init_image}
-
-
-def _generate(
-    ctx: click.Context,
-    prompt: str | None,
-    model: Path,
-    out: str,
-    quiet: bool,
-    provider: str,
-    from_png: Path | None,
-    init_image: str | None,
-    skip_checksums: bool,
-    sequential_guidance: bool,
-    num_images: int,
-    overrides: dict[str, Any],
-) -> None:
-    _output_paths(out, [0] * num_images)  # a bad pattern fails now, not after sampling
-    recorded = read_png_settings(from_png) if from_png is not None else None
-    arguments = _settings_from_options(prompt, recorded, init_image, overrides)
-    model_is_default = ctx.get_parameter_source("model") == click.core.ParameterSource.DEFAULT
-    pipeline = _open_pipeline(model, model_is_default, provider, not skip_checksums, sequential_guidance)
-    if not quiet:
-        click.echo(
-            f"Model {pipeline.folder.path} on the {pipeline.provider.upper()} execution provider", err=True
-        )
-        if recorded is not None and recorded.model and recorded.model != pipeline.folder.name:
-            click.echo(f"Note: {from_png} was made with model {recorded.model!r}", err=True)
-
-    with _ProgressBar(enabled=not quiet) as progress:
-        result = pipeline.generate(num_images=num_images, callback=progress.update, **arguments)
-    paths = _output_paths(out, [image_settings.seed for image_settings in result.settings])
-    for image, image_settings, path in zip(result.images, result.settings, paths, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_png(image, path, image_settings)
-        click.echo(f"Wrote {path}")
 
 
 class _ProgressBar:
