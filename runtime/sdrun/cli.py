@@ -12,7 +12,7 @@ import click
 import numpy as np
 
 from sdrun.errors import ModelFolderError, SdrunError, SettingsError
-from sdrun.pipeline import Pipeline
+from sdrun.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_STRENGTH, Pipeline
 from sdrun.png_info import read_png_settings, save_png
 from sdrun.providers import PROVIDER_CHOICES
 from sdrun.samplers import SAMPLERS
@@ -22,10 +22,6 @@ from sdrun.settings import ImageSettings
 DEFAULT_MODEL_DIR = Path("exported") / "tiny-shapes"
 DEFAULT_OUT = "sdrun-{seed}.png"
 OUT_FIELDS = {"i", "seed"}
-DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 7.5
-DEFAULT_SAMPLER = "euler_a"
-DEFAULT_STRENGTH = 0.8
 
 
 class _PromptFirstGroup(click.Group):

@@ -28,6 +28,10 @@ from sdrun.tokenizer import CLIPTokenizer, TokenizerError
 # callback(step, total, latents) after each sampler step; returning True stops the run.
 StepCallback = Callable[[int, int, np.ndarray], bool | None]
 FALLBACK_SIZE = 512
+DEFAULT_STEPS = 20
+DEFAULT_GUIDANCE = 7.5
+DEFAULT_SAMPLER = "euler_a"
+DEFAULT_STRENGTH = 0.8
 _SEED_RANGE = 2**32
 
 
@@ -151,7 +155,7 @@ class Pipeline:
         return self._graphs["vae_encoder"]
 
     def encode_prompt(
-        self, prompt: str, negative_prompt: str = "", guidance_scale: float = 7.5
+        self, prompt: str, negative_prompt: str = "", guidance_scale: float = DEFAULT_GUIDANCE
     ) -> PromptEmbeddings:
         """Text encoder states of both prompts in one call; the negative one is skipped at guidance 1."""
         with_negative = guidance_scale != 1.0
@@ -249,15 +253,15 @@ class Pipeline:
         prompt: str,
         negative_prompt: str = "",
         *,
-        steps: int = 20,
-        guidance_scale: float = 7.5,
-        sampler: str = "euler_a",
+        steps: int = DEFAULT_STEPS,
+        guidance_scale: float = DEFAULT_GUIDANCE,
+        sampler: str = DEFAULT_SAMPLER,
         seed: int | None = None,
         height: int | None = None,
         width: int | None = None,
         num_images: int = 1,
         init_image: Image.Image | str | Path | None = None,
-        strength: float = 0.8,
+        strength: float = DEFAULT_STRENGTH,
         callback: StepCallback | None = None,
     ) -> Result:
         """Text-to-image, or image-to-image when `init_image` is given.
