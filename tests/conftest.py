@@ -117,3 +117,15 @@ def tiny_onnx_dir(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixt
     out = tmp_path_factory.mktemp("onnx") / TINY_MODEL_NAME
     optimum_export(request.getfixturevalue("tiny_diffusers_dir"), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_sdexport_dir(tmp_path_factory: pytest.TempPathFactory, tiny_diffusers_dir: Path) -> Path:
+    """Our exporter's folder (`sdexport build`) of the same weights as `tiny_onnx_dir`; do not modify."""
+    out = tmp_path_factory.mktemp("sdexport") / TINY_MODEL_NAME
+    build = "from sdexport.cli import main; main()"
+    command = [sys.executable, "-c", build, "build", str(tiny_diffusers_dir), "--output", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"sdexport build failed:\n{done.stderr[-4000:]}")
+    return out

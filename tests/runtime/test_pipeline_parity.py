@@ -1,6 +1,7 @@
 """End to end against an independent pipeline: diffusers' StableDiffusionPipeline (PyTorch) on the tiny
-random-weight model, and sdrun on the ONNX folder that optimum-cli exported from the same weights, started
-from the same noise with the same deterministic sampler, give the same image to within 2 levels of 255."""
+random-weight model, and sdrun on an ONNX folder of the same weights (ours from `sdexport build`, and the
+one optimum-cli exports), started from the same noise with the same deterministic sampler, give the same
+image to within 2 levels of 255."""
 
 from pathlib import Path
 
@@ -25,6 +26,7 @@ PROMPT = "a red cube on a wooden table, studio light"
 NEGATIVE = "blurry, low quality"
 GUIDANCE = 7.5
 STEPS = 8
+SIZE = 64
 
 # sdrun sampler -> the diffusers scheduler (and its config overrides) that runs the same method.
 DETERMINISTIC_SAMPLERS = {
@@ -39,9 +41,10 @@ def reference(tiny_diffusers_dir: Path) -> StableDiffusionPipeline:
     return StableDiffusionPipeline.from_pretrained(tiny_diffusers_dir).to(torch.float32)
 
 
-@pytest.fixture(scope="module")
-def sdrun_pipeline(tiny_onnx_dir: Path) -> Pipeline:
-    return Pipeline.load(tiny_onnx_dir, provider="cpu")
+@pytest.fixture(scope="module", params=["sdexport", "optimum"])
+def sdrun_pipeline(request: pytest.FixtureRequest) -> Pipeline:
+    folder = request.getfixturevalue("tiny_sdexport_dir" if request.param == "sdexport" else "tiny_onnx_dir")
+    return Pipeline.load(folder, provider="cpu")
 
 
 def _with_scheduler(reference: StableDiffusionPipeline, sampler: str) -> dict:
@@ -65,7 +68,7 @@ def _init_image(size: int) -> Image.Image:
 
 @pytest.mark.parametrize("sampler", DETERMINISTIC_SAMPLERS)
 def test_text_to_image_matches_diffusers(reference, sdrun_pipeline: Pipeline, sampler: str) -> None:
-    size = sdrun_pipeline.default_size
+    size = SIZE
     shape = (1, sdrun_pipeline.latent_channels, size // 8, size // 8)
     noise = torch.randn(shape, generator=torch.Generator().manual_seed(3))
     theirs = StableDiffusionPipeline(**_with_scheduler(reference, sampler))(
@@ -96,7 +99,7 @@ def test_text_to_image_matches_diffusers(reference, sdrun_pipeline: Pipeline, sa
 def test_image_to_image_matches_diffusers(reference, sdrun_pipeline: Pipeline, sampler: str) -> None:
     """diffusers draws the VAE latent sample and then the starting noise from one torch generator;
     sdrun is given the same two draws."""
-    size, strength, seed = sdrun_pipeline.default_size, 0.6, 5
+    size, strength, seed = SIZE, 0.6, 5
     init_image = _init_image(size)
     theirs = StableDiffusionImg2ImgPipeline(**_with_scheduler(reference, sampler))(
         PROMPT,
