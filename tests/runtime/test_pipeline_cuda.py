@@ -38,7 +38,7 @@ def _difference(a: Image.Image, b: Image.Image) -> int:
 
 def test_every_session_runs_on_cuda(on_cuda: Pipeline, tiny_onnx_dir: Path) -> None:
     assert on_cuda.provider == "cuda"
-    on_cuda.generate("warm up", steps=1, seed=0, init_image=Image.new("RGB", (64, 64)))
+    on_cuda.generate("warm up", steps=2, seed=0, init_image=Image.new("RGB", (64, 64)))
     assert {g.session.get_providers()[0] for g in on_cuda._graphs.values()} == {"CUDAExecutionProvider"}
     assert len(on_cuda._graphs) == 4
     assert Pipeline.load(tiny_onnx_dir).provider == "cuda"

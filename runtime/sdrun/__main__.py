@@ -1,0 +1,5 @@
+"""`python -m sdrun` runs the sdrun command."""
+
+from sdrun.cli import main
+
+main()
