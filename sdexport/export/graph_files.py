@@ -22,3 +22,6 @@ def save_graph(model: onnx.ModelProto, path: Path) -> None:
     onnx.save_model(
         model, path, save_as_external_data=external, all_tensors_to_one_file=True, location=data.name
     )
+    if external:
+        # onnx creates the data file owner-only; give it the graph's (umask-default) permissions.
+        data.chmod(path.stat().st_mode)

@@ -25,6 +25,7 @@ class Check:
     """One output at one input shape: the largest absolute difference and the bound it had to meet."""
 
     sizes: Sizes
+    input_shapes: str
     output: str
     max_abs_error: float
     limit: float
@@ -38,6 +39,7 @@ class Check:
             "batch": self.sizes.batch,
             "latent_height": self.sizes.height,
             "latent_width": self.sizes.width,
+            "inputs": self.input_shapes,
             "output": self.output,
             "max_abs_error": self.max_abs_error,
             "limit": self.limit,
@@ -71,21 +73,22 @@ def validate_graph(
             expected = module(*(inputs[tensor.name] for tensor in spec.inputs(config)))
         expected = expected if isinstance(expected, tuple) else (expected,)
         feeds = {name: tensor.numpy() for name, tensor in inputs.items()}
+        shapes = ", ".join(f"{name} {list(array.shape)}" for name, array in feeds.items())
         actual = session.run(list(spec.outputs), feeds)
         for name, want, got in zip(spec.outputs, expected, actual, strict=True):
             want = want.numpy()
             if got.shape != want.shape:
                 raise ValidationError(
                     f"{spec.name}: output {name} has shape {list(got.shape)} from onnxruntime and "
-                    f"{list(want.shape)} from PyTorch at {sizes}"
+                    f"{list(want.shape)} from PyTorch, for inputs {shapes}"
                 )
             error = float(np.max(np.abs(got.astype(np.float64) - want)))
-            checks.append(Check(sizes, name, error, tolerance.limit(float(np.max(np.abs(want))))))
+            checks.append(Check(sizes, shapes, name, error, tolerance.limit(float(np.max(np.abs(want))))))
     failed = [check for check in checks if not check.passed]
     if failed:
         worst = max(failed, key=lambda check: check.max_abs_error / check.limit)
         raise ValidationError(
-            f"{spec.name}: onnxruntime and PyTorch differ by {worst.max_abs_error:.3g} in {worst.output} at "
-            f"{worst.sizes} (allowed {worst.limit:.3g})"
+            f"{spec.name}: onnxruntime and PyTorch differ by {worst.max_abs_error:.3g} in {worst.output} "
+            f"(allowed {worst.limit:.3g}), for inputs {worst.input_shapes}"
         )
     return checks
