@@ -1,0 +1,321 @@
+"""Train the embedded tiny-shapes model from scratch: `python -m sdexport.tiny.train --out sdexport/embedded`.
+
+Latent diffusion in the order of the original (Rombach et al. 2022): the KL autoencoder first, the latent
+scaling factor measured as 1 / std of its latents, then the text encoder and UNet together on the DDPM
+noise-prediction loss (Ho et al. 2020, eq. 14) over the SD 1.x schedule, with the caption dropped 10% of the
+time so that classifier-free guidance (Ho & Salimans 2022) has an unconditional model to push away from.
+Everything is seeded; losses are logged as it goes and saved beside the weights.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sdexport.export.tokenizer_files import write_tokenizer
+from sdexport.models.clip import CLIPTextConfig
+from sdexport.models.stable_diffusion import StableDiffusion, StableDiffusionConfig
+from sdexport.models.unet import UNetConfig
+from sdexport.models.vae import VAEConfig
+from sdexport.tiny.shapes import all_scenes, draw, judge
+from sdrun.tokenizer import CLIPTokenizer
+
+MODEL_NAME = "tiny-shapes"
+CAPTION_DROPOUT = 0.1
+FOREGROUND_WEIGHT = 8.0
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    seed: int = 0
+    images_per_caption: int = 24
+    vae_steps: int = 300
+    vae_batch: int = 16
+    vae_lr: float = 2e-3
+    kl_weight: float = 1e-4
+    diffusion_steps: int = 3000
+    diffusion_batch: int = 64
+    diffusion_lr: float = 1e-3
+    eval_seeds: int = 1
+    threads: int = 1
+    device: str = "cpu"
+
+
+def tiny_shapes_config() -> StableDiffusionConfig:
+    """SD 1.x in miniature: 64x64 pictures, 8x8x4 latents, a 2-layer CLIP text encoder on the real vocabulary."""
+    hidden = 64
+    return StableDiffusionConfig(
+        unet=UNetConfig(
+            model_channels=64,
+            channel_mult=(1, 2),
+            attention_resolutions=(1, 2),
+            num_res_blocks=1,
+            num_heads=4,
+            context_dim=hidden,
+            norm_groups=16,
+        ),
+        vae=VAEConfig(ch=16, ch_mult=(1, 2, 2, 4), num_res_blocks=1, norm_groups=8, scaling_factor=1.0),
+        text_encoder=CLIPTextConfig(
+            hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=2, num_attention_heads=4
+        ),
+    )
+
+
+def alphas_cumprod(config: StableDiffusionConfig) -> Tensor:
+    """The SD 1.x "scaled_linear" schedule: betas linear in sqrt, then alpha-bar_t = prod(1 - beta)."""
+    betas = torch.linspace(
+        config.beta_start**0.5, config.beta_end**0.5, config.num_train_timesteps, dtype=torch.float64
+    ) ** 2
+    return torch.cumprod(1.0 - betas, dim=0).float()
+
+
+def to_model_range(images: np.ndarray) -> Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def to_pixels(images: Tensor) -> np.ndarray:
+    """float [N, 3, H, W] in about [-1, 1] -> uint8 [N, H, W, 3]."""
+    pixels = ((images.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).numpy()
+
+
+def draw_dataset(images_per_caption: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each caption drawn `images_per_caption` times: uint8 images [N, 64, 64, 3] and scene indices [N]."""
+    scenes = all_scenes()
+    index = np.repeat(np.arange(len(scenes)), images_per_caption)
+    return np.stack([draw(scenes[i], rng) for i in index]), index
+
+
+def cosine_lr(step: int, steps: int, peak: float, warmup: int) -> float:
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return peak * 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def foreground_weight(x: Tensor, weight: float = FOREGROUND_WEIGHT) -> Tensor:
+    """[B, 1, H, W]: 1 on the background (the border's median colour), 1 + weight on the shape.
+
+    The shape covers 5-25% of a picture; unweighted, the autoencoder learns the background long before
+    it learns the shape's colour and outline, which are what the captions are about.
+    """
+    border = torch.cat([x[..., :2, :].flatten(2), x[..., -2:, :].flatten(2),
+                        x[..., :, :2].flatten(2), x[..., :, -2:].flatten(2)], dim=2)
+    background = border.median(dim=2).values[..., None, None]
+    shape = ((x - background).abs().amax(dim=1, keepdim=True) > 0.1).to(x.dtype)
+    return 1.0 + weight * shape
+
+
+def train_vae(model: StableDiffusion, images: np.ndarray, settings: TrainSettings, generator: torch.Generator,
+              log: Callable[[str], None]) -> list[float]:
+    """Shape-weighted reconstruction (L1 + L2) plus a small KL to the unit Gaussian (Kingma & Welling 2014, eq. 10)."""
+    vae, device = model.vae, settings.device
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
+    embed = model.config.vae.embed_dim
+    losses = []
+    for step in range(settings.vae_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, settings.vae_steps, settings.vae_lr, warmup=20)
+        pick = torch.randint(len(images), (settings.vae_batch,), generator=generator)
+        x = to_model_range(images[pick.numpy()]).to(device)
+        mean, logvar = vae.encode(x).split(embed, dim=1)
+        logvar = logvar.clamp(-30.0, 20.0)
+        z = mean + torch.randn(mean.shape, generator=generator).to(device) * (0.5 * logvar).exp()
+        recon = vae.decode(z)
+        kl = 0.5 * (mean**2 + logvar.exp() - 1.0 - logvar).mean()
+        error = (recon - x).abs()
+        loss = (foreground_weight(x) * (error + error**2)).mean() + settings.kl_weight * kl
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 25 == 0 or step == settings.vae_steps - 1:
+            log(f"vae step {step:5d}  loss {np.mean(losses[-25:]):.4f}  kl {kl.item():.2f}")
+    return losses
+
+
+@torch.no_grad()
+def encode_posteriors(model: StableDiffusion, images: np.ndarray, batch: int = 128) -> tuple[Tensor, Tensor]:
+    """Posterior mean and standard deviation of every image."""
+    embed = model.config.vae.embed_dim
+    device = next(model.vae.parameters()).device
+    means, stds = [], []
+    for start in range(0, len(images), batch):
+        moments = model.vae.encode(to_model_range(images[start : start + batch]).to(device)).cpu()
+        mean, logvar = moments.split(embed, dim=1)
+        means.append(mean)
+        stds.append((0.5 * logvar.clamp(-30.0, 20.0)).exp())
+    return torch.cat(means), torch.cat(stds)
+
+
+def measure_scaling_factor(mean: Tensor, std: Tensor, generator: torch.Generator) -> float:
+    """1 / std of posterior samples, as the original measured 0.18215 on its first training batch."""
+    samples = mean + std * torch.randn(mean.shape, generator=generator)
+    return float(1.0 / samples.std())
+
+
+def caption_ids(tokenizer: CLIPTokenizer) -> tuple[Tensor, Tensor]:
+    """Token ids of the 180 captions [180, 77] and of the empty prompt [1, 77]."""
+    captions = [scene.caption for scene in all_scenes()]
+    return torch.from_numpy(tokenizer.encode(captions)), torch.from_numpy(tokenizer.encode([""]))
+
+
+def train_diffusion(model: StableDiffusion, mean: Tensor, std: Tensor, scene_index: np.ndarray,
+                    ids: tuple[Tensor, Tensor], settings: TrainSettings, generator: torch.Generator,
+                    log: Callable[[str], None],
+                    every: Callable[[int], None] | None = None) -> list[float]:
+    """Text encoder and UNet together on || eps - eps_theta(sqrt(a_t) z + sqrt(1 - a_t) eps, t, c) ||^2."""
+    config, device = model.config, settings.device
+    scale = config.vae.scaling_factor
+    alpha_bar = alphas_cumprod(config)
+    caption_tokens, empty_tokens = ids
+    parameters = [*model.unet.parameters(), *model.text_encoder.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.diffusion_lr, weight_decay=0.01)
+    scenes = torch.from_numpy(scene_index)
+    losses = []
+    for step in range(settings.diffusion_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, settings.diffusion_steps, settings.diffusion_lr, warmup=100)
+        pick = torch.randint(len(mean), (settings.diffusion_batch,), generator=generator)
+        latents = (mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=generator)) * scale
+        tokens = caption_tokens[scenes[pick]].clone()
+        dropped = torch.rand(len(pick), generator=generator) < CAPTION_DROPOUT
+        tokens[dropped] = empty_tokens
+        t = torch.randint(config.num_train_timesteps, (len(pick),), generator=generator)
+        noise = torch.randn(latents.shape, generator=generator)
+        a = alpha_bar[t][:, None, None, None]
+        noisy = (a.sqrt() * latents + (1.0 - a).sqrt() * noise).to(device)
+        context = model.text_encoder(tokens.to(device))[0]
+        loss = F.mse_loss(model.unet(noisy, t.to(device), context), noise.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == settings.diffusion_steps - 1:
+            log(f"diffusion step {step:5d}  loss {np.mean(losses[-100:]):.4f}")
+        if every is not None:
+            every(step + 1)
+    return losses
+
+
+@torch.no_grad()
+def sample_ddim(model: StableDiffusion, tokens: Tensor, empty_tokens: Tensor, seeds: list[int],
+                steps: int = 25, guidance: float = 5.0) -> np.ndarray:
+    """Deterministic DDIM (Song et al. 2021, eq. 12 with sigma = 0) with classifier-free guidance; uint8 images."""
+    config = model.config
+    device = next(model.unet.parameters()).device
+    alpha_bar = alphas_cumprod(config).to(device)
+    stride = config.num_train_timesteps // steps
+    timesteps = list(range(1, config.num_train_timesteps, stride))[::-1]
+    context = model.text_encoder(torch.cat([tokens, empty_tokens.expand(len(tokens), -1)]).to(device))[0]
+    x = torch.stack([
+        torch.randn((config.unet.in_channels, 8, 8), generator=torch.Generator().manual_seed(seed))
+        for seed in seeds
+    ]).to(device)
+    for t in timesteps:
+        eps_text, eps_empty = model.unet(torch.cat([x, x]), torch.tensor(float(t)), context).chunk(2)
+        eps = eps_empty + guidance * (eps_text - eps_empty)
+        a, a_prev = alpha_bar[t], alpha_bar[t - stride] if t - stride >= 0 else alpha_bar[0]
+        x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+        x = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+    return to_pixels(model.vae.decode(x / config.vae.scaling_factor).cpu())
+
+
+def adherence(model: StableDiffusion, ids: tuple[Tensor, Tensor], seeds_per_caption: int,
+              batch: int = 60) -> float:
+    """Share of sampled pictures whose shape, colour and background the judge reads as captioned."""
+    scenes = all_scenes()
+    jobs = [(i, seed) for seed in range(seeds_per_caption) for i in range(len(scenes))]
+    right = 0
+    for start in range(0, len(jobs), batch):
+        chunk = jobs[start : start + batch]
+        tokens = ids[0][[i for i, _ in chunk]]
+        images = sample_ddim(model, tokens, ids[1], [1000 + seed * 1000 + i for i, seed in chunk])
+        right += sum(judge(image).matches(scenes[i]) for image, (i, _) in zip(images, chunk, strict=True))
+    return right / len(jobs)
+
+
+def train(settings: TrainSettings, log: Callable[[str], None] = print) -> tuple[StableDiffusion, dict]:
+    """The whole recipe; returns the model (scaling factor in its config) and the facts of the run."""
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    started = time.monotonic()
+    config = tiny_shapes_config()
+    model = StableDiffusion(config).to(settings.device)
+    with tempfile.TemporaryDirectory() as folder:
+        write_tokenizer(Path(folder))
+        ids = caption_ids(CLIPTokenizer.from_folder(Path(folder)))
+
+    images, scene_index = draw_dataset(settings.images_per_caption, rng)
+    log(f"drew {len(images)} pictures in {time.monotonic() - started:.0f} s")
+    vae_losses = train_vae(model, images, settings, generator, log)
+    model.vae.requires_grad_(False).eval()
+    vae_seconds = time.monotonic() - started
+
+    mean, std = encode_posteriors(model, images)
+    recon = to_pixels(model.vae.decode(mean[:360:2].to(settings.device)).cpu())
+    scenes = all_scenes()
+    recon_ok = np.mean([judge(img).matches(scenes[scene_index[2 * k]], check_size=True)
+                        for k, img in enumerate(recon)])
+    scaling_factor = measure_scaling_factor(mean, std, generator)
+    config.vae = dataclasses.replace(config.vae, scaling_factor=scaling_factor)
+    log(f"vae reconstructions judged right: {recon_ok:.3f}; latent scaling factor {scaling_factor:.5f}")
+
+    diffusion_losses = train_diffusion(model, mean, std, scene_index, ids, settings, generator, log)
+    model.eval()
+    train_seconds = time.monotonic() - started
+    score = adherence(model, ids, settings.eval_seeds) if settings.eval_seeds else None
+    model.cpu()
+    log(f"trained in {train_seconds:.0f} s; DDIM-25 adherence {score}")
+    facts = {
+        "settings": dataclasses.asdict(settings),
+        "images": len(images),
+        "vae_reconstruction_judged_right": float(recon_ok),
+        "scaling_factor": scaling_factor,
+        "vae_loss_every_25_steps": [round(float(np.mean(vae_losses[i : i + 25])), 5)
+                                    for i in range(0, len(vae_losses), 25)],
+        "diffusion_loss_every_100_steps": [round(float(np.mean(diffusion_losses[i : i + 100])), 5)
+                                           for i in range(0, len(diffusion_losses), 100)],
+        "vae_seconds": round(vae_seconds, 1),
+        "train_seconds": round(train_seconds, 1),
+        "ddim25_guidance5_adherence": score,
+        "torch": torch.__version__,
+    }
+    return model, facts
+
+
+def save(model: StableDiffusion, facts: dict, out: Path) -> None:
+    """The original-layout checkpoint in half precision, its YAML config, and the facts of the run."""
+    from sdexport.checkpoints import save_original, write_config_yaml
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_original(model, out / f"{MODEL_NAME}.safetensors", torch.float16)
+    write_config_yaml(model.config, out / f"{MODEL_NAME}.yaml")
+    (out / f"{MODEL_NAME}.training.json").write_text(json.dumps(facts, indent=1) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="folder for the .safetensors, .yaml and facts")
+    for field in dataclasses.fields(TrainSettings):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+    args = parser.parse_args()
+    settings = TrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)})
+    model, facts = train(settings, log=lambda line: print(line, flush=True))
+    save(model, facts, args.out)
+
+
+if __name__ == "__main__":
+    main()
