@@ -8,7 +8,7 @@ normals.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +18,13 @@ from sdrun.errors import ModelFolderError, SdrunError, SettingsError
 from sdrun.folder import LATENT_MULTIPLE_KEY, ModelFolder, open_model_folder
 from sdrun.graphs import Graph
 from sdrun.images import fit_size, from_pixels, load_image, to_pixels
+from sdrun.memory import DEFAULT_POLICY, LOW_MEMORY_POLICY, MemoryPolicy, Sessions
 from sdrun.providers import ProviderRequest, create_session, provider_name, requested_providers
 from sdrun.samplers import first_step, make_sampler, sample
 from sdrun.samplers.prediction import Model
 from sdrun.schedule import NoiseSchedule, ScheduleError
 from sdrun.settings import ImageSettings
+from sdrun.tiled_vae import decode_tiled
 from sdrun.tokenizer import CLIPTokenizer, TokenizerError
 
 # callback(step, total, latents) after each sampler step; returning True stops the run.
@@ -33,6 +35,11 @@ DEFAULT_GUIDANCE = 7.5
 DEFAULT_SAMPLER = "euler_a"
 DEFAULT_STRENGTH = 0.8
 _SEED_RANGE = 2**32
+# Automatic tiled VAE decoding above this many image pixels: a whole 768x768 decode already holds
+# about 6 GB of activations in the SD 1.x decoder (2.7 GB at 512x512), and it grows with the area.
+AUTO_TILE_PIXELS = 768 * 768
+# Sessions the default policy opens at load (the VAE encoder waits for an image-to-image call).
+TEXT_TO_IMAGE_GRAPHS = ("text_encoder", "unet", "vae_decoder")
 
 
 @dataclass(frozen=True)
@@ -74,39 +81,30 @@ def _require(config: dict, key: str, component: str) -> object:
 
 
 class Pipeline:
-    """Sessions for one model folder, and generation with them. Create with `Pipeline.load`."""
+    """Sessions for one model folder, and generation with them. Create with `Pipeline.load`.
+
+    Which sessions stay open and how onnxruntime allocates follow the pipeline's `MemoryPolicy`: the
+    default keeps the three text-to-image sessions open from load; the low-memory policy opens each for
+    its stage of a generation and releases it after (see sdrun.memory). `sessions` holds the open ones.
+    Each graph's inputs are read when it is first opened.
+    """
 
     def __init__(
         self,
         folder: ModelFolder,
-        graphs: dict[str, Graph],
         tokenizer: CLIPTokenizer,
         schedule: NoiseSchedule,
         providers: ProviderRequest,
-        sequential_guidance: bool = False,
+        memory: MemoryPolicy = DEFAULT_POLICY,
     ) -> None:
         self.folder = folder
         self.tokenizer = tokenizer
         self.schedule = schedule
+        self.memory = memory
         self._providers = providers
-        self._graphs = graphs
-        self.provider = provider_name(graphs["unet"].session)
+        self.sessions = Sessions(self._open_graph, keep=memory.keep_sessions)
+        self.provider: str | None = None  # set when the first session opens
 
-        text_encoder = graphs["text_encoder"]
-        self._input_ids = text_encoder.input_of_rank(2)
-        text_encoder.check_inputs([self._input_ids])
-        hidden = "last_hidden_state"
-        self._hidden_output = hidden if hidden in text_encoder.output_names else None
-
-        unet = graphs["unet"]
-        self._sample = unet.input_of_rank(4)
-        self._timestep = unet.input_of_rank(0, 1)
-        self._context = unet.input_of_rank(3)
-        unet.check_inputs([self._sample, self._timestep, self._context])
-        # A graph exported with a fixed batch of one cannot take the guidance pair in one call.
-        self.sequential_guidance = sequential_guidance or self._sample.shape[0] == 1
-
-        self._latent_sample = graphs["vae_decoder"].input_of_rank(4)
         vae_config = folder.config("vae_decoder")
         self.latent_scale = float(_require(vae_config, "scaling_factor", "vae_decoder"))
         vae_factor = 2 ** (len(_require(vae_config, "block_out_channels", "vae_decoder")) - 1)
@@ -128,31 +126,68 @@ class Pipeline:
         provider: str = "auto",
         *,
         verify_checksums: bool = True,
-        sequential_guidance: bool = False,
+        low_memory: bool = False,
+        sequential_guidance: bool | None = None,
+        tiled_vae: bool | None = None,
     ) -> "Pipeline":
         """Open and check `folder`, then create sessions on `provider` ("auto", "cpu" or "cuda").
 
         "auto" takes CUDA when this onnxruntime offers it and it starts, else the CPU; `provider` on
-        the result says which. `sequential_guidance` runs the conditional and unconditional UNet passes
-        one after the other (half the activation memory) instead of as one batch of two.
+        the result says which. `low_memory` trades time for peak memory (sdrun.memory: sessions opened
+        per stage, guidance passes one after the other, no memory arena, tiled VAE decoding).
+        `sequential_guidance` runs the conditional and unconditional UNet passes one after the other (half
+        the activation memory) instead of as one batch of two; `tiled_vae` decodes in tiles
+        (sdrun.tiled_vae). Left as None, these two follow `low_memory`; without it, images larger than
+        768x768 are decoded in tiles.
         """
         model = open_model_folder(folder, verify_checksums=verify_checksums)
         providers = requested_providers(provider)
-        graphs = {
-            name: _load_graph(model, name, providers) for name in ("text_encoder", "unet", "vae_decoder")
-        }
         try:
             tokenizer = CLIPTokenizer.from_folder(model.tokenizer_dir)
             schedule = NoiseSchedule.from_config(model.scheduler_config())
         except (TokenizerError, ScheduleError) as error:
             raise ModelFolderError(f"model folder {model.path}: {error}") from None
-        return cls(model, graphs, tokenizer, schedule, providers, sequential_guidance)
+        memory = LOW_MEMORY_POLICY if low_memory else DEFAULT_POLICY
+        if sequential_guidance is not None:
+            memory = replace(memory, sequential_guidance=sequential_guidance)
+        if tiled_vae is not None:
+            memory = replace(memory, tiled_vae=tiled_vae)
+        pipeline = cls(model, tokenizer, schedule, providers, memory)
+        # The text encoder opens now under either policy: a folder or provider problem shows at load.
+        pipeline.sessions.preload(*(TEXT_TO_IMAGE_GRAPHS if memory.keep_sessions else ("text_encoder",)))
+        return pipeline
 
-    def _vae_encoder(self) -> Graph:
-        """Loaded on first use: text-to-image never needs it."""
-        if "vae_encoder" not in self._graphs:
-            self._graphs["vae_encoder"] = _load_graph(self.folder, "vae_encoder", self._providers)
-        return self._graphs["vae_encoder"]
+    def _open_graph(self, component: str) -> Graph:
+        graph = _load_graph(self.folder, component, self._providers, self.memory)
+        if self.provider is None:
+            self.provider = provider_name(graph.session)
+        if component == "text_encoder":
+            self._input_ids = graph.input_of_rank(2)
+            graph.check_inputs([self._input_ids])
+            hidden = "last_hidden_state"
+            self._hidden_output = hidden if hidden in graph.output_names else None
+        elif component == "unet":
+            self._sample = graph.input_of_rank(4)
+            self._timestep = graph.input_of_rank(0, 1)
+            self._context = graph.input_of_rank(3)
+            graph.check_inputs([self._sample, self._timestep, self._context])
+        elif component == "vae_decoder":
+            self._latent_sample = graph.input_of_rank(4)
+        return graph
+
+    @property
+    def _graphs(self) -> dict[str, Graph]:
+        """The sessions open now, by component."""
+        return self.sessions.open_graphs
+
+    @property
+    def sequential_guidance(self) -> bool:
+        """Whether the guidance pair runs as two UNet calls; a UNet graph exported with a fixed batch of
+        one cannot take the pair in one call."""
+        if self.memory.sequential_guidance:
+            return True
+        self.sessions.get("unet")  # its inputs are read when it opens
+        return self._sample.shape[0] == 1
 
     def encode_prompt(
         self, prompt: str, negative_prompt: str = "", guidance_scale: float = DEFAULT_GUIDANCE
@@ -161,34 +196,37 @@ class Pipeline:
         with_negative = guidance_scale != 1.0
         prompts = [prompt, negative_prompt] if with_negative else [prompt]
         ids = self.tokenizer.encode(prompts)
-        states = self._graphs["text_encoder"].run({self._input_ids: ids}, self._hidden_output)
+        with self.sessions.use("text_encoder") as text_encoder:
+            states = text_encoder.run({self._input_ids: ids}, self._hidden_output)
         return PromptEmbeddings(states[:1], states[1:] if with_negative else None)
 
     def encode_image(self, image: Image.Image) -> LatentDistribution:
-        """The VAE encoder's latent distribution for an RGB image whose sides are multiples of 8."""
-        encoder = self._vae_encoder()
-        pixels = encoder.input_of_rank(4)
-        parameters = encoder.run({pixels: to_pixels(image)})
+        """The VAE encoder's latent distribution for an RGB image whose sides are multiples of 8
+        (text-to-image never needs the encoder: it opens on first use)."""
+        with self.sessions.use("vae_encoder") as encoder:
+            parameters = encoder.run({encoder.input_of_rank(4): to_pixels(image)})
         mean, logvar = np.split(parameters, 2, axis=1)
         # The clamp of diffusers' DiagonalGaussianDistribution keeps exp() finite.
         return LatentDistribution(mean, np.exp(0.5 * np.clip(logvar, -30.0, 20.0)))
 
     def _unet(self, latents: np.ndarray, timestep: float, context: np.ndarray) -> np.ndarray:
+        unet = self.sessions.get("unet")
         node = self._timestep
         batch = latents.shape[0]
         shape = () if node.rank == 0 else (node.shape[0] if isinstance(node.shape[0], int) else batch,)
         feeds = {self._sample: latents, self._timestep: np.full(shape, timestep), self._context: context}
-        return self._graphs["unet"].run(feeds)
+        return unet.run(feeds)
 
     def guided_model(self, embeddings: PromptEmbeddings, guidance_scale: float) -> Model:
         """model(x, t) for the samplers: classifier-free guidance, eps_u + s (eps_c - eps_u)
         (Ho & Salimans 2022, eq. 6), or the conditional prediction alone when there is no negative."""
         cond, uncond = embeddings.conditional, embeddings.unconditional
+        sequential = self.sequential_guidance
 
         def model(x: np.ndarray, t: float) -> np.ndarray:
             if uncond is None:
                 return self._unet(x, t, np.repeat(cond, len(x), axis=0))
-            if self.sequential_guidance:
+            if sequential:
                 out_uncond = self._unet(x, t, np.repeat(uncond, len(x), axis=0))
                 out_cond = self._unet(x, t, np.repeat(cond, len(x), axis=0))
             else:
@@ -212,27 +250,36 @@ class Pipeline:
         callback: StepCallback | None = None,
     ) -> np.ndarray:
         """Sample latents from `noise` (or, with `init_latents`, from those noised to `strength`)."""
-        model = self.guided_model(embeddings, guidance_scale)
-        return sample(
-            sampler,
-            model,
-            self.schedule,
-            steps,
-            noise,
-            rng,
-            init_latents=init_latents,
-            strength=strength,
-            callback=callback,
-        )
+        with self.sessions.use("unet"):
+            model = self.guided_model(embeddings, guidance_scale)
+            return sample(
+                sampler,
+                model,
+                self.schedule,
+                steps,
+                noise,
+                rng,
+                init_latents=init_latents,
+                strength=strength,
+                callback=callback,
+            )
 
     def decode(self, latents: np.ndarray) -> list[Image.Image]:
-        """Scaled latents -> images, one VAE call per image to bound its memory."""
-        return [
-            from_pixels(
-                self._graphs["vae_decoder"].run({self._latent_sample: item[None] / self.latent_scale})
-            )
-            for item in latents
-        ]
+        """Scaled latents -> images, one VAE call per image to bound its memory, in tiles when the
+        memory policy asks for them (or, by default, beyond 768x768 pixels)."""
+        with self.sessions.use("vae_decoder") as decoder:
+
+            def run(latent: np.ndarray) -> np.ndarray:
+                return decoder.run({self._latent_sample: latent})
+
+            images = []
+            for item in latents / self.latent_scale:
+                tiled = self.memory.tiled_vae
+                if tiled is None:
+                    tiled = item.shape[1] * item.shape[2] * self.vae_factor**2 > AUTO_TILE_PIXELS
+                pixels = decode_tiled(run, item[None], self.vae_factor) if tiled else run(item[None])
+                images.append(from_pixels(pixels))
+            return images
 
     def check_settings(
         self, steps: int, sampler: str, height: int, width: int, strength: float | None
@@ -296,9 +343,11 @@ class Pipeline:
         embeddings = self.encode_prompt(prompt, negative_prompt, guidance_scale)
         distribution = self.encode_image(fit_size(image, width, height)) if image is not None else None
         latent_shape = (1, self.latent_channels, height // self.vae_factor, width // self.vae_factor)
-        images: list[Image.Image] = []
+        sampled: list[np.ndarray] = []
         settings: list[ImageSettings] = []
         stopped = False
+        # Every image is sampled before any is decoded, so each session opens once per call under the
+        # low-memory policy; the latents waiting for the decoder are small.
         for index in range(num_images):
             rng = np.random.default_rng(seed + index)
             init_latents = None
@@ -323,7 +372,7 @@ class Pipeline:
                 strength=strength if image is not None else 1.0,
                 callback=on_step,
             )
-            images.extend(self.decode(latents))
+            sampled.append(latents)
             settings.append(
                 ImageSettings(
                     prompt=prompt,
@@ -340,13 +389,15 @@ class Pipeline:
             )
             if stopped:
                 break
-        return Result(images, settings, stopped)
+        return Result(self.decode(np.concatenate(sampled)), settings, stopped)
 
 
-def _load_graph(folder: ModelFolder, component: str, providers: ProviderRequest) -> Graph:
+def _load_graph(
+    folder: ModelFolder, component: str, providers: ProviderRequest, memory: MemoryPolicy
+) -> Graph:
     path = folder.graph(component)
     try:
-        session = create_session(path, providers)
+        session = create_session(path, providers, memory.session_options())
     except SdrunError:
         raise
     except Exception as error:  # onnxruntime raises its own classes for unreadable or invalid graphs

@@ -55,13 +55,15 @@ def _preload_cuda_libraries() -> None:
             preload()
 
 
-def create_session(path: Path, request: ProviderRequest) -> ort.InferenceSession:
+def create_session(
+    path: Path, request: ProviderRequest, options: ort.SessionOptions | None = None
+) -> ort.InferenceSession:
     """A session on the first requested provider that works; for a strict request, only on the first.
 
     onnxruntime-gpu lists CUDA as available even where its CUDA libraries fail to load, and then quietly
     runs on the CPU, so a strict request checks the session's own providers.
     """
-    options = ort.SessionOptions()
+    options = options or ort.SessionOptions()
     options.log_severity_level = _LOG_ERRORS_ONLY
     session = ort.InferenceSession(str(path), sess_options=options, providers=list(request.providers))
     if request.strict and session.get_providers()[0] != request.providers[0]:

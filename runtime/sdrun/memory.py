@@ -1,0 +1,123 @@
+"""How a pipeline spends memory: which sessions stay open, and how onnxruntime allocates.
+
+The default policy keeps all three sessions open (each generation after the first starts at once) and
+lets onnxruntime plan and pool its buffers. The low-memory policy trades time for peak resident memory:
+- each session is created when its stage starts and released when it ends (the text encoder before the
+  sampling loop, the UNet for the loop, the VAE decoder after it), so at most one model's weights are
+  resident at a time;
+- the conditional and unconditional UNet passes run one after the other (half the activations);
+- onnxruntime's memory arena and memory-pattern planning are off, so freed buffers go back to the system
+  instead of staying pooled at their high-water mark;
+- nodes run in priority order, which computes a weight-only int8 graph's dequantized weights just before
+  the node that reads them instead of all at once;
+- the VAE decodes in tiles (sdrun.tiled_vae).
+Graphs with external weights (`model.onnx.data`) are memory-mapped by onnxruntime in both policies, as long
+as no layout optimization copies them (see `layout_optimizations`).
+"""
+
+import ctypes
+import ctypes.util
+import gc
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import onnxruntime as ort
+
+from sdrun.graphs import Graph
+
+
+@dataclass(frozen=True)
+class MemoryPolicy:
+    keep_sessions: bool = True
+    sequential_guidance: bool = False
+    memory_arena: bool = True
+    # None: the pipeline decides by the image's size (sdrun.pipeline.AUTO_TILE_PIXELS).
+    tiled_vae: bool | None = None
+    # onnxruntime's NCHWc convolution layout: faster convolutions on the CPU, but every convolution weight
+    # is copied into the new layout at session creation, so external weights are no longer shared with
+    # their memory-mapped file.
+    layout_optimizations: bool = True
+
+    def session_options(self) -> ort.SessionOptions:
+        options = ort.SessionOptions()
+        options.enable_cpu_mem_arena = self.memory_arena
+        options.enable_mem_pattern = self.memory_arena
+        if not self.keep_sessions:
+            options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
+        if not self.layout_optimizations:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        return options
+
+
+DEFAULT_POLICY = MemoryPolicy()
+LOW_MEMORY_POLICY = MemoryPolicy(
+    keep_sessions=False,
+    sequential_guidance=True,
+    memory_arena=False,
+    tiled_vae=True,
+    layout_optimizations=False,
+)
+
+
+class Sessions:
+    """A pipeline's graphs by component, each opened by `open_graph` on first use; when `keep` is False,
+    released again when its use ends."""
+
+    def __init__(self, open_graph: Callable[[str], Graph], keep: bool) -> None:
+        self._open_graph = open_graph
+        self.keep = keep
+        self._open: dict[str, Graph] = {}
+        self.open_seconds: dict[str, float] = {}  # how long each graph's latest opening took
+
+    def preload(self, *components: str) -> None:
+        """Open these graphs now, so that folder and provider errors and the cold start come at load."""
+        for component in components:
+            self.get(component)
+
+    def get(self, component: str) -> Graph:
+        """The open graph of `component`, opened if need be; it stays open until a `use` of it ends (or
+        for good when sessions are kept)."""
+        if component not in self._open:
+            started = time.perf_counter()
+            self._open[component] = self._open_graph(component)
+            self.open_seconds[component] = time.perf_counter() - started
+        return self._open[component]
+
+    @contextmanager
+    def use(self, component: str) -> Iterator[Graph]:
+        """The graph of `component` for one stage; released at the stage's end unless sessions are kept."""
+        try:
+            yield self.get(component)
+        finally:
+            if not self.keep:
+                self.release(component)
+
+    def release(self, component: str) -> None:
+        if self._open.pop(component, None) is not None:
+            gc.collect()
+            release_freed_memory()
+
+    @property
+    def open_graphs(self) -> dict[str, Graph]:
+        return dict(self._open)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+_LIBC = _load_libc()
+
+
+def release_freed_memory() -> None:
+    """Ask glibc to hand freed heap pages back to the system (a no-op where there is no glibc): a released
+    session's many mid-sized buffers otherwise stay in the heap and in the resident set."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)

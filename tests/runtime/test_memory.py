@@ -1,0 +1,119 @@
+"""The low-memory policy on the optimum-exported tiny model: the same images as the default policy, each
+session open only for its stage, onnxruntime's arena off; tiled decoding when asked or past the size."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from sdrun.cli import main
+from sdrun.pipeline import Pipeline
+from sdrun.tiled_vae import DEFAULT_TILE
+
+PROMPT = "a small red cube"
+ARGS = {"steps": 4, "seed": 3, "negative_prompt": "dark", "num_images": 2}
+
+
+@pytest.fixture(scope="module")
+def default(tiny_onnx_dir: Path) -> Pipeline:
+    return Pipeline.load(tiny_onnx_dir, provider="cpu")
+
+
+@pytest.fixture(scope="module")
+def low_memory(tiny_onnx_dir: Path) -> Pipeline:
+    return Pipeline.load(tiny_onnx_dir, provider="cpu", low_memory=True)
+
+
+def _max_difference(a: Image.Image, b: Image.Image) -> int:
+    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+
+
+class _Recorder:
+    """Stands in for a session and records the shape of the rank-4 input of each call."""
+
+    def __init__(self, session) -> None:  # noqa: ANN001
+        self._session = session
+        self.shapes: list[tuple[int, ...]] = []
+
+    def run(self, outputs, feeds):  # noqa: ANN001, ANN201 - onnxruntime's signature
+        self.shapes.append(next(value.shape for value in feeds.values() if value.ndim == 4))
+        return self._session.run(outputs, feeds)
+
+    def __getattr__(self, name: str):  # noqa: ANN204
+        return getattr(self._session, name)
+
+
+@pytest.mark.parametrize("sampler", ["euler_a", "dpmpp_2m"])
+def test_low_memory_images_match_the_default(default: Pipeline, low_memory: Pipeline, sampler: str) -> None:
+    ours = low_memory.generate(PROMPT, sampler=sampler, **ARGS).images
+    reference = default.generate(PROMPT, sampler=sampler, **ARGS).images
+    # The guidance pair runs as two calls instead of one batch: float rounding, at most a level.
+    assert all(_max_difference(a, b) <= 1 for a, b in zip(ours, reference, strict=True))
+
+
+def test_low_memory_image_to_image_matches_the_default(default: Pipeline, low_memory: Pipeline) -> None:
+    init = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    args = {**ARGS, "init_image": init, "strength": 0.6}
+    (ours, _), (reference, _) = (p.generate(PROMPT, **args).images for p in (low_memory, default))
+    assert _max_difference(ours, reference) <= 1
+
+
+def test_each_session_is_open_only_for_its_stage(low_memory: Pipeline) -> None:
+    open_during_steps: set[tuple[str, ...]] = set()
+    low_memory.generate(
+        PROMPT, callback=lambda s, t, x: open_during_steps.add(tuple(low_memory._graphs)), **ARGS
+    )
+    assert open_during_steps == {("unet",)}
+    assert low_memory._graphs == {}
+
+    init = Image.new("RGB", (64, 64), (30, 90, 200))
+    low_memory.generate(PROMPT, init_image=init, strength=0.5, **ARGS)
+    assert low_memory._graphs == {}
+
+
+def test_default_policy_keeps_its_sessions(tiny_onnx_dir: Path) -> None:
+    pipeline = Pipeline.load(tiny_onnx_dir, provider="cpu")
+    assert set(pipeline._graphs) == {"text_encoder", "unet", "vae_decoder"}
+    pipeline.generate(PROMPT, init_image=Image.new("RGB", (64, 64)), strength=0.5, **ARGS)
+    assert set(pipeline._graphs) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
+
+
+def test_low_memory_sessions_run_without_the_memory_arena(default: Pipeline, low_memory: Pipeline) -> None:
+    unet = low_memory.sessions.get("unet").session
+    assert not unet.get_session_options().enable_cpu_mem_arena
+    assert not unet.get_session_options().enable_mem_pattern
+    low_memory.sessions.release("unet")
+    assert default._graphs["unet"].session.get_session_options().enable_cpu_mem_arena
+
+
+def _decoder_calls(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, size: int) -> list[tuple[int, ...]]:
+    recorder = _Recorder(pipeline.sessions.get("vae_decoder").session)
+    monkeypatch.setattr(pipeline.sessions.get("vae_decoder"), "session", recorder)
+    image = pipeline.decode(np.zeros((1, 4, size // 8, size // 8), dtype=np.float32))[0]
+    assert image.size == (size, size)
+    monkeypatch.undo()
+    return recorder.shapes
+
+
+def test_tiled_decoding_when_asked_or_past_the_size(tiny_onnx_dir: Path, monkeypatch) -> None:
+    large = (DEFAULT_TILE + 8) * 8  # latent sides just past one tile
+    tiled = Pipeline.load(tiny_onnx_dir, provider="cpu", tiled_vae=True)
+    assert _decoder_calls(tiled, monkeypatch, large) == [(1, 4, DEFAULT_TILE, DEFAULT_TILE)] * 4
+    untiled = Pipeline.load(tiny_onnx_dir, provider="cpu", tiled_vae=False)
+    assert _decoder_calls(untiled, monkeypatch, large) == [(1, 4, large // 8, large // 8)]
+    automatic = Pipeline.load(tiny_onnx_dir, provider="cpu")
+    assert len(_decoder_calls(automatic, monkeypatch, large)) == 1
+    assert len(_decoder_calls(automatic, monkeypatch, 1024)) > 1
+
+
+def test_cli_low_memory_writes_the_default_image(tiny_onnx_dir: Path, tmp_path: Path) -> None:
+    images = []
+    for name, flags in (("default", []), ("low", ["--low-memory"])):
+        out = tmp_path / f"{name}.png"
+        args = [PROMPT, "--model", tiny_onnx_dir, "--seed", 5, "--steps", 3, "--out", out, "--quiet", *flags]
+        result = CliRunner().invoke(main, [str(arg) for arg in args])
+        assert result.exit_code == 0, result.output
+        images.append(Image.open(out))
+    assert _max_difference(*images) <= 1
