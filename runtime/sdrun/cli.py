@@ -11,6 +11,7 @@ from typing import Any
 import click
 import numpy as np
 
+from sdrun.bench import bench_folder, write_json
 from sdrun.errors import ModelFolderError, SdrunError, SettingsError
 from sdrun.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_STRENGTH, Pipeline
 from sdrun.png_info import read_png_settings, save_png
@@ -40,6 +41,7 @@ def main() -> None:
     \b
       sdrun "a prompt" [OPTIONS]       same as: sdrun generate "a prompt" [OPTIONS]
       sdrun --from-png IMAGE [OPTIONS] make IMAGE again from the settings it carries
+      sdrun bench DIR [OPTIONS]        time and memory of each stage of a generation
 
     See `sdrun generate --help` for the options.
     """
@@ -79,11 +81,11 @@ def _reported(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _open_pipeline(
-    model: Path, model_is_default: bool, provider: str, verify: bool, sequential: bool
+    model: Path, model_is_default: bool, provider: str, verify: bool, **memory: Any
 ) -> Pipeline:
     if model_is_default and not model.is_dir():
         raise ModelFolderError(f"no model folder at {model}: run `sdexport build` first, or pass --model DIR")
-    return Pipeline.load(model, provider, verify_checksums=verify, sequential_guidance=sequential)
+    return Pipeline.load(model, provider, verify_checksums=verify, **memory)
 
 
 @main.command()
@@ -139,9 +141,22 @@ def _open_pipeline(
 )
 @click.option("--skip-checksums", is_flag=True, help="Check only file sizes against the folder's manifest.")
 @click.option(
-    "--sequential-guidance",
+    "--low-memory",
     is_flag=True,
-    help="Run the guided and unguided UNet passes one after the other (less memory).",
+    help="Least peak memory, at some cost in time: each model loaded only for its stage, guidance passes "
+    "one after the other, no memory pooling, VAE decoded in tiles.",
+)
+@click.option(
+    "--sequential-guidance/--batched-guidance",
+    default=None,
+    help="Run the guided and unguided UNet passes one after the other (less memory) or as one batch "
+    "[batched, unless --low-memory].",
+)
+@click.option(
+    "--tiled-vae/--no-tiled-vae",
+    default=None,
+    help="Decode the image in overlapping tiles (less memory; makes large images possible) "
+    "[tiled beyond 768x768 pixels, or with --low-memory].",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar or notes; print only where images went.")
 @click.pass_context
@@ -156,7 +171,9 @@ def generate(
     from_png: Path | None,
     init_image: str | None,
     skip_checksums: bool,
-    sequential_guidance: bool,
+    low_memory: bool,
+    sequential_guidance: bool | None,
+    tiled_vae: bool | None,
     num_images: int,
     **overrides: Any,
 ) -> None:
@@ -165,7 +182,15 @@ def generate(
     recorded = read_png_settings(from_png) if from_png is not None else None
     arguments = _settings_from_options(prompt, recorded, init_image, overrides)
     model_is_default = ctx.get_parameter_source("model") == click.core.ParameterSource.DEFAULT
-    pipeline = _open_pipeline(model, model_is_default, provider, not skip_checksums, sequential_guidance)
+    pipeline = _open_pipeline(
+        model,
+        model_is_default,
+        provider,
+        not skip_checksums,
+        low_memory=low_memory,
+        sequential_guidance=sequential_guidance,
+        tiled_vae=tiled_vae,
+    )
     if not quiet:
         click.echo(
             f"Model {pipeline.folder.path} on the {pipeline.provider.upper()} execution provider", err=True
@@ -180,6 +205,47 @@ def generate(
         path.parent.mkdir(parents=True, exist_ok=True)
         save_png(image, path, image_settings)
         click.echo(f"Wrote {path}")
+
+
+@main.command()
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option(
+    "--size", type=click.IntRange(min=8), default=512, show_default=True, help="Image side in pixels."
+)
+@click.option("--steps", type=click.IntRange(min=1), default=DEFAULT_STEPS, show_default=True)
+@click.option(
+    "--repeats", type=click.IntRange(min=1), default=2, show_default=True, help="Timed runs per stage."
+)
+@click.option("--full/--no-full", default=True, show_default=True, help="Also time a whole generation.")
+@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="cpu", show_default=True)
+@click.option("--low-memory", is_flag=True, help="Measure the low-memory mode (see sdrun generate --help).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the results here.")
+@_reported
+def bench(
+    folder: Path,
+    size: int,
+    steps: int,
+    repeats: int,
+    full: bool,
+    provider: str,
+    low_memory: bool,
+    json_path: Path | None,
+) -> None:
+    """Time each stage of a SIZE x SIZE generation with the model FOLDER, and its peak memory."""
+    report = bench_folder(
+        folder,
+        size,
+        repeats=repeats,
+        steps=steps,
+        full=full,
+        provider=provider,
+        low_memory=low_memory,
+        log=lambda line: click.echo(line, err=True),
+    )
+    click.echo(report.format())
+    if json_path is not None:
+        write_json(report, json_path)
+        click.echo(f"Wrote {json_path}")
 
 
 def _settings_from_options(
