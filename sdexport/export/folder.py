@@ -95,12 +95,13 @@ def _write_folder(
 ) -> dict[str, Any]:
     loaded.model.float().eval()
     config = loaded.model.config
+    # Made first: a model that diffusers' configs cannot describe fails before the slow exports.
+    configs = {spec.name: _json(spec.diffusers_config(config)) for spec in COMPONENTS}
     log(f"Building {loaded.name} from {loaded.source} ({loaded.kind} checkpoint, weights: {loaded.weights})")
     components = {}
     for spec in COMPONENTS:
         components[spec.name] = _build_component(spec, loaded, folder, options, log)
-        config_json = _json(spec.diffusers_config(config))
-        (folder / spec.name / "config.json").write_text(config_json, encoding="utf-8")
+        (folder / spec.name / "config.json").write_text(configs[spec.name], encoding="utf-8")
 
     scheduler = scheduler_config_to_diffusers(config)
     (folder / SCHEDULER_DIR).mkdir()
