@@ -24,9 +24,10 @@ from sdexport.export.inspect_folder import format_size
 from sdexport.export.manifest import FORMAT_VERSION, graph_signature, source_sha256, versions, write_manifest
 from sdexport.export.onnx_export import DEFAULT_OPSET, MIN_OPSET, export_graph
 from sdexport.export.quantize import quantize_int8
-from sdexport.export.specs import COMPONENTS, VALIDATION_SIZES, ComponentSpec
+from sdexport.export.specs import COMPONENTS, LATENT_SIZE_MULTIPLE, VALIDATION_SIZES, ComponentSpec
 from sdexport.export.tokenizer_files import write_tokenizer
 from sdexport.export.validate import VALIDATION_SEED, Check, validate_graph
+from sdrun.folder import LATENT_MULTIPLE_KEY
 
 PRECISIONS = ("fp32", "fp16")
 QUANTIZATIONS = ("none", "int8")
@@ -127,6 +128,7 @@ def _write_folder(
         "opset": options.opset,
         "precision": options.precision,
         "quantization": options.quantize,
+        LATENT_MULTIPLE_KEY: LATENT_SIZE_MULTIPLE,
         "validation": {
             "enabled": options.validate,
             "provider": "CPUExecutionProvider",

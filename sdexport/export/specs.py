@@ -69,6 +69,9 @@ EXPORT_SIZES = Sizes(batch=2, height=8, width=12)
 # Fresh inputs for validation: batch 1 and 2, square and not, and a latent side that the UNet's three
 # halvings do not divide (its upsamplings must then match the skip connections' odd sizes).
 VALIDATION_SIZES = (Sizes(1, 8, 8), Sizes(2, 6, 10), Sizes(1, 9, 13))
+# Latent sides the UNet graph takes: any (its upsamplings resize to their skip connections), which the
+# odd size above checks at every build.
+LATENT_SIZE_MULTIPLE = 1
 
 
 def vae_factor(config: StableDiffusionConfig) -> int:

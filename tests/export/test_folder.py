@@ -96,6 +96,10 @@ def test_manifest_records_source_versions_graphs_and_validation(
     assert {"sdexport", "torch", "onnx", "onnxruntime"} <= set(manifest["versions"])
     assert manifest["opset"] == 18
     assert (manifest["precision"], manifest["quantization"]) == ("fp32", "none")
+    # Any latent side: sdrun reads this, and the UNet was checked at an odd size.
+    assert manifest["latent_size_multiple"] == 1
+    unet_checks = manifest["components"]["unet"]["validation"]["checks"]
+    assert any(c["latent_height"] % 2 and c["latent_width"] % 2 for c in unet_checks)
     for component, (inputs, outputs) in EXPECTED_IO.items():
         recorded = manifest["components"][component]
         assert [i["name"] for i in recorded["inputs"]] == inputs
