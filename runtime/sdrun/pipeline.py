@@ -129,6 +129,7 @@ class Pipeline:
         low_memory: bool = False,
         sequential_guidance: bool | None = None,
         tiled_vae: bool | None = None,
+        memory: MemoryPolicy | None = None,
     ) -> "Pipeline":
         """Open and check `folder`, then create sessions on `provider` ("auto", "cpu" or "cuda").
 
@@ -138,7 +139,7 @@ class Pipeline:
         `sequential_guidance` runs the conditional and unconditional UNet passes one after the other (half
         the activation memory) instead of as one batch of two; `tiled_vae` decodes in tiles
         (sdrun.tiled_vae). Left as None, these two follow `low_memory`; without it, images larger than
-        768x768 are decoded in tiles.
+        768x768 are decoded in tiles. `memory`, when given, is the whole policy and replaces `low_memory`.
         """
         model = open_model_folder(folder, verify_checksums=verify_checksums)
         providers = requested_providers(provider)
@@ -147,7 +148,8 @@ class Pipeline:
             schedule = NoiseSchedule.from_config(model.scheduler_config())
         except (TokenizerError, ScheduleError) as error:
             raise ModelFolderError(f"model folder {model.path}: {error}") from None
-        memory = LOW_MEMORY_POLICY if low_memory else DEFAULT_POLICY
+        if memory is None:
+            memory = LOW_MEMORY_POLICY if low_memory else DEFAULT_POLICY
         if sequential_guidance is not None:
             memory = replace(memory, sequential_guidance=sequential_guidance)
         if tiled_vae is not None:
