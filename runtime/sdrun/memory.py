@@ -10,9 +10,11 @@ lets onnxruntime plan and pool its buffers. The low-memory policy trades time fo
   instead of staying pooled at their high-water mark;
 - nodes run in priority order, which computes a weight-only int8 graph's dequantized weights just before
   the node that reads them instead of all at once;
-- the VAE decodes in tiles (sdrun.tiled_vae).
-Graphs with external weights (`model.onnx.data`) are memory-mapped by onnxruntime in both policies, as long
-as no layout optimization copies them (see `layout_optimizations`).
+- the VAE decodes in tiles (sdrun.tiled_vae);
+- no NCHWc layout optimization, so that weights in an external data file (`model.onnx.data`), which
+  onnxruntime memory-maps, are read in place instead of copied;
+- glibc is asked to return freed heap pages after each session is released.
+The measured effect of each is in BENCHMARKS.md.
 """
 
 import ctypes
@@ -30,6 +32,8 @@ from sdrun.graphs import Graph
 
 @dataclass(frozen=True)
 class MemoryPolicy:
+    """Each field one of the tools above, so that each can be measured on its own."""
+
     keep_sessions: bool = True
     sequential_guidance: bool = False
     memory_arena: bool = True
@@ -39,12 +43,15 @@ class MemoryPolicy:
     # is copied into the new layout at session creation, so external weights are no longer shared with
     # their memory-mapped file.
     layout_optimizations: bool = True
+    priority_order: bool = False
+    # malloc_trim after a session is released (glibc only).
+    trim_heap: bool = False
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
         options.enable_cpu_mem_arena = self.memory_arena
         options.enable_mem_pattern = self.memory_arena
-        if not self.keep_sessions:
+        if self.priority_order:
             options.execution_order = ort.ExecutionOrder.PRIORITY_BASED
         if not self.layout_optimizations:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -58,6 +65,8 @@ LOW_MEMORY_POLICY = MemoryPolicy(
     memory_arena=False,
     tiled_vae=True,
     layout_optimizations=False,
+    priority_order=True,
+    trim_heap=True,
 )
 
 
@@ -65,9 +74,10 @@ class Sessions:
     """A pipeline's graphs by component, each opened by `open_graph` on first use; when `keep` is False,
     released again when its use ends."""
 
-    def __init__(self, open_graph: Callable[[str], Graph], keep: bool) -> None:
+    def __init__(self, open_graph: Callable[[str], Graph], keep: bool, trim_heap: bool = False) -> None:
         self._open_graph = open_graph
         self.keep = keep
+        self.trim_heap = trim_heap
         self._open: dict[str, Graph] = {}
         self.open_seconds: dict[str, float] = {}  # how long each graph's latest opening took
 
@@ -97,7 +107,8 @@ class Sessions:
     def release(self, component: str) -> None:
         if self._open.pop(component, None) is not None:
             gc.collect()
-            release_freed_memory()
+            if self.trim_heap:
+                release_freed_memory()
 
     @property
     def open_graphs(self) -> dict[str, Graph]:
