@@ -1,8 +1,8 @@
 """The tiny model's world: one shape on a plain background, its caption grammar, and a judge of pixels.
 
-The judge reads only pixels: the background colour from the border, the shape's mask (pixels far from the
-background), its colour (the palette colour nearest the mask's median), its outline through a
-rotation-invariant measure (area over the area of the circle around the centroid that holds the mask:
+The judge reads only pixels: the background colour from a ring along the border, the shape's mask
+(pixels far from the background), its colour (the palette colour nearest the mask's median), its outline
+through a rotation-invariant measure (area over the area of the circle around the centroid holding the mask:
 1 for a circle, 2/pi for a square, 3*sqrt(3)/(4*pi) for an equilateral triangle), and its size from its area.
 """
 
@@ -30,6 +30,10 @@ AREA_RANGES = {"small": (200.0, 330.0), "large": (650.0, 1000.0)}
 # Area over the area of the enclosing centroid circle: circle 1, square 0.64, triangle 0.41.
 SHAPE_THRESHOLDS = (0.54, 0.78)
 IMAGE_SIZE = 64
+# Pixels between a shape and the picture's edge, at least; the judge reads the background from a ring
+# of BORDER_RING pixels along the edge (its median, so a shape reaching into the ring does not matter).
+SHAPE_MARGIN = 2
+BORDER_RING = 6
 _SUPERSAMPLE = 4
 _CAPTION = re.compile(r"^a (\w+) (\w+) (\w+) on a (\w+) background$")
 
@@ -60,7 +64,9 @@ def parse_caption(caption: str) -> Scene:
     match = _CAPTION.match(caption.strip().lower())
     scene = Scene(*match.groups()) if match else None
     if scene is None or scene not in set(all_scenes()):
-        raise ValueError(f"not a caption of the grammar 'a SIZE COLOR SHAPE on a BACKGROUND background': {caption!r}")
+        raise ValueError(
+            f"not a caption of the grammar 'a SIZE COLOR SHAPE on a BACKGROUND background': {caption!r}"
+        )
     return scene
 
 
@@ -87,7 +93,7 @@ def draw(scene: Scene, rng: np.random.Generator) -> np.ndarray:
     else:
         points = _outline(scene.shape, area, angle)
         reach = max(math.hypot(x, y) for x, y in points)
-    margin = reach + 2.0
+    margin = reach + SHAPE_MARGIN
     cx, cy = rng.uniform(margin, IMAGE_SIZE - margin, size=2)
 
     scale = _SUPERSAMPLE
@@ -152,10 +158,14 @@ def judge(image: np.ndarray) -> Judgement:
     """Read the scene from a uint8 [H, W, 3] picture (any square size; areas are rescaled to 64x64)."""
     pixels = np.asarray(image, dtype=np.float64)[..., :3]
     height, width = pixels.shape[:2]
-    border = np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3),
-                             pixels[:, :2].reshape(-1, 3), pixels[:, -2:].reshape(-1, 3)])
+    ring = max(1, round(BORDER_RING * height / IMAGE_SIZE))
+    border = np.concatenate([pixels[:ring].reshape(-1, 3), pixels[-ring:].reshape(-1, 3),
+                             pixels[:, :ring].reshape(-1, 3), pixels[:, -ring:].reshape(-1, 3)])
     background = np.median(border, axis=0)
     distance = np.linalg.norm(pixels - background, axis=-1)
+    # Shapes keep clear of the outermost pixels, where convolution padding leaves a decoder's artefacts.
+    frame = max(1, round(SHAPE_MARGIN * height / IMAGE_SIZE))
+    distance[:frame], distance[-frame:], distance[:, :frame], distance[:, -frame:] = 0, 0, 0, 0
     rough = distance > 60.0
     if rough.sum() < 4:
         return Judgement("small", "none", "none", nearest_color(background), 0.0, 0.0)

@@ -31,27 +31,30 @@ from sdrun.tokenizer import CLIPTokenizer
 
 MODEL_NAME = "tiny-shapes"
 CAPTION_DROPOUT = 0.1
-FOREGROUND_WEIGHT = 8.0
+FOREGROUND_WEIGHT = 4.0
+# Initial posterior log-variance: the autoencoder starts nearly deterministic (std e^-3), so its
+# decoder learns from clean latents; the KL term is free to widen it later.
+INITIAL_LOGVAR = -6.0
 
 
 @dataclasses.dataclass
 class TrainSettings:
     seed: int = 0
     images_per_caption: int = 24
-    vae_steps: int = 300
-    vae_batch: int = 16
+    vae_steps: int = 2500
+    vae_batch: int = 8
     vae_lr: float = 2e-3
     kl_weight: float = 1e-4
-    diffusion_steps: int = 3000
-    diffusion_batch: int = 64
-    diffusion_lr: float = 1e-3
+    diffusion_steps: int = 4000
+    diffusion_batch: int = 48
+    diffusion_lr: float = 2e-3
     eval_seeds: int = 1
     threads: int = 1
     device: str = "cpu"
 
 
 def tiny_shapes_config() -> StableDiffusionConfig:
-    """SD 1.x in miniature: 64x64 pictures, 8x8x4 latents, a 2-layer CLIP text encoder on the real vocabulary."""
+    """SD 1.x in miniature: 64x64 pictures, 8x8x4 latents, a 2-layer CLIP text encoder, CLIP's vocabulary."""
     hidden = 64
     return StableDiffusionConfig(
         unet=UNetConfig(
@@ -63,7 +66,9 @@ def tiny_shapes_config() -> StableDiffusionConfig:
             context_dim=hidden,
             norm_groups=16,
         ),
-        vae=VAEConfig(ch=16, ch_mult=(1, 2, 2, 4), num_res_blocks=1, norm_groups=8, scaling_factor=1.0),
+        # Two groups: each group norm of a flat-coloured picture keeps only the pattern across a group's
+        # channels, so groups of 2 channels (8 groups of 16) could not tell six background colours apart.
+        vae=VAEConfig(ch=16, ch_mult=(1, 2, 2, 4), num_res_blocks=1, norm_groups=2, scaling_factor=1.0),
         text_encoder=CLIPTextConfig(
             hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=2, num_attention_heads=4
         ),
@@ -117,7 +122,7 @@ def foreground_weight(x: Tensor, weight: float = FOREGROUND_WEIGHT) -> Tensor:
 
 def train_vae(model: StableDiffusion, images: np.ndarray, settings: TrainSettings, generator: torch.Generator,
               log: Callable[[str], None]) -> list[float]:
-    """Shape-weighted reconstruction (L1 + L2) plus a small KL to the unit Gaussian (Kingma & Welling 2014, eq. 10)."""
+    """Shape-weighted L1 + L2 reconstruction plus a small KL to N(0, I) (Kingma & Welling 2014, eq. 10)."""
     vae, device = model.vae, settings.device
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
     embed = model.config.vae.embed_dim
@@ -211,7 +216,7 @@ def train_diffusion(model: StableDiffusion, mean: Tensor, std: Tensor, scene_ind
 @torch.no_grad()
 def sample_ddim(model: StableDiffusion, tokens: Tensor, empty_tokens: Tensor, seeds: list[int],
                 steps: int = 25, guidance: float = 5.0) -> np.ndarray:
-    """Deterministic DDIM (Song et al. 2021, eq. 12 with sigma = 0) with classifier-free guidance; uint8 images."""
+    """Deterministic DDIM (Song et al. 2021, eq. 12, sigma = 0) with classifier-free guidance -> uint8."""
     config = model.config
     device = next(model.unet.parameters()).device
     alpha_bar = alphas_cumprod(config).to(device)
@@ -253,7 +258,10 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> tuple[
     rng = np.random.default_rng(settings.seed)
     started = time.monotonic()
     config = tiny_shapes_config()
-    model = StableDiffusion(config).to(settings.device)
+    model = StableDiffusion(config)
+    with torch.no_grad():
+        model.vae.quant_conv.bias[config.vae.embed_dim :] = INITIAL_LOGVAR
+    model.to(settings.device)
     with tempfile.TemporaryDirectory() as folder:
         write_tokenizer(Path(folder))
         ids = caption_ids(CLIPTokenizer.from_folder(Path(folder)))
@@ -308,9 +316,10 @@ def save(model: StableDiffusion, facts: dict, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, required=True, help="folder for the .safetensors, .yaml and facts")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the weights, config and facts")
     for field in dataclasses.fields(TrainSettings):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+        flag = f"--{field.name.replace('_', '-')}"
+        parser.add_argument(flag, type=type(field.default), default=field.default)
     args = parser.parse_args()
     settings = TrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)})
     model, facts = train(settings, log=lambda line: print(line, flush=True))
