@@ -26,7 +26,7 @@ from sdexport.export.onnx_export import DEFAULT_OPSET, MIN_OPSET, export_graph
 from sdexport.export.quantize import quantize_int8
 from sdexport.export.specs import COMPONENTS, LATENT_SIZE_MULTIPLE, VALIDATION_SIZES, ComponentSpec
 from sdexport.export.tokenizer_files import write_tokenizer
-from sdexport.export.validate import VALIDATION_SEED, Check, validate_graph
+from sdexport.export.validate import VALIDATION_SEED, Check, check_signature, validate_graph
 from sdrun.folder import LATENT_MULTIPLE_KEY
 
 PRECISIONS = ("fp32", "fp16")
@@ -160,6 +160,9 @@ def _build_component(
         shutil.rmtree(folder / ".float32")
     export_seconds = time.perf_counter() - started
 
+    signature = graph_signature(graph)
+    check_signature(spec, config, signature)
+
     started = time.perf_counter()
     tolerance = spec.tolerances[precision]
     checks: list[Check] = []
@@ -180,7 +183,7 @@ def _build_component(
         "graph": graph.relative_to(folder).as_posix(),
         "external_data": (out / EXTERNAL_DATA_FILE).is_file(),
         "precision": precision,
-        **graph_signature(graph),
+        **signature,
         "export_seconds": round(export_seconds, 2),
         "validation": {
             "tolerance": {"atol": tolerance.atol, "rtol": tolerance.rtol},

@@ -4,8 +4,10 @@ Unlike optimum, which only warns, a result past the component's tolerance raises
 build fails and leaves no folder behind.
 """
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -44,6 +46,24 @@ class Check:
             "max_abs_error": self.max_abs_error,
             "limit": self.limit,
         }
+
+
+def check_signature(spec: ComponentSpec, config: StableDiffusionConfig, signature: dict[str, Any]) -> None:
+    """The graph's inputs are the spec's (names, dtypes, fixed sizes, dynamic axes) and its outputs are
+    named as the spec says: the folder's contract with every runtime that reads it."""
+    declared = [_describe(t.name, t.dtype, t.shape) for t in spec.inputs(config)]
+    declared += list(spec.outputs)
+    found = [_describe(v["name"], v["dtype"], v["shape"]) for v in signature["inputs"]]
+    found += [value["name"] for value in signature["outputs"]]
+    if found != declared:
+        raise ValidationError(
+            f"{spec.name}: the graph has {'; '.join(found)} where the folder needs {'; '.join(declared)}"
+        )
+
+
+def _describe(name: str, dtype: str, shape: Sequence[int | str]) -> str:
+    dims = ", ".join(str(d) if isinstance(d, int) else "dynamic" for d in shape)
+    return f"input {name} {dtype} [{dims}]"
 
 
 def open_session(path: Path) -> ort.InferenceSession:

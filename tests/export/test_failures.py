@@ -114,3 +114,22 @@ def test_missing_embedded_model_is_explained(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(sdexport.cli, "EMBEDDED_CHECKPOINT", tmp_path / "tiny-shapes.safetensors")
     error = _one_line_error(_build())
     assert "embedded model" in error and "sdexport.tiny.train" in error
+
+
+def test_graph_with_other_io_than_the_layout_fails_the_build(
+    tiny_checkpoint_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def renamed_input(*args, **kwargs) -> Path:
+        path = onnx_export.export_graph(*args, **kwargs)
+        model = onnx.load(path)
+        old = model.graph.input[0].name
+        model.graph.input[0].name = "ids"
+        for node in model.graph.node:
+            node.input[:] = ["ids" if name == old else name for name in node.input]
+        onnx.save(model, path)
+        return path
+
+    monkeypatch.setattr(sdexport.export.folder, "export_graph", renamed_input)
+    error = _one_line_error(_build(str(tiny_checkpoint_file), "-o", str(tmp_path / "out")))
+    assert "text_encoder" in error and "input ids int64" in error and "input input_ids int64" in error
+    assert list(tmp_path.iterdir()) == []
