@@ -117,6 +117,7 @@ def read_config_yaml(path: Path) -> StableDiffusionConfig:
         beta_schedule=_SCHEDULES[schedule],
         num_train_timesteps=params.get_int("timesteps", defaults.num_train_timesteps),
         prediction_type=_PARAMETERIZATIONS[parameterization],
+        sample_size=params.get_int("image_size", defaults.sample_size),
     )
 
 
@@ -240,6 +241,7 @@ def config_to_yaml_dict(config: StableDiffusionConfig) -> dict[str, Any]:
                 "beta_schedule": schedules[config.beta_schedule],
                 "timesteps": config.num_train_timesteps,
                 "parameterization": parameterizations[config.prediction_type],
+                "image_size": config.sample_size,
                 "scale_factor": vae.scaling_factor,
                 "unet_config": {"target": _TARGETS["unet"], "params": unet_params},
                 "first_stage_config": {

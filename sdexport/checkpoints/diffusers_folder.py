@@ -92,10 +92,12 @@ def read_diffusers_config(folder: Path) -> tuple[StableDiffusionConfig, list[str
     else:
         schedule = {}
         notes.append("no scheduler/scheduler_config.json: SD 1.x training schedule assumed")
+    unet = read_json(folder / "unet" / "config.json")
     config = StableDiffusionConfig(
-        unet=unet_config_from_diffusers(read_json(folder / "unet" / "config.json")),
+        unet=unet_config_from_diffusers(unet),
         vae=vae_config_from_diffusers(read_json(folder / "vae" / "config.json")),
         text_encoder=text_encoder_config_from_diffusers(read_json(folder / "text_encoder" / "config.json")),
+        sample_size=int(unet.get("sample_size", StableDiffusionConfig.sample_size)),
         **schedule,
     )
     return config, notes

@@ -9,6 +9,7 @@ side is `factor` times that.
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -188,6 +189,10 @@ _FP32 = Tolerance(atol=1e-4, rtol=1e-4)
 _FP16 = Tolerance(atol=2e-2, rtol=2e-2)
 _INT8 = Tolerance(atol=5e-2, rtol=1e-1)
 
+def _vae_diffusers_config(config: StableDiffusionConfig) -> dict[str, Any]:
+    return vae_config_to_diffusers(config.vae, config.sample_size * config.vae.downsampling)
+
+
 COMPONENTS: tuple[ComponentSpec, ...] = (
     ComponentSpec(
         name="text_encoder",
@@ -204,7 +209,7 @@ COMPONENTS: tuple[ComponentSpec, ...] = (
         outputs=("out_sample",),
         wrap=UNetGraph,
         make_inputs=_unet_example,
-        diffusers_config=lambda config: unet_config_to_diffusers(config.unet),
+        diffusers_config=lambda config: unet_config_to_diffusers(config.unet, config.sample_size),
         tolerances={"fp32": _FP32, "fp16": _FP16, "int8": _INT8},
     ),
     ComponentSpec(
@@ -213,7 +218,7 @@ COMPONENTS: tuple[ComponentSpec, ...] = (
         outputs=("latent_parameters",),
         wrap=VAEEncoderGraph,
         make_inputs=_image,
-        diffusers_config=lambda config: vae_config_to_diffusers(config.vae),
+        diffusers_config=_vae_diffusers_config,
         # Always float32. fp16: its activations reach the thousands in the mid block, and it is a small
         # share of a generation's time next to the UNet's steps. int8: its only matrix products are
         # activation by activation (attention); its projections are 1x1 convolutions.
@@ -225,7 +230,7 @@ COMPONENTS: tuple[ComponentSpec, ...] = (
         outputs=("sample",),
         wrap=VAEDecoderGraph,
         make_inputs=_latent,
-        diffusers_config=lambda config: vae_config_to_diffusers(config.vae),
+        diffusers_config=_vae_diffusers_config,
         tolerances={"fp32": _FP32},
     ),
 )

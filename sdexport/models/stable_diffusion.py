@@ -19,6 +19,9 @@ class StableDiffusionConfig:
     beta_schedule: str = "scaled_linear"
     num_train_timesteps: int = 1000
     prediction_type: str = "epsilon"
+    # The latent side the model was trained at (the original `model.params.image_size`, diffusers'
+    # `sample_size`): runtimes take their default image size from it.
+    sample_size: int = 64
 
     @classmethod
     def tiny(cls) -> "StableDiffusionConfig":
@@ -36,6 +39,7 @@ class StableDiffusionConfig:
             text_encoder=CLIPTextConfig(
                 hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
             ),
+            sample_size=8,
         )
 
 

@@ -23,6 +23,11 @@ class VAEConfig:
     norm_groups: int = 32
     scaling_factor: float = 0.18215
 
+    @property
+    def downsampling(self) -> int:
+        """Image pixels per latent pixel along each side."""
+        return 2 ** (len(self.ch_mult) - 1)
+
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, channels, eps=1e-6)

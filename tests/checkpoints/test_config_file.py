@@ -110,6 +110,7 @@ def test_original_v1_inference_yaml_is_sd1(tmp_path: Path) -> None:
     assert (config.beta_start, config.beta_end, config.num_train_timesteps) == (0.00085, 0.012, 1000)
     # The original's "linear" schedule is linear in sqrt(beta): diffusers' "scaled_linear".
     assert (config.beta_schedule, config.prediction_type) == ("scaled_linear", "epsilon")
+    assert config.sample_size == 64  # model.params.image_size: the latent side (512 px images)
 
 
 @pytest.mark.parametrize(
@@ -124,6 +125,7 @@ def test_original_v1_inference_yaml_is_sd1(tmp_path: Path) -> None:
             beta_schedule="linear",
             prediction_type="v_prediction",
             num_train_timesteps=500,
+            sample_size=8,
         ),
     ],
     ids=["sd1", "tiny", "other"],

@@ -41,6 +41,9 @@ def test_layout_is_the_hugging_face_onnx_layout(built: Built) -> None:
 
     assert _json(folder / "vae_decoder" / "config.json")["scaling_factor"] == 0.18215
     assert _json(folder / "vae_encoder" / "config.json")["scaling_factor"] == 0.18215
+    # The tiny source was trained at 64x64 pixels: runtimes take their default size from these.
+    assert _json(folder / "unet" / "config.json")["sample_size"] == 8
+    assert _json(folder / "vae_decoder" / "config.json")["sample_size"] == 64
 
     scheduler = PNDMScheduler.from_pretrained(folder / "scheduler")
     assert scheduler.config.beta_schedule == "scaled_linear"
