@@ -79,6 +79,7 @@ class Sessions:
         self.keep = keep
         self.trim_heap = trim_heap
         self._open: dict[str, Graph] = {}
+        self._users: dict[str, int] = {}  # uses in progress, by component
         self.open_seconds: dict[str, float] = {}  # how long each graph's latest opening took
 
     def preload(self, *components: str) -> None:
@@ -97,11 +98,14 @@ class Sessions:
 
     @contextmanager
     def use(self, component: str) -> Iterator[Graph]:
-        """The graph of `component` for one stage; released at the stage's end unless sessions are kept."""
+        """The graph of `component` for one stage; released when the outermost use of it ends, unless
+        sessions are kept."""
+        self._users[component] = self._users.get(component, 0) + 1
         try:
             yield self.get(component)
         finally:
-            if not self.keep:
+            self._users[component] -= 1
+            if not self.keep and not self._users[component]:
                 self.release(component)
 
     def release(self, component: str) -> None:

@@ -10,6 +10,7 @@ normals.
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -345,11 +346,52 @@ class Pipeline:
         embeddings = self.encode_prompt(prompt, negative_prompt, guidance_scale)
         distribution = self.encode_image(fit_size(image, width, height)) if image is not None else None
         latent_shape = (1, self.latent_channels, height // self.vae_factor, width // self.vae_factor)
+        # Every image is sampled before any is decoded, so that under the low-memory policy each session
+        # opens once per call; the latents waiting for the decoder are small.
+        with self.sessions.use("unet"):
+            sampled, stopped = self._sample_images(
+                embeddings,
+                distribution,
+                latent_shape,
+                seed,
+                num_images,
+                callback,
+                steps=steps,
+                guidance_scale=guidance_scale,
+                sampler=sampler,
+                strength=strength if image is not None else 1.0,
+            )
+        settings = [
+            ImageSettings(
+                prompt=prompt,
+                negative_prompt=negative_prompt,
+                steps=steps,
+                sampler=sampler,
+                guidance_scale=guidance_scale,
+                seed=seed + index,
+                width=width,
+                height=height,
+                model=self.folder.name,
+                strength=strength if image is not None else None,
+            )
+            for index in range(len(sampled))
+        ]
+        return Result(self.decode(np.concatenate(sampled)), settings, stopped)
+
+    def _sample_images(
+        self,
+        embeddings: PromptEmbeddings,
+        distribution: LatentDistribution | None,
+        latent_shape: tuple[int, ...],
+        seed: int,
+        num_images: int,
+        callback: StepCallback | None,
+        **sampling: Any,
+    ) -> tuple[list[np.ndarray], bool]:
+        """Latents of image i from default_rng(seed + i), in the order the module docstring gives; stops
+        after the image during which the callback asked to."""
         sampled: list[np.ndarray] = []
-        settings: list[ImageSettings] = []
         stopped = False
-        # Every image is sampled before any is decoded, so each session opens once per call under the
-        # low-memory policy; the latents waiting for the decoder are small.
         for index in range(num_images):
             rng = np.random.default_rng(seed + index)
             init_latents = None
@@ -363,35 +405,12 @@ class Pipeline:
                 stopped = bool(callback and callback(index * total + step, num_images * total, latents))
                 return stopped
 
-            latents = self.denoise(
-                embeddings,
-                noise,
-                rng,
-                steps=steps,
-                guidance_scale=guidance_scale,
-                sampler=sampler,
-                init_latents=init_latents,
-                strength=strength if image is not None else 1.0,
-                callback=on_step,
-            )
-            sampled.append(latents)
-            settings.append(
-                ImageSettings(
-                    prompt=prompt,
-                    negative_prompt=negative_prompt,
-                    steps=steps,
-                    sampler=sampler,
-                    guidance_scale=guidance_scale,
-                    seed=seed + index,
-                    width=width,
-                    height=height,
-                    model=self.folder.name,
-                    strength=strength if image is not None else None,
-                )
+            sampled.append(
+                self.denoise(embeddings, noise, rng, init_latents=init_latents, callback=on_step, **sampling)
             )
             if stopped:
                 break
-        return Result(self.decode(np.concatenate(sampled)), settings, stopped)
+        return sampled, stopped
 
 
 def _load_graph(

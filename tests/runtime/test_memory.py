@@ -60,13 +60,21 @@ def test_low_memory_image_to_image_matches_the_default(default: Pipeline, low_me
     assert _max_difference(ours, reference) <= 1
 
 
-def test_each_session_is_open_only_for_its_stage(low_memory: Pipeline) -> None:
+def test_each_session_is_open_only_for_its_stage(tiny_onnx_dir: Path, monkeypatch) -> None:
+    low_memory = Pipeline.load(tiny_onnx_dir, provider="cpu", low_memory=True)
+    opened: list[str] = []
+    open_graph = low_memory.sessions._open_graph
+    monkeypatch.setattr(
+        low_memory.sessions, "_open_graph", lambda name: opened.append(name) or open_graph(name)
+    )
     open_during_steps: set[tuple[str, ...]] = set()
     low_memory.generate(
         PROMPT, callback=lambda s, t, x: open_during_steps.add(tuple(low_memory._graphs)), **ARGS
     )
     assert open_during_steps == {("unet",)}
     assert low_memory._graphs == {}
+    # Two images, each session opened once (the text encoder was opened at load).
+    assert opened == ["unet", "vae_decoder"]
 
     init = Image.new("RGB", (64, 64), (30, 90, 200))
     low_memory.generate(PROMPT, init_image=init, strength=0.5, **ARGS)
