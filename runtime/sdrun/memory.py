@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 
 import onnxruntime as ort
 
@@ -119,7 +120,9 @@ class Sessions:
         return dict(self._open)
 
 
-def _load_libc() -> ctypes.CDLL | None:
+@cache
+def _libc() -> ctypes.CDLL | None:
+    """glibc, found on first use (find_library may start a subprocess), or None where there is none."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
@@ -128,11 +131,9 @@ def _load_libc() -> ctypes.CDLL | None:
     return libc if libc is not None and hasattr(libc, "malloc_trim") else None
 
 
-_LIBC = _load_libc()
-
-
 def release_freed_memory() -> None:
     """Ask glibc to hand freed heap pages back to the system (a no-op where there is no glibc): a released
     session's many mid-sized buffers otherwise stay in the heap and in the resident set."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
