@@ -26,7 +26,7 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle")
 SIZES = ("small", "large")
 # Shape area in pixels of a 64x64 image; the gap between the ranges is what the judge splits on.
-AREA_RANGES = {"small": (200.0, 330.0), "large": (650.0, 1000.0)}
+AREA_RANGES = {"small": (260.0, 400.0), "large": (720.0, 1050.0)}
 # Area over the area of the enclosing centroid circle: circle 1, square 0.64, triangle 0.41.
 SHAPE_THRESHOLDS = (0.54, 0.78)
 IMAGE_SIZE = 64

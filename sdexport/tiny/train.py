@@ -21,16 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sdexport.checkpoints import save_original, write_config_yaml
 from sdexport.export.tokenizer_files import write_tokenizer
 from sdexport.models.clip import CLIPTextConfig
 from sdexport.models.stable_diffusion import StableDiffusion, StableDiffusionConfig
 from sdexport.models.unet import UNetConfig
 from sdexport.models.vae import VAEConfig
-from sdexport.tiny.shapes import all_scenes, draw, judge
+from sdexport.tiny.shapes import IMAGE_SIZE, all_scenes, draw, judge
 from sdrun.tokenizer import CLIPTokenizer
 
 MODEL_NAME = "tiny-shapes"
 CAPTION_DROPOUT = 0.1
+# Exponential moving average of the text encoder and UNet weights, what gets saved (Ho et al. 2020, app. B).
+EMA_DECAY = 0.999
 FOREGROUND_WEIGHT = 4.0
 # Initial posterior log-variance: the autoencoder starts nearly deterministic (std e^-3), so its
 # decoder learns from clean latents; the KL term is free to widen it later.
@@ -41,11 +44,11 @@ INITIAL_LOGVAR = -6.0
 class TrainSettings:
     seed: int = 0
     images_per_caption: int = 24
-    vae_steps: int = 2500
+    vae_steps: int = 3500
     vae_batch: int = 8
     vae_lr: float = 2e-3
     kl_weight: float = 1e-4
-    diffusion_steps: int = 4000
+    diffusion_steps: int = 4500
     diffusion_batch: int = 48
     diffusion_lr: float = 2e-3
     eval_seeds: int = 1
@@ -72,6 +75,7 @@ def tiny_shapes_config() -> StableDiffusionConfig:
         text_encoder=CLIPTextConfig(
             hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=2, num_attention_heads=4
         ),
+        sample_size=IMAGE_SIZE // 8,
     )
 
 
@@ -85,7 +89,7 @@ def alphas_cumprod(config: StableDiffusionConfig) -> Tensor:
 
 def to_model_range(images: np.ndarray) -> Tensor:
     """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return torch.tensor(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
 def to_pixels(images: Tensor) -> np.ndarray:
@@ -168,6 +172,13 @@ def measure_scaling_factor(mean: Tensor, std: Tensor, generator: torch.Generator
     return float(1.0 / samples.std())
 
 
+def shipped_tokenizer() -> CLIPTokenizer:
+    """The tokenizer every exported folder gets, read as the runtime reads it."""
+    with tempfile.TemporaryDirectory() as folder:
+        write_tokenizer(Path(folder))
+        return CLIPTokenizer.from_folder(Path(folder))
+
+
 def caption_ids(tokenizer: CLIPTokenizer) -> tuple[Tensor, Tensor]:
     """Token ids of the 180 captions [180, 77] and of the empty prompt [1, 77]."""
     captions = [scene.caption for scene in all_scenes()]
@@ -185,6 +196,7 @@ def train_diffusion(model: StableDiffusion, mean: Tensor, std: Tensor, scene_ind
     caption_tokens, empty_tokens = ids
     parameters = [*model.unet.parameters(), *model.text_encoder.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=settings.diffusion_lr, weight_decay=0.01)
+    averaged = [p.detach().clone() for p in parameters]
     scenes = torch.from_numpy(scene_index)
     losses = []
     for step in range(settings.diffusion_steps):
@@ -205,11 +217,17 @@ def train_diffusion(model: StableDiffusion, mean: Tensor, std: Tensor, scene_ind
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
+        with torch.no_grad():
+            # The warm-up form of the decay lets the average forget the random initial weights quickly.
+            decay = min(EMA_DECAY, (1 + step) / (10 + step))
+            torch._foreach_lerp_(averaged, [p.detach() for p in parameters], 1.0 - decay)
         losses.append(loss.item())
         if step % 100 == 0 or step == settings.diffusion_steps - 1:
             log(f"diffusion step {step:5d}  loss {np.mean(losses[-100:]):.4f}")
         if every is not None:
             every(step + 1)
+    with torch.no_grad():
+        torch._foreach_copy_(parameters, averaged)
     return losses
 
 
@@ -262,9 +280,7 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> tuple[
     with torch.no_grad():
         model.vae.quant_conv.bias[config.vae.embed_dim :] = INITIAL_LOGVAR
     model.to(settings.device)
-    with tempfile.TemporaryDirectory() as folder:
-        write_tokenizer(Path(folder))
-        ids = caption_ids(CLIPTokenizer.from_folder(Path(folder)))
+    ids = caption_ids(shipped_tokenizer())
 
     images, scene_index = draw_dataset(settings.images_per_caption, rng)
     log(f"drew {len(images)} pictures in {time.monotonic() - started:.0f} s")
@@ -282,11 +298,9 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> tuple[
     log(f"vae reconstructions judged right: {recon_ok:.3f}; latent scaling factor {scaling_factor:.5f}")
 
     diffusion_losses = train_diffusion(model, mean, std, scene_index, ids, settings, generator, log)
-    model.eval()
+    model.eval().cpu()
     train_seconds = time.monotonic() - started
-    score = adherence(model, ids, settings.eval_seeds) if settings.eval_seeds else None
-    model.cpu()
-    log(f"trained in {train_seconds:.0f} s; DDIM-25 adherence {score}")
+    log(f"trained in {train_seconds:.0f} s")
     facts = {
         "settings": dataclasses.asdict(settings),
         "images": len(images),
@@ -298,7 +312,6 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> tuple[
                                            for i in range(0, len(diffusion_losses), 100)],
         "vae_seconds": round(vae_seconds, 1),
         "train_seconds": round(train_seconds, 1),
-        "ddim25_guidance5_adherence": score,
         "torch": torch.__version__,
     }
     return model, facts
@@ -306,8 +319,6 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> tuple[
 
 def save(model: StableDiffusion, facts: dict, out: Path) -> None:
     """The original-layout checkpoint in half precision, its YAML config, and the facts of the run."""
-    from sdexport.checkpoints import save_original, write_config_yaml
-
     out.mkdir(parents=True, exist_ok=True)
     save_original(model, out / f"{MODEL_NAME}.safetensors", torch.float16)
     write_config_yaml(model.config, out / f"{MODEL_NAME}.yaml")
@@ -324,6 +335,11 @@ def main() -> None:
     settings = TrainSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainSettings)})
     model, facts = train(settings, log=lambda line: print(line, flush=True))
     save(model, facts, args.out)
+    if settings.eval_seeds:
+        score = adherence(model, caption_ids(shipped_tokenizer()), settings.eval_seeds)
+        facts["ddim25_guidance5_adherence"] = score
+        print(f"DDIM-25 adherence at guidance 5: {facts['ddim25_guidance5_adherence']:.3f}", flush=True)
+        save(model, facts, args.out)
 
 
 if __name__ == "__main__":
