@@ -23,10 +23,11 @@ from sdrun.memory import DEFAULT_POLICY, LOW_MEMORY_POLICY, MemoryPolicy
 LOW = LOW_MEMORY_POLICY
 # name -> (model folder under --work, policy)
 RUNS: dict[str, tuple[str, MemoryPolicy]] = {
-    "fp32, default": ("sdrun-fp32", DEFAULT_POLICY),
-    "fp32, low-memory": ("sdrun-fp32", LOW),
-    "int8, default": ("sdrun-int8", DEFAULT_POLICY),
-    "int8, low-memory": ("sdrun-int8", LOW),
+    "fp32, attention unfused, default": ("sdrun-fp32", DEFAULT_POLICY),
+    "fp32, default": ("sdrun-fp32-fused", DEFAULT_POLICY),
+    "fp32, low-memory": ("sdrun-fp32-fused", LOW),
+    "int8, default": ("sdrun-int8-fused", DEFAULT_POLICY),
+    "int8, low-memory": ("sdrun-int8-fused", LOW),
     "int8 + int8 conv weights, default": ("sdrun-int8-convw", DEFAULT_POLICY),
     "int8 + int8 conv weights, low-memory": ("sdrun-int8-convw", LOW),
     "  same, weights in one file (no mmap)": ("sdrun-int8-convw-onefile", LOW),

@@ -2,8 +2,9 @@
 
     python benchmarks/variants.py [--work build/bench]
 
-- sdrun-fp32-fused/: when the fp32 build left attention unfused, its graphs with attention fused
-- sdrun-int8-convw/: the int8 build's UNet with its convolution weights in int8 too, external data
+- sdrun-fp32-fused/, sdrun-int8-fused/: when a build left attention unfused, its graphs with attention
+  fused (the weights files shared with the build)
+- sdrun-int8-convw/: the (fused) int8 UNet with its convolution weights in int8 too, external data
 - sdrun-int8-convw-onefile/: the same UNet in one file (no memory-mapped weights)
 Unchanged files are hard links to the source folder's; the manifest is left out (its checksums would
 not match), so sdrun reads these folders as it reads optimum's.
@@ -70,12 +71,13 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=Path("build/bench"))
     work = parser.parse_args().work
-    fp32 = work / "sdrun-fp32"
-    if not _is_fused(fp32) and not (work / "sdrun-fp32-fused").is_dir():
-        fused_variant(fp32, work / "sdrun-fp32-fused")
+    for build in ("sdrun-fp32", "sdrun-int8"):
+        if not _is_fused(work / build) and not (work / f"{build}-fused").is_dir():
+            fused_variant(work / build, work / f"{build}-fused")
+    int8 = work / "sdrun-int8-fused" if (work / "sdrun-int8-fused").is_dir() else work / "sdrun-int8"
     for name, external in (("sdrun-int8-convw", True), ("sdrun-int8-convw-onefile", False)):
         if not (work / name).is_dir():
-            convw_variant(work / "sdrun-int8", work / name, external)
+            convw_variant(int8, work / name, external)
 
 
 if __name__ == "__main__":
