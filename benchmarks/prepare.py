@@ -89,6 +89,7 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=Path("build/bench"))
     parser.add_argument("--config", choices=["sd15", "tiny"], default="sd15")
+    parser.add_argument("--weights-only", action="store_true", help="stop before the timed exports")
     args = parser.parse_args()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -106,6 +107,8 @@ def main() -> None:
     if not checkpoint.is_file():
         original_checkpoint(diffusers_dir, checkpoint)
         print(f"checkpoint: {checkpoint}", flush=True)
+    if args.weights_only:
+        return
 
     sdexport = [str(Path(python).parent / "sdexport"), "build", str(checkpoint)]
     for name, extra in (("sdrun-fp32", []), ("sdrun-int8", ["--quantize", "int8"])):

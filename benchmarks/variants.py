@@ -6,8 +6,8 @@
   fused (the weights files shared with the build)
 - sdrun-int8-convw/: the (fused) int8 UNet with its convolution weights in int8 too, external data
 - sdrun-int8-convw-onefile/: the same UNet in one file (no memory-mapped weights)
-Unchanged files are hard links to the source folder's; the manifest is left out (its checksums would
-not match), so sdrun reads these folders as it reads optimum's.
+Unchanged files are hard links to the source folder's (external data files: copies); the manifest is left
+out (its checksums would not match), so sdrun reads these folders as it reads optimum's.
 """
 
 import argparse
@@ -40,12 +40,15 @@ def _is_fused(folder: Path) -> bool:
 
 
 def fused_variant(source: Path, target: Path) -> None:
-    """Every graph of `source` with its attention fused; the weights files are shared, not rewritten."""
+    """Every graph of `source` with its attention fused; the weights are not rewritten."""
     _linked_copy(source, target, {MANIFEST, "unet", "vae_decoder", "vae_encoder"})
     for component in ("unet", "vae_decoder", "vae_encoder"):
         (target / component).mkdir()
         for path in (source / component).iterdir():
-            if path.name != GRAPH_FILE:
+            # onnx refuses external data with several hard links (a "hardlink attack"): copy that one.
+            if path.name == EXTERNAL_DATA_FILE:
+                shutil.copyfile(path, target / component / path.name)
+            elif path.name != GRAPH_FILE:
                 os.link(path, target / component / path.name)
         graph = onnx.load(source / component / GRAPH_FILE, load_external_data=False)
         fuse_attention(graph, source / component)
