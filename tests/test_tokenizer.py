@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import transformers
-from sdrun.tokenizer import CLIPTokenizer, PromptTruncatedWarning, TokenizerError
 from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
 from sdexport.export.tokenizer_files import write_tokenizer
+from sdrun.tokenizer import CLIPTokenizer, PromptTruncatedWarning, TokenizerError
 
 LONG_PROMPT = (
     "masterpiece, best quality, ultra-detailed, 8k, a portrait of an old sailor with a grey beard, "

@@ -12,8 +12,9 @@ import click
 import numpy as np
 
 from sdrun.bench import bench_folder, write_json
+from sdrun.defaults import GenerationDefaults
 from sdrun.errors import ModelFolderError, SdrunError, SettingsError
-from sdrun.pipeline import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, DEFAULT_STEPS, DEFAULT_STRENGTH, Pipeline
+from sdrun.pipeline import Pipeline
 from sdrun.png_info import read_png_settings, save_png
 from sdrun.providers import PROVIDER_CHOICES
 from sdrun.samplers import SAMPLERS
@@ -22,6 +23,8 @@ from sdrun.settings import ImageSettings
 # Where `sdexport build` puts the model that ships with the project.
 DEFAULT_MODEL_DIR = Path("exported") / "tiny-shapes"
 DEFAULT_OUT = "sdrun-{seed}.png"
+# Shown in --help; a model folder may carry defaults of its own (see sdrun.defaults).
+_SD = GenerationDefaults()
 OUT_FIELDS = {"i", "seed"}
 
 
@@ -109,13 +112,20 @@ def _open_pipeline(
     type=click.IntRange(min=0),
     help="Seed of the first image (image i gets seed + i). Random when not given.",
 )
-@click.option("--steps", type=click.IntRange(min=1), help=f"Sampling steps.  [default: {DEFAULT_STEPS}]")
+@click.option(
+    "--steps",
+    type=click.IntRange(min=1),
+    help=f"Sampling steps.  [default: the model's, else {_SD.steps}]",
+)
 @click.option(
     "--guidance",
     type=float,
-    help=f"Classifier-free guidance scale; 1 turns guidance off.  [default: {DEFAULT_GUIDANCE}]",
+    help="Classifier-free guidance scale; 1 turns guidance off.  "
+    f"[default: the model's, else {_SD.guidance_scale}]",
 )
-@click.option("--sampler", type=click.Choice(list(SAMPLERS)), help=f"[default: {DEFAULT_SAMPLER}]")
+@click.option(
+    "--sampler", type=click.Choice(list(SAMPLERS)), help=f"[default: the model's, else {_SD.sampler}]"
+)
 @click.option("--negative", help="Negative prompt.")
 @click.option("--height", type=int, help="Image height in pixels (the model's size by default).")
 @click.option("--width", type=int, help="Image width in pixels (the model's size by default).")
@@ -124,7 +134,8 @@ def _open_pipeline(
 @click.option(
     "--strength",
     type=float,
-    help=f"Image-to-image: how much of the schedule to run, in (0, 1].  [default: {DEFAULT_STRENGTH}]",
+    help="Image-to-image: how much of the schedule to run, in (0, 1].  "
+    f"[default: the model's, else {_SD.strength}]",
 )
 @click.option(
     "--provider",
@@ -212,7 +223,7 @@ def generate(
 @click.option(
     "--size", type=click.IntRange(min=8), default=512, show_default=True, help="Image side in pixels."
 )
-@click.option("--steps", type=click.IntRange(min=1), default=DEFAULT_STEPS, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=_SD.steps, show_default=True)
 @click.option(
     "--repeats", type=click.IntRange(min=1), default=2, show_default=True, help="Timed runs per stage."
 )
@@ -252,13 +263,7 @@ def _settings_from_options(
     prompt: str | None, recorded: ImageSettings | None, init_image: str | None, overrides: dict[str, Any]
 ) -> dict[str, Any]:
     """generate() keyword arguments: the recorded settings (if any), then the options given."""
-    base: dict[str, Any] = {
-        "steps": DEFAULT_STEPS,
-        "guidance_scale": DEFAULT_GUIDANCE,
-        "sampler": DEFAULT_SAMPLER,
-        "negative_prompt": "",
-        "strength": DEFAULT_STRENGTH,
-    }
+    base: dict[str, Any] = {"negative_prompt": ""}
     if recorded is not None:
         if recorded.strength is not None and init_image is None:
             raise SettingsError(

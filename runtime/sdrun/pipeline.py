@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sdrun.defaults import GenerationDefaults
 from sdrun.errors import ModelFolderError, SdrunError, SettingsError
 from sdrun.folder import LATENT_MULTIPLE_KEY, ModelFolder, open_model_folder
 from sdrun.graphs import Graph
@@ -31,10 +32,6 @@ from sdrun.tokenizer import CLIPTokenizer, TokenizerError
 # callback(step, total, latents) after each sampler step; returning True stops the run.
 StepCallback = Callable[[int, int, np.ndarray], bool | None]
 FALLBACK_SIZE = 512
-DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 7.5
-DEFAULT_SAMPLER = "euler_a"
-DEFAULT_STRENGTH = 0.8
 _SEED_RANGE = 2**32
 # Automatic tiled VAE decoding above this many image pixels: a whole 768x768 decode already holds
 # about 6 GB of activations in the SD 1.x decoder (2.7 GB at 512x512), and it grows with the area.
@@ -102,6 +99,7 @@ class Pipeline:
         self.tokenizer = tokenizer
         self.schedule = schedule
         self.memory = memory
+        self.defaults = GenerationDefaults.from_manifest(folder.manifest())
         self._providers = providers
         self.sessions = Sessions(self._open_graph, keep=memory.keep_sessions, trim_heap=memory.trim_heap)
         self.provider: str | None = None  # set when the first session opens
@@ -193,7 +191,7 @@ class Pipeline:
         return self._sample.shape[0] == 1
 
     def encode_prompt(
-        self, prompt: str, negative_prompt: str = "", guidance_scale: float = DEFAULT_GUIDANCE
+        self, prompt: str, negative_prompt: str, guidance_scale: float
     ) -> PromptEmbeddings:
         """Text encoder states of both prompts in one call; the negative one is skipped at guidance 1."""
         with_negative = guidance_scale != 1.0
@@ -303,15 +301,15 @@ class Pipeline:
         prompt: str,
         negative_prompt: str = "",
         *,
-        steps: int = DEFAULT_STEPS,
-        guidance_scale: float = DEFAULT_GUIDANCE,
-        sampler: str = DEFAULT_SAMPLER,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        sampler: str | None = None,
         seed: int | None = None,
         height: int | None = None,
         width: int | None = None,
         num_images: int = 1,
         init_image: Image.Image | str | Path | None = None,
-        strength: float = DEFAULT_STRENGTH,
+        strength: float | None = None,
         callback: StepCallback | None = None,
     ) -> Result:
         """Text-to-image, or image-to-image when `init_image` is given.
@@ -319,7 +317,13 @@ class Pipeline:
         The size defaults to the UNet's sample size in pixels for text-to-image, and to the init image's
         size (rounded down to the model's multiple) for image-to-image; an init image of another size
         than the one asked for is resized. `callback(step, total, latents)` counts steps over all images.
+        Steps, guidance scale, sampler and strength not given are the model folder's (`self.defaults`).
         """
+        defaults = self.defaults
+        steps = defaults.steps if steps is None else steps
+        guidance_scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
+        sampler = defaults.sampler if sampler is None else sampler
+        strength = defaults.strength if strength is None else strength
         if not isinstance(num_images, int) or num_images < 1:
             raise SettingsError(
                 f"the number of images must be a whole number of at least 1, not {num_images!r}"

@@ -4,7 +4,8 @@ Read: `model.params` (schedule, `scale_factor`, `parameterization`), `unet_confi
 `first_stage_config.params` (with `ddconfig`). Extensions for what the original leaves implicit:
 `norm_groups` in `unet_config.params` and `ddconfig` (the original fixes 32), and the text encoder's
 sizes in `cond_stage_config.params` (vocab_size, max_length, hidden_size or width, layers, heads,
-intermediate_size, layer_norm_eps). A key that is absent takes the SD 1.x value.
+intermediate_size, layer_norm_eps), and a top-level `generation_defaults:` section (the settings the
+model is meant to be sampled at; see sdrun.defaults). A key that is absent takes the SD 1.x value.
 """
 
 from pathlib import Path
@@ -15,6 +16,9 @@ import yaml
 from sdexport.checkpoints.errors import CheckpointError
 from sdexport.checkpoints.family import unsupported
 from sdexport.models import CLIPTextConfig, StableDiffusionConfig, UNetConfig, VAEConfig
+from sdrun.defaults import MANIFEST_KEY as GENERATION_DEFAULTS_KEY
+from sdrun.defaults import GenerationDefaults
+from sdrun.errors import SdrunError
 
 # The original's beta schedule names -> diffusers' (the original's "linear" is linear in sqrt(beta)).
 _SCHEDULES = {"linear": "scaled_linear", "sqrt_linear": "linear", "cosine": "squaredcos_cap_v2"}
@@ -118,7 +122,19 @@ def read_config_yaml(path: Path) -> StableDiffusionConfig:
         num_train_timesteps=params.get_int("timesteps", defaults.num_train_timesteps),
         prediction_type=_PARAMETERIZATIONS[parameterization],
         sample_size=params.get_int("image_size", defaults.sample_size),
+        generation_defaults=_read_generation_defaults(path, document.get("generation_defaults")),
     )
+
+
+def _read_generation_defaults(path: Path, section: object) -> dict[str, Any]:
+    """The optional top-level `generation_defaults:` section (an sdexport extension)."""
+    if section is None:
+        return {}
+    try:
+        GenerationDefaults.from_manifest({GENERATION_DEFAULTS_KEY: section})
+    except SdrunError as error:
+        raise CheckpointError(f"config {path}: {error}") from None
+    return dict(section)
 
 
 def _read_unet(unet: _Section) -> UNetConfig:
@@ -232,7 +248,7 @@ def config_to_yaml_dict(config: StableDiffusionConfig) -> dict[str, Any]:
         "heads": text.num_attention_heads,
         "layer_norm_eps": text.layer_norm_eps,
     }
-    return {
+    document: dict[str, Any] = {
         "model": {
             "target": _TARGETS["model"],
             "params": {
@@ -252,6 +268,9 @@ def config_to_yaml_dict(config: StableDiffusionConfig) -> dict[str, Any]:
             },
         }
     }
+    if config.generation_defaults:
+        document["generation_defaults"] = dict(config.generation_defaults)
+    return document
 
 
 def write_config_yaml(config: StableDiffusionConfig, path: Path) -> None:

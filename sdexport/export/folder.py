@@ -27,6 +27,7 @@ from sdexport.export.quantize import quantize_int8
 from sdexport.export.specs import COMPONENTS, LATENT_SIZE_MULTIPLE, VALIDATION_SIZES, ComponentSpec
 from sdexport.export.tokenizer_files import write_tokenizer
 from sdexport.export.validate import VALIDATION_SEED, Check, check_signature, validate_graph
+from sdrun.defaults import MANIFEST_KEY as GENERATION_DEFAULTS_KEY
 from sdrun.folder import LATENT_MULTIPLE_KEY
 
 PRECISIONS = ("fp32", "fp16")
@@ -129,6 +130,7 @@ def _write_folder(
         "precision": options.precision,
         "quantization": options.quantize,
         LATENT_MULTIPLE_KEY: LATENT_SIZE_MULTIPLE,
+        GENERATION_DEFAULTS_KEY: config.generation_defaults,
         "validation": {
             "enabled": options.validate,
             "provider": "CPUExecutionProvider",

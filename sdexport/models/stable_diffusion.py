@@ -1,6 +1,7 @@
 """Stable Diffusion 1.x: the three networks under the original checkpoint's top-level names."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from torch import nn
 
@@ -22,6 +23,9 @@ class StableDiffusionConfig:
     # The latent side the model was trained at (the original `model.params.image_size`, diffusers'
     # `sample_size`): runtimes take their default image size from it.
     sample_size: int = 64
+    # The settings the model is meant to be sampled at (keys of sdrun.defaults.GenerationDefaults);
+    # written into the exported folder, where sdrun takes them as its defaults.
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def tiny(cls) -> "StableDiffusionConfig":

@@ -126,6 +126,7 @@ def test_original_v1_inference_yaml_is_sd1(tmp_path: Path) -> None:
             prediction_type="v_prediction",
             num_train_timesteps=500,
             sample_size=8,
+            generation_defaults={"sampler": "ddim", "steps": 30, "guidance_scale": 4.0},
         ),
     ],
     ids=["sd1", "tiny", "other"],
@@ -162,3 +163,9 @@ def test_bad_config(tmp_path: Path, text: str, expected: str) -> None:
     with pytest.raises(CheckpointError, match=expected) as caught:
         read_config_yaml(yaml_file(tmp_path, text))
     assert "\n" not in str(caught.value)
+
+
+def test_generation_defaults_of_unknown_settings_are_refused(tmp_path: Path) -> None:
+    text = V1_INFERENCE_YAML + "generation_defaults:\n  cfg: 4\n"
+    with pytest.raises(CheckpointError, match="generation_defaults"):
+        read_config_yaml(yaml_file(tmp_path, text))

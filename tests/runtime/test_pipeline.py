@@ -302,3 +302,20 @@ def test_cuda_that_cannot_start(tiny_onnx_dir: Path, monkeypatch: pytest.MonkeyP
     assert Pipeline.load(tiny_onnx_dir, provider="auto").provider == "cpu"
     with pytest.raises(ProviderError, match="could not start CUDAExecutionProvider"):
         Pipeline.load(tiny_onnx_dir, provider="cuda")
+
+
+def test_unset_settings_are_the_folders_defaults_else_sd_ones(folder_copy: Path, pipeline: Pipeline) -> None:
+    (plain,) = pipeline.generate(PROMPT, seed=1).settings
+    assert (plain.steps, plain.guidance_scale, plain.sampler) == (20, 7.5, "euler_a")
+
+    _write_manifest(folder_copy, generation_defaults={"steps": 3, "guidance_scale": 4, "sampler": "ddim"})
+    own = Pipeline.load(folder_copy, provider="cpu")
+    (settings,) = own.generate(PROMPT, seed=1).settings
+    assert (settings.steps, settings.guidance_scale, settings.sampler) == (3, 4.0, "ddim")
+    (overridden,) = own.generate(PROMPT, seed=1, steps=2).settings
+    assert overridden.steps == 2
+
+    (folder_copy / "sdexport_manifest.json").unlink()
+    _write_manifest(folder_copy, generation_defaults={"cfg": 4})
+    with pytest.raises(ModelFolderError, match="generation_defaults"):
+        Pipeline.load(folder_copy, provider="cpu")
