@@ -35,7 +35,14 @@ RUNS: dict[str, tuple[str, MemoryPolicy]] = {
     "  same, guidance batched": ("sdrun-int8-convw", dataclasses.replace(LOW, sequential_guidance=False)),
     "  same, memory arena on": ("sdrun-int8-convw", dataclasses.replace(LOW, memory_arena=True)),
     "  same, VAE not tiled": ("sdrun-int8-convw", dataclasses.replace(LOW, tiled_vae=False)),
-    "  same, NCHWc layout on": ("sdrun-int8-convw", dataclasses.replace(LOW, layout_optimizations=True)),
+    "  same, extended optimizations": (
+        "sdrun-int8-convw",
+        dataclasses.replace(LOW, optimization_level="extended"),
+    ),
+    "  same, all optimizations (NCHWc)": (
+        "sdrun-int8-convw",
+        dataclasses.replace(LOW, optimization_level="all"),
+    ),
     "  same, default node order": ("sdrun-int8-convw", dataclasses.replace(LOW, priority_order=False)),
     "  same, no malloc_trim": ("sdrun-int8-convw", dataclasses.replace(LOW, trim_heap=False)),
 }
