@@ -16,8 +16,10 @@ def test_grammar_has_180_distinct_captions_with_color_unlike_background() -> Non
     assert parse_caption("a large red circle on a blue background") == Scene("large", "red", "circle", "blue")
 
 
-@pytest.mark.parametrize("caption", ["a large red circle on a red background", "a red circle", "a huge red circle "
-                                     "on a blue background"])
+@pytest.mark.parametrize(
+    "caption",
+    ["a large red circle on a red background", "a red circle", "a huge red circle on a blue background"],
+)
 def test_parse_caption_rejects_what_the_grammar_cannot_say(caption: str) -> None:
     with pytest.raises(ValueError, match="grammar"):
         parse_caption(caption)
