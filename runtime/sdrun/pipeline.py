@@ -190,9 +190,7 @@ class Pipeline:
         self.sessions.get("unet")  # its inputs are read when it opens
         return self._sample.shape[0] == 1
 
-    def encode_prompt(
-        self, prompt: str, negative_prompt: str, guidance_scale: float
-    ) -> PromptEmbeddings:
+    def encode_prompt(self, prompt: str, negative_prompt: str, guidance_scale: float) -> PromptEmbeddings:
         """Text encoder states of both prompts in one call; the negative one is skipped at guidance 1."""
         with_negative = guidance_scale != 1.0
         prompts = [prompt, negative_prompt] if with_negative else [prompt]
