@@ -19,25 +19,11 @@ from diffusers import (
     PNDMScheduler,
 )
 from diffusers.schedulers import scheduling_ddpm, scheduling_euler_ancestral_discrete
+from scheduler_configs import SD1_CONFIG
 
 from sdrun.errors import SdrunError
 from sdrun.samplers import SAMPLERS, SamplerError, check_sampler_name, first_step, make_sampler, sample
 from sdrun.schedule import NoiseSchedule
-
-# scheduler/scheduler_config.json of SD 1.5 as published (a PNDMScheduler config).
-SD1_CONFIG = {
-    "_class_name": "PNDMScheduler",
-    "_diffusers_version": "0.6.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
 
 # sdrun sampler -> diffusers scheduler class, the options that select the same algorithm, and
 # whether it draws noise each step (through randn_tensor in the named module).

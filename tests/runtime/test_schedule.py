@@ -10,23 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from scheduler_configs import SD1_CONFIG
 
 from sdrun.errors import SdrunError
 from sdrun.schedule import NoiseSchedule, ScheduleError
 
-SD1_CONFIG = {
-    "_class_name": "PNDMScheduler",
-    "_diffusers_version": "0.6.0",
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "beta_start": 0.00085,
-    "num_train_timesteps": 1000,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-    "steps_offset": 1,
-    "trained_betas": None,
-    "clip_sample": False,
-}
 BETA_CONFIGS = [
     {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012},
     {"beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02},
