@@ -1,7 +1,7 @@
 """Run every system side by side, each in a fresh process, and summarise: tables, ratios and a plot.
 
     python benchmarks/compare.py [--work build/bench] [--sizes 256 512] [--full-sizes 256]
-                                 [--plot benchmarks/comparison.png] [--only NAME ...]
+                                 [--full-systems NAME ...] [--only NAME ...] [--plot PNG]
 
 Each (system, size) runs `benchmarks/systems.py` in its own child process, so its peak resident memory
 (the larger of the child's own ru_maxrss and the stage peaks it reports) is its alone. Results go to
@@ -66,7 +66,8 @@ def run_all(args: argparse.Namespace) -> dict[tuple[str, int], dict]:
             if args.only and name not in args.only:
                 continue
             path = out / f"{_slug(name)}-{size}.json"
-            full = ["--full"] if size in args.full_sizes else []
+            whole = size in args.full_sizes and (not args.full_systems or name in args.full_systems)
+            full = ["--full"] if whole else []
             command = [sys.executable, str(HERE / "systems.py"), *system_args, "--work", str(args.work)]
             command += [
                 "--size",
@@ -167,6 +168,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--only", nargs="*", help="run only these systems (names as in the tables)")
+    parser.add_argument("--full-systems", nargs="*", help="whole generations for these systems only")
     parser.add_argument("--report-only", action="store_true", help="summarise the results already there")
     parser.add_argument("--plot", type=Path, default=HERE / "comparison.png")
     parser.add_argument("--title", default="Random-weight SD 1.5, CPU, fp32 unless named")
