@@ -44,7 +44,6 @@ RUNS: dict[str, tuple[str, MemoryPolicy]] = {
         dataclasses.replace(LOW, optimization_level="all"),
     ),
     "  same, default node order": ("sdrun-int8-convw", dataclasses.replace(LOW, priority_order=False)),
-    "  same, no malloc_trim": ("sdrun-int8-convw", dataclasses.replace(LOW, trim_heap=False)),
 }
 
 

@@ -101,7 +101,7 @@ class Pipeline:
         self.memory = memory
         self.defaults = GenerationDefaults.from_manifest(folder.manifest())
         self._providers = providers
-        self.sessions = Sessions(self._open_graph, keep=memory.keep_sessions, trim_heap=memory.trim_heap)
+        self.sessions = Sessions(self._open_graph, keep=memory.keep_sessions)
         self.provider: str | None = None  # set when the first session opens
 
         vae_config = folder.config("vae_decoder")
@@ -134,7 +134,7 @@ class Pipeline:
 
         "auto" takes CUDA when this onnxruntime offers it and it starts, else the CPU; `provider` on
         the result says which. `low_memory` trades time for peak memory (sdrun.memory: sessions opened
-        per stage, guidance passes one after the other, no memory arena, tiled VAE decoding).
+        per stage, guidance passes one after the other, tiled VAE decoding, int8-weight friendly order).
         `sequential_guidance` runs the conditional and unconditional UNet passes one after the other (half
         the activation memory) instead of as one batch of two; `tiled_vae` decodes in tiles
         (sdrun.tiled_vae). Left as None, these two follow `low_memory`; without it, images larger than

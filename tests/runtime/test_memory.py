@@ -1,5 +1,6 @@
 """The low-memory policy on the optimum-exported tiny model: the same images as the default policy, each
-session open only for its stage, onnxruntime's arena off; tiled decoding when asked or past the size."""
+session open only for its stage, the session options it asks for; tiled decoding when asked or past the
+size."""
 
 from pathlib import Path
 
@@ -88,12 +89,18 @@ def test_default_policy_keeps_its_sessions(tiny_onnx_dir: Path) -> None:
     assert set(pipeline._graphs) == {"text_encoder", "unet", "vae_decoder", "vae_encoder"}
 
 
-def test_low_memory_sessions_run_without_the_memory_arena(default: Pipeline, low_memory: Pipeline) -> None:
-    unet = low_memory.sessions.get("unet").session
-    assert not unet.get_session_options().enable_cpu_mem_arena
-    assert not unet.get_session_options().enable_mem_pattern
+def test_session_options_follow_the_policy(default: Pipeline, low_memory: Pipeline) -> None:
+    import onnxruntime as ort
+
+    unet = low_memory.sessions.get("unet").session.get_session_options()
     low_memory.sessions.release("unet")
-    assert default._graphs["unet"].session.get_session_options().enable_cpu_mem_arena
+    assert unet.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    assert unet.execution_order == ort.ExecutionOrder.PRIORITY_BASED
+    assert not unet.enable_cpu_mem_arena and not unet.enable_mem_pattern
+    options = default._graphs["unet"].session.get_session_options()
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.execution_order == ort.ExecutionOrder.DEFAULT
+    assert not options.enable_cpu_mem_arena
 
 
 def _decoder_calls(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, size: int) -> list[tuple[int, ...]]:
