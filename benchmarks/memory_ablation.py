@@ -49,24 +49,14 @@ RUNS: dict[str, tuple[str, MemoryPolicy]] = {
 
 def child(folder: str, policy: str, size: int, steps: int) -> None:
     """In the child: one generation, then its timings as JSON on the last line of stdout."""
-    from sdrun.bench import BENCH_GUIDANCE, BENCH_NEGATIVE, BENCH_PROMPT, BENCH_SAMPLER, resident_mb
+    from sdrun.bench import bench_generation, resident_mb
     from sdrun.pipeline import Pipeline
 
     started = time.perf_counter()
     pipeline = Pipeline.load(folder, "cpu", verify_checksums=False, memory=MemoryPolicy(**json.loads(policy)))
     loaded = time.perf_counter()
     marks: list[float] = []
-    pipeline.generate(
-        BENCH_PROMPT,
-        BENCH_NEGATIVE,
-        steps=steps,
-        guidance_scale=BENCH_GUIDANCE,
-        sampler=BENCH_SAMPLER,
-        seed=0,
-        height=size,
-        width=size,
-        callback=lambda step, total, latents: marks.append(time.perf_counter()),
-    )
+    bench_generation(pipeline, size, steps, lambda step, total, latents: marks.append(time.perf_counter()))
     done = time.perf_counter()
     # The first step's time includes the UNet session's creation under the low-memory policy.
     step_times = [b - a for a, b in zip(marks, marks[1:], strict=False)]

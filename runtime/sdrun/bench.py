@@ -123,6 +123,23 @@ BENCH_SAMPLER = "euler"  # one UNet evaluation per step, as every peer's default
 UNET_TIMESTEP = 500.0
 
 
+def bench_generation(
+    pipeline: "Pipeline", size: int, steps: int, callback: "StepCallback | None" = None
+) -> None:
+    """The generation every benchmark times: the bench prompts, sampler and guidance, seed 0."""
+    pipeline.generate(
+        BENCH_PROMPT,
+        BENCH_NEGATIVE,
+        steps=steps,
+        guidance_scale=BENCH_GUIDANCE,
+        sampler=BENCH_SAMPLER,
+        seed=0,
+        height=size,
+        width=size,
+        callback=callback,
+    )
+
+
 def bench_folder(
     folder: str | Path,
     size: int = 512,
@@ -174,16 +191,7 @@ def bench_folder(
         with report.stage(f"generation, {steps} steps", note=BENCH_SAMPLER) as stage:
             timed(
                 stage,
-                lambda: pipeline.generate(
-                    BENCH_PROMPT,
-                    BENCH_NEGATIVE,
-                    steps=steps,
-                    guidance_scale=BENCH_GUIDANCE,
-                    sampler=BENCH_SAMPLER,
-                    seed=0,
-                    height=size,
-                    width=size,
-                ),
+                lambda: bench_generation(pipeline, size, steps),
             )
         log(f"generation {stage.best:.2f} s")
     opened = pipeline.sessions.open_seconds
