@@ -37,7 +37,7 @@ class Graph:
 
     def __init__(self, component: str, session: ort.InferenceSession) -> None:
         self.component = component
-        self.session = session
+        self.session: ort.InferenceSession | None = session
         self.inputs = []
         for node in session.get_inputs():
             if node.type not in _ONNX_TO_NUMPY:
@@ -68,8 +68,15 @@ class Graph:
                 "sdrun runs Stable Diffusion 1.x folders"
             )
 
+    def close(self) -> None:
+        """Free the session now, even while something still holds this Graph (a caller's local variable
+        would otherwise keep a released model's weights resident until it goes out of scope)."""
+        self.session = None
+
     def run(self, feeds: dict[GraphInput, np.ndarray], output: str | None = None) -> np.ndarray:
         """One output (by name, else the first), float outputs as float32."""
+        if self.session is None:
+            raise RuntimeError(f"the {self.component} session was released; open the graph again")
         arrays = {node.name: np.asarray(value, dtype=node.dtype, order="C") for node, value in feeds.items()}
         (result,) = self.session.run([output or self.output_names[0]], arrays)
         return result.astype(np.float32) if np.issubdtype(result.dtype, np.floating) else result

@@ -101,7 +101,7 @@ class Pipeline:
         self.memory = memory
         self.defaults = GenerationDefaults.from_manifest(folder.manifest())
         self._providers = providers
-        self.sessions = Sessions(self._open_graph, keep=memory.keep_sessions)
+        self.sessions = Sessions(self._open_graph, keep=memory.keep_sessions, trim_heap=memory.trim_heap)
         self.provider: str | None = None  # set when the first session opens
 
         vae_config = folder.config("vae_decoder")

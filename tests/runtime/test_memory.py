@@ -2,6 +2,7 @@
 session open only for its stage, the session options it asks for; tiled decoding when asked or past the
 size."""
 
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from sdrun import memory
 from sdrun.cli import main
 from sdrun.pipeline import Pipeline
 from sdrun.tiled_vae import DEFAULT_TILE
@@ -80,6 +82,20 @@ def test_each_session_is_open_only_for_its_stage(tiny_onnx_dir: Path, monkeypatc
     init = Image.new("RGB", (64, 64), (30, 90, 200))
     low_memory.generate(PROMPT, init_image=init, strength=0.5, **ARGS)
     assert low_memory._graphs == {}
+
+
+def test_a_released_session_is_freed_even_while_its_graph_is_still_referenced(
+    low_memory: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trims = []
+    monkeypatch.setattr(memory, "release_freed_memory", lambda: trims.append(1))
+    with low_memory.sessions.use("text_encoder") as text_encoder:
+        session = weakref.ref(text_encoder.session)
+    # `text_encoder` still names the graph, as a caller's local variable does until its function returns.
+    assert session() is None, "the released session's weights would stay resident"
+    assert trims == [1], "the freed heap is handed back to the system"
+    with pytest.raises(RuntimeError, match="released"):
+        text_encoder.run({text_encoder.input_of_rank(2): np.zeros((1, 77), dtype=np.int64)})
 
 
 def test_default_policy_keeps_its_sessions(tiny_onnx_dir: Path) -> None:
