@@ -172,6 +172,16 @@ def fuse_attention(model: onnx.ModelProto, base_dir: Path | None = None) -> int:
     return len(fused)
 
 
+def fuse_attention_in_file(path: Path) -> int:
+    """fuse_attention on the graph file at `path`, rewritten in place when anything was fused; the
+    weights, in the file or in an external data file beside it, stay as written."""
+    model = onnx.load(path, load_external_data=False)
+    fused = fuse_attention(model, path.parent)
+    if fused:
+        onnx.save_model(model, path)
+    return fused
+
+
 def _remove_unused(graph: onnx.GraphProto) -> None:
     """Drop the nodes, initializers and shape records that no longer lead to a graph output."""
     needed = {output.name for output in graph.output}

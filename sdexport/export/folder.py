@@ -17,6 +17,7 @@ from typing import Any
 
 from sdexport.checkpoints import LoadedModel
 from sdexport.checkpoints.diffusers_layout import DIFFUSERS_VERSION, scheduler_config_to_diffusers
+from sdexport.export.attention_fusion import fuse_attention_in_file
 from sdexport.export.errors import BuildError
 from sdexport.export.fp16 import convert_to_fp16
 from sdexport.export.graph_files import EXTERNAL_DATA_FILE, GRAPH_FILE
@@ -31,7 +32,7 @@ from sdrun.defaults import MANIFEST_KEY as GENERATION_DEFAULTS_KEY
 from sdrun.folder import LATENT_MULTIPLE_KEY
 
 PRECISIONS = ("fp32", "fp16")
-QUANTIZATIONS = ("none", "int8")
+QUANTIZATIONS = ("none", "int8", "int8-compact")
 SCHEDULER_DIR = "scheduler"
 TOKENIZER_DIR = "tokenizer"
 
@@ -40,7 +41,7 @@ TOKENIZER_DIR = "tokenizer"
 class BuildOptions:
     opset: int = DEFAULT_OPSET
     precision: str = "fp32"  # fp16: for onnxruntime's CUDA provider
-    quantize: str = "none"  # int8: for CPUs
+    quantize: str = "none"  # int8, int8-compact: for CPUs (sdexport.export.quantize)
     validate: bool = True
     force: bool = False
 
@@ -49,14 +50,14 @@ class BuildOptions:
             raise BuildError(f"precision {self.precision!r}: choose one of {', '.join(PRECISIONS)}")
         if self.quantize not in QUANTIZATIONS:
             raise BuildError(f"quantization {self.quantize!r}: choose one of {', '.join(QUANTIZATIONS)}")
-        if self.precision == "fp16" and self.quantize == "int8":
+        if self.precision == "fp16" and self.quantize != "none":
             raise BuildError("fp16 is for CUDA and int8 for CPUs: choose --precision fp16 or --quantize int8")
         if self.opset < MIN_OPSET:
             raise BuildError(f"opset {self.opset} is older than these graphs need: give --opset {MIN_OPSET}+")
 
     def component_precision(self, spec: ComponentSpec) -> str:
         """fp32, fp16 or int8: what this component's graph holds under these options."""
-        asked = "int8" if self.quantize == "int8" else self.precision
+        asked = "int8" if self.quantize != "none" else self.precision
         return asked if asked in spec.tolerances else "fp32"
 
 
@@ -153,12 +154,17 @@ def _build_component(
     started = time.perf_counter()
     if precision == "fp32":
         graph = export_graph(spec, module, config, out, options.opset)
+        fused = fuse_attention_in_file(graph)
     else:
         scratch = folder / ".float32" / spec.name
         float32 = export_graph(spec, module, config, scratch, options.opset)
+        fused = fuse_attention_in_file(float32)
         out.mkdir()
         graph = out / GRAPH_FILE
-        (convert_to_fp16 if precision == "fp16" else quantize_int8)(float32, graph)
+        if precision == "fp16":
+            convert_to_fp16(float32, graph)
+        else:
+            quantize_int8(float32, graph, compact=options.quantize == "int8-compact")
         shutil.rmtree(folder / ".float32")
     export_seconds = time.perf_counter() - started
 
@@ -185,6 +191,7 @@ def _build_component(
         "graph": graph.relative_to(folder).as_posix(),
         "external_data": (out / EXTERNAL_DATA_FILE).is_file(),
         "precision": precision,
+        "fused_attentions": fused,
         **signature,
         "export_seconds": round(export_seconds, 2),
         "validation": {
@@ -248,4 +255,4 @@ def _json(data: dict[str, Any]) -> str:
 
 
 def _precision_label(options: BuildOptions) -> str:
-    return "int8" if options.quantize == "int8" else options.precision
+    return options.quantize if options.quantize != "none" else options.precision

@@ -4,11 +4,13 @@ import hashlib
 import json
 from pathlib import Path
 
+import onnx
 import onnxruntime as ort
 from diffusers import PNDMScheduler
 from export_helpers import STALE_FILE, Built
 from transformers import CLIPTokenizer
 
+from sdexport.export.attention_fusion import FUSED_OP
 from sdrun.folder import open_model_folder
 
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
@@ -72,6 +74,20 @@ def test_graph_io_names_dtypes_and_dynamic_axes(built: Built) -> None:
                 assert isinstance(value.shape[0], str), f"{component}.{value.name}: batch must be dynamic"
             if len(value.shape) == 4:
                 assert all(isinstance(d, str) for d in value.shape[2:]), f"{component}: height/width dynamic"
+
+
+def test_attention_is_fused_except_the_text_encoders_causal_one(built: Built) -> None:
+    """The graphs as shipped run onnxruntime's MultiHeadAttention (validated against PyTorch like the rest),
+    and the manifest says how many attentions each graph fused."""
+    manifest = _json(built.folder / "sdexport_manifest.json")
+    for component in EXPECTED_IO:
+        ops = [node.op_type for node in onnx.load(built.folder / component / "model.onnx").graph.node]
+        fused = ops.count(FUSED_OP)
+        assert manifest["components"][component]["fused_attentions"] == fused
+        if component == "text_encoder":
+            assert fused == 0 and "Softmax" in ops
+        else:
+            assert fused > 0 and "Softmax" not in ops, component
 
 
 def test_manifest_lists_every_file_with_size_and_sha256(built: Built) -> None:
