@@ -31,7 +31,9 @@ def main() -> None:
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="fp16 is for onnxruntime's CUDA provider (inputs and outputs stay float32).")
 @click.option("--quantize", type=click.Choice(QUANTIZATIONS), default="none", show_default=True,
-              help="int8: dynamic quantization of the matrix products, for CPUs.")
+              help="For CPUs. int8: dynamic int8 matrix products (the fastest). int8-compact: "
+                   "convolution weights stored in int8 as well (a third of the size; the one for "
+                   "`sdrun --low-memory`).")
 @click.option("--ema/--no-ema", default=None,
               help="Use the EMA (--ema) or trained (--no-ema) UNet weights [EMA when complete].")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),

@@ -14,11 +14,12 @@ def initializer_bytes(model: onnx.ModelProto) -> int:
     return sum(len(tensor.raw_data) for tensor in model.graph.initializer)
 
 
-def save_graph(model: onnx.ModelProto, path: Path) -> None:
-    """Write `model` to `path`, its weights in `<path>.data` only when one file cannot hold them."""
+def save_graph(model: onnx.ModelProto, path: Path, external: bool = False) -> None:
+    """Write `model` to `path`, its weights in `<path>.data` when asked (onnxruntime memory-maps that file
+    instead of copying the weights) or when one file cannot hold them."""
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)
-    external = initializer_bytes(model) > SINGLE_FILE_LIMIT
+    external = external or initializer_bytes(model) > SINGLE_FILE_LIMIT
     onnx.save_model(
         model, path, save_as_external_data=external, all_tensors_to_one_file=True, location=data.name
     )

@@ -27,9 +27,11 @@ def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _build(tmp_path_factory.mktemp("tiny") / "tiny-shapes")
 
 
-@pytest.fixture(scope="session")
-def tiny_int8_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _build(tmp_path_factory.mktemp("tiny-int8") / "tiny-shapes-int8", "--quantize", "int8")
+@pytest.fixture(scope="session", params=["int8", "int8-compact"])
+def tiny_int8_folder(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """The embedded model built with each int8 quantization."""
+    name = f"tiny-shapes-{request.param}"
+    return _build(tmp_path_factory.mktemp(name) / name, "--quantize", request.param)
 
 
 @pytest.fixture(scope="session")

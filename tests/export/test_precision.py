@@ -3,10 +3,12 @@ PyTorch modules with their looser tolerances."""
 
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from export_helpers import Built
 
+from sdexport.export.conv_weights_int8 import MIN_WEIGHTS
 from sdexport.export.fp16 import convert_to_fp16
 from sdexport.export.quantize import quantize_int8
 from sdexport.export.specs import VALIDATION_SIZES, component
@@ -59,6 +61,33 @@ def test_int8_quantizes_weight_matmuls_only_and_passes_validation(
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"], "small graphs are one file"
 
     spec = component(name)
+    loaded = built.loaded
+    checks = validate_graph(
+        spec, spec.wrap(loaded.model), loaded.model.config, graph, spec.tolerances["int8"], VALIDATION_SIZES
+    )
+    assert checks and all(check.passed for check in checks)
+
+
+def test_int8_compact_stores_convolution_weights_in_int8_beside_the_graph(
+    built: Built, tmp_path: Path
+) -> None:
+    graph = tmp_path / "model.onnx"
+    quantize_int8(built.folder / "unet" / "model.onnx", graph, compact=True)
+    model = onnx.load(graph, load_external_data=False)
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["model.onnx", "model.onnx.data"], "weights beside the graph, to be memory-mapped"
+    float32 = onnx.load(built.folder / "unet" / "model.onnx")
+    sizes = {tensor.name: np.prod(tensor.dims) for tensor in float32.graph.initializer}
+    large = {node.input[1] for node in float32.graph.node if node.op_type == "Conv"} & {
+        name for name, size in sizes.items() if size >= MIN_WEIGHTS
+    }
+    producers = {output: node.op_type for node in model.graph.node for output in node.output}
+    dequantized = {node.input[1] for node in model.graph.node
+                   if node.op_type == "Conv" and producers.get(node.input[1]) == "DequantizeLinear"}
+    assert dequantized == large and large
+    assert "MatMulInteger" in {node.op_type for node in model.graph.node}
+
+    spec = component("unet")
     loaded = built.loaded
     checks = validate_graph(
         spec, spec.wrap(loaded.model), loaded.model.config, graph, spec.tolerances["int8"], VALIDATION_SIZES
