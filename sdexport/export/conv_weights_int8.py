@@ -19,6 +19,11 @@ from onnx import helper, numpy_helper
 # Convolutions smaller than this (the UNet's first and last, a few thousand weights) are not worth a node.
 MIN_WEIGHTS = 4096
 INT8_MAX = 127
+# The dequantized float32 weight of a Conv exists whole while it runs, and onnxruntime's CPU Conv holds a
+# second weight-sized buffer when its output is small (the SD 1.5 UNet's 8x8 and 16x16 levels): 2 x 112 MB
+# for the largest. Slicing the output channels into Convs of at most this many weights (16 MB in float32)
+# bounds both: SD 1.5 UNet call at 512x512, peak 1567 MiB whole, 1464 in slices of 8 M, 1438 of 4 M.
+MAX_CHUNK_WEIGHTS = 4 * 2**20
 
 
 def _per_channel(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -29,47 +34,82 @@ def _per_channel(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return quantized.astype(np.int8), scale
 
 
-def quantize_conv_weights(model: onnx.ModelProto) -> int:
+def quantize_conv_weights(model: onnx.ModelProto, max_chunk_weights: int = MAX_CHUNK_WEIGHTS) -> int:
     """Replace the float32 constant weight of every large Conv in `model` (weights loaded) by int8 plus a
-    DequantizeLinear; returns how many. A weight shared with other nodes is left alone."""
+    DequantizeLinear; returns how many. A weight shared with other nodes is left alone. A Conv with more
+    than `max_chunk_weights` weights becomes several, each over a slice of the output channels, joined by
+    a Concat."""
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
     readers: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
+
+    def owned_constant(name: str) -> onnx.TensorProto | None:
+        tensor = initializers.get(name)
+        if tensor is None or readers[name] != 1 or tensor.data_type != onnx.TensorProto.FLOAT:
+            return None
+        return tensor
+
     nodes = []
     count = 0
     for node in graph.node:
-        name = node.input[1] if node.op_type == "Conv" and len(node.input) > 1 else None
-        tensor = initializers.get(name) if name is not None else None
-        if tensor is None or readers[name] != 1 or tensor.data_type != onnx.TensorProto.FLOAT:
+        weight = owned_constant(node.input[1]) if node.op_type == "Conv" and len(node.input) > 1 else None
+        if weight is None or np.prod(weight.dims) < MIN_WEIGHTS:
             nodes.append(node)
             continue
-        weight = numpy_helper.to_array(tensor)
-        if weight.size < MIN_WEIGHTS:
-            nodes.append(node)
-            continue
-        quantized, scale = _per_channel(weight)
-        graph.initializer.remove(tensor)
-        graph.initializer.extend(
-            [
-                numpy_helper.from_array(quantized, f"{name}_int8"),
-                numpy_helper.from_array(scale, f"{name}_scale"),
-                numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{name}_zero_point"),
-            ]
-        )
-        nodes.append(
-            helper.make_node(
-                "DequantizeLinear",
-                [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
-                [name],
-                name=f"{name}_dequantize",
-                axis=0,
-            )
-        )
-        nodes.append(node)
+        has_bias = len(node.input) > 2 and bool(node.input[2])
+        bias = owned_constant(node.input[2]) if has_bias else None
+        grouped = any(attr.name == "group" and attr.i != 1 for attr in node.attribute)
+        chunks = -(-int(np.prod(weight.dims)) // max_chunk_weights)
+        graph.initializer.remove(weight)
+        if chunks == 1 or grouped or (has_bias and bias is None):
+            nodes += [_dequantize(graph, node.input[1], numpy_helper.to_array(weight)), node]
+        else:
+            if bias is not None:
+                graph.initializer.remove(bias)
+            nodes += _sliced(graph, node, numpy_helper.to_array(weight),
+                             numpy_helper.to_array(bias) if bias is not None else None, chunks)
         count += 1
     del graph.node[:]
     graph.node.extend(nodes)
     return count
+
+
+def _dequantize(graph: onnx.GraphProto, name: str, weight: np.ndarray) -> onnx.NodeProto:
+    """The DequantizeLinear that makes `name` from its int8 form, whose initializers it adds to `graph`."""
+    quantized, scale = _per_channel(weight)
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(quantized, f"{name}_int8"),
+            numpy_helper.from_array(scale, f"{name}_scale"),
+            numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8), f"{name}_zero_point"),
+        ]
+    )
+    return helper.make_node(
+        "DequantizeLinear",
+        [f"{name}_int8", f"{name}_scale", f"{name}_zero_point"],
+        [name],
+        name=f"{name}_dequantize",
+        axis=0,
+    )
+
+
+def _sliced(
+    graph: onnx.GraphProto, conv: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray | None, chunks: int
+) -> list[onnx.NodeProto]:
+    """`conv` as `chunks` Convs over slices of its output channels, each with its own dequantized weight,
+    concatenated into the original output."""
+    nodes, outputs = [], []
+    for i, channels in enumerate(np.array_split(np.arange(len(weight)), chunks)):
+        inputs = [conv.input[0], f"{conv.input[1]}_{i}"]
+        if bias is not None:
+            inputs.append(f"{conv.input[2]}_{i}")
+            graph.initializer.append(numpy_helper.from_array(bias[channels], inputs[2]))
+        part = helper.make_node("Conv", inputs, [f"{conv.output[0]}_{i}"], name=f"{conv.name}_{i}")
+        part.attribute.extend(conv.attribute)
+        nodes += [_dequantize(graph, inputs[1], weight[channels]), part]
+        outputs.append(part.output[0])
+    nodes.append(helper.make_node("Concat", outputs, list(conv.output), name=f"{conv.name}_concat", axis=1))
+    return nodes

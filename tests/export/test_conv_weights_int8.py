@@ -70,6 +70,28 @@ def test_the_session_keeps_the_weights_int8(exported, tmp_path: Path) -> None:  
     assert len(int8) == count
 
 
+def test_sliced_convolutions_compute_what_whole_ones_do(exported) -> None:  # noqa: ANN001
+    """Slicing a large Conv's output channels (to bound its float32 weight in memory) changes no value:
+    the per-channel scales are the same, each slice computes its own channels."""
+    path, module, config = exported
+    whole, sliced = onnx.load(path), onnx.load(path)
+    count = quantize_conv_weights(whole)
+    assert quantize_conv_weights(sliced, max_chunk_weights=MIN_WEIGHTS) == count
+    def ops(graph: onnx.ModelProto, op_type: str) -> int:
+        return sum(node.op_type == op_type for node in graph.graph.node)
+
+    assert ops(sliced, "Concat") > ops(whole, "Concat") and ops(sliced, "Conv") > ops(whole, "Conv")
+    onnx.checker.check_model(sliced)
+
+    inputs = component("unet").make_inputs(config, CHECK_SIZES, torch.Generator().manual_seed(3))
+    feeds = {name: value.numpy() for name, value in inputs.items()}
+    (expected,), (got,) = (
+        ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+        for graph in (whole, sliced)
+    )
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_small_and_shared_weights_are_left_alone() -> None:
     from onnx import TensorProto, helper, numpy_helper
 
