@@ -14,7 +14,10 @@ The low-memory policy trades time for peak resident memory:
   file (`model.onnx.data`), which onnxruntime memory-maps, are read in place instead of copied, and no
   fusions that would upset the priority order;
 - glibc is asked to return the freed heap to the system after each release (a released session leaves
-  many mid-sized buffers in the heap, still resident: 90 MB of the SD 1.5 int8 text encoder's).
+  many mid-sized buffers in the heap, still resident: 90 MB of the SD 1.5 int8 text encoder's), and to
+  give every allocation from 256 KiB up its own mapping, unmapped when freed (glibc otherwise raises
+  that threshold as buffers are freed and serves later ones from a heap that stays resident). The
+  latter is process-wide: it is set when a pipeline with this policy loads.
 The measured effect of each is in BENCHMARKS.md.
 """
 
@@ -59,6 +62,8 @@ class MemoryPolicy:
     priority_order: bool = False
     # malloc_trim after a session is released (glibc only).
     trim_heap: bool = False
+    # glibc's M_MMAP_THRESHOLD in bytes, fixed for the process (None: glibc's adaptive default).
+    mmap_threshold: int | None = None
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()
@@ -78,6 +83,7 @@ LOW_MEMORY_POLICY = MemoryPolicy(
     optimization_level="basic",
     priority_order=True,
     trim_heap=True,
+    mmap_threshold=256 * 1024,
 )
 
 
@@ -132,6 +138,9 @@ class Sessions:
         return dict(self._open)
 
 
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
 @cache
 def _libc() -> ctypes.CDLL | None:
     """glibc, found on first use (find_library may start a subprocess), or None where there is none."""
@@ -141,6 +150,13 @@ def _libc() -> ctypes.CDLL | None:
     except OSError:
         return None
     return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def set_mmap_threshold(size: int) -> None:
+    """glibc: allocations of at least `size` bytes get their own mapping (a no-op where there is no glibc)."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, size)
 
 
 def release_freed_memory() -> None:

@@ -20,7 +20,7 @@ from sdrun.errors import ModelFolderError, SdrunError, SettingsError
 from sdrun.folder import LATENT_MULTIPLE_KEY, ModelFolder, open_model_folder
 from sdrun.graphs import Graph
 from sdrun.images import fit_size, from_pixels, load_image, to_pixels
-from sdrun.memory import DEFAULT_POLICY, LOW_MEMORY_POLICY, MemoryPolicy, Sessions
+from sdrun.memory import DEFAULT_POLICY, LOW_MEMORY_POLICY, MemoryPolicy, Sessions, set_mmap_threshold
 from sdrun.providers import ProviderRequest, create_session, provider_name, requested_providers
 from sdrun.samplers import first_step, make_sampler, sample
 from sdrun.samplers.prediction import Model
@@ -102,6 +102,8 @@ class Pipeline:
         self.defaults = GenerationDefaults.from_manifest(folder.manifest())
         self._providers = providers
         self.sessions = Sessions(self._open_graph, keep=memory.keep_sessions, trim_heap=memory.trim_heap)
+        if memory.mmap_threshold is not None:
+            set_mmap_threshold(memory.mmap_threshold)
         self.provider: str | None = None  # set when the first session opens
 
         vae_config = folder.config("vae_decoder")

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from sdrun import memory
+from sdrun import pipeline as pipeline_module
 from sdrun.cli import main
 from sdrun.pipeline import Pipeline
 from sdrun.tiled_vae import DEFAULT_TILE
@@ -96,6 +97,17 @@ def test_a_released_session_is_freed_even_while_its_graph_is_still_referenced(
     assert trims == [1], "the freed heap is handed back to the system"
     with pytest.raises(RuntimeError, match="released"):
         text_encoder.run({text_encoder.input_of_rank(2): np.zeros((1, 77), dtype=np.int64)})
+
+
+def test_only_the_low_memory_policy_fixes_the_heaps_mmap_threshold(
+    tiny_onnx_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    thresholds = []
+    monkeypatch.setattr(pipeline_module, "set_mmap_threshold", thresholds.append)
+    Pipeline.load(tiny_onnx_dir, provider="cpu")
+    assert thresholds == []
+    Pipeline.load(tiny_onnx_dir, provider="cpu", low_memory=True)
+    assert thresholds == [256 * 1024]
 
 
 def test_default_policy_keeps_its_sessions(tiny_onnx_dir: Path) -> None:
