@@ -17,14 +17,13 @@ from child import run_child
 from plot import bar_panel, grid
 
 HERE = Path(__file__).parent
-# name -> arguments of systems.py; the reference for ratios is diffusers. The sdrun folders are those
-# prepare.py and variants.py make (the "-fused" ones exist while `sdexport build` leaves attention unfused).
+# name -> arguments of systems.py; the reference for ratios is diffusers. The sdrun folders are the
+# `sdexport build`s that prepare.py makes.
 SYSTEMS: dict[str, list[str]] = {
-    "sdrun fp32": ["sdrun", "--folder", "sdrun-fp32-fused"],
-    "sdrun fp32, attention unfused": ["sdrun", "--folder", "sdrun-fp32"],
-    "sdrun int8": ["sdrun", "--folder", "sdrun-int8-fused"],
-    "sdrun int8 + int8 conv weights": ["sdrun", "--folder", "sdrun-int8-convw"],
-    "sdrun int8 + conv, low-memory": ["sdrun", "--folder", "sdrun-int8-convw", "--low-memory"],
+    "sdrun fp32": ["sdrun", "--folder", "sdrun-fp32"],
+    "sdrun int8": ["sdrun", "--folder", "sdrun-int8"],
+    "sdrun int8-compact": ["sdrun", "--folder", "sdrun-int8-compact"],
+    "sdrun int8-compact, low-memory": ["sdrun", "--folder", "sdrun-int8-compact", "--low-memory"],
     "torch (ours, eager)": ["torch"],
     "diffusers (PyTorch)": ["diffusers"],
     "optimum (onnxruntime)": ["optimum"],

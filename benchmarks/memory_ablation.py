@@ -23,27 +23,29 @@ from sdrun.memory import DEFAULT_POLICY, LOW_MEMORY_POLICY, MemoryPolicy
 LOW = LOW_MEMORY_POLICY
 # name -> (model folder under --work, policy)
 RUNS: dict[str, tuple[str, MemoryPolicy]] = {
-    "fp32, attention unfused, default": ("sdrun-fp32", DEFAULT_POLICY),
-    "fp32, default": ("sdrun-fp32-fused", DEFAULT_POLICY),
-    "fp32, low-memory": ("sdrun-fp32-fused", LOW),
-    "int8, default": ("sdrun-int8-fused", DEFAULT_POLICY),
-    "int8, low-memory": ("sdrun-int8-fused", LOW),
-    "int8 + int8 conv weights, default": ("sdrun-int8-convw", DEFAULT_POLICY),
-    "int8 + int8 conv weights, low-memory": ("sdrun-int8-convw", LOW),
-    "  same, weights in one file (no mmap)": ("sdrun-int8-convw-onefile", LOW),
-    "  same, sessions kept open": ("sdrun-int8-convw", dataclasses.replace(LOW, keep_sessions=True)),
-    "  same, guidance batched": ("sdrun-int8-convw", dataclasses.replace(LOW, sequential_guidance=False)),
-    "  same, memory arena on": ("sdrun-int8-convw", dataclasses.replace(LOW, memory_arena=True)),
-    "  same, VAE not tiled": ("sdrun-int8-convw", dataclasses.replace(LOW, tiled_vae=False)),
+    "fp32, default": ("sdrun-fp32", DEFAULT_POLICY),
+    "fp32, arena on": ("sdrun-fp32", dataclasses.replace(DEFAULT_POLICY, memory_arena=True)),
+    "fp32, low-memory": ("sdrun-fp32", LOW),
+    "int8, default": ("sdrun-int8", DEFAULT_POLICY),
+    "int8, low-memory": ("sdrun-int8", LOW),
+    "int8-compact, default": ("sdrun-int8-compact", DEFAULT_POLICY),
+    "int8-compact, low-memory": ("sdrun-int8-compact", LOW),
+    "  same, convolutions not sliced": ("sdrun-int8-compact-whole", LOW),
+    "  same, glibc's adaptive mmap threshold": (
+        "sdrun-int8-compact",
+        dataclasses.replace(LOW, mmap_threshold=None),
+    ),
+    "  same, no heap trim after a release": ("sdrun-int8-compact", dataclasses.replace(LOW, trim_heap=False)),
+    "  same, weights in one file (no mmap)": ("sdrun-int8-compact-onefile", LOW),
+    "  same, sessions kept open": ("sdrun-int8-compact", dataclasses.replace(LOW, keep_sessions=True)),
+    "  same, guidance batched": ("sdrun-int8-compact", dataclasses.replace(LOW, sequential_guidance=False)),
+    "  same, memory arena on": ("sdrun-int8-compact", dataclasses.replace(LOW, memory_arena=True)),
+    "  same, VAE not tiled": ("sdrun-int8-compact", dataclasses.replace(LOW, tiled_vae=False)),
     "  same, extended optimizations": (
-        "sdrun-int8-convw",
+        "sdrun-int8-compact",
         dataclasses.replace(LOW, optimization_level="extended"),
     ),
-    "  same, all optimizations (NCHWc)": (
-        "sdrun-int8-convw",
-        dataclasses.replace(LOW, optimization_level="all"),
-    ),
-    "  same, default node order": ("sdrun-int8-convw", dataclasses.replace(LOW, priority_order=False)),
+    "  same, default node order": ("sdrun-int8-compact", dataclasses.replace(LOW, priority_order=False)),
 }
 
 

@@ -4,7 +4,8 @@
 
 - diffusers/        a diffusers StableDiffusionPipeline with random weights (seed 0), save_pretrained
 - sd15-random.safetensors   the same weights as an original single file (sdexport's save_original)
-- sdrun-fp32/, sdrun-int8/  `sdexport build` of that file (timed, peak memory measured)
+- sdrun-fp32/, sdrun-int8/, sdrun-int8-compact/  `sdexport build` of that file (timed, peak memory
+  measured), as it is and with --quantize int8 and int8-compact
 - optimum/          `optimum-cli export onnx` of diffusers/ (timed, peak memory measured)
 Each is skipped when it exists. Times and peaks go to <work>/prepare.json. Nothing touches the network.
 """
@@ -111,7 +112,9 @@ def main() -> None:
         return
 
     sdexport = [str(Path(python).parent / "sdexport"), "build", str(checkpoint)]
-    for name, extra in (("sdrun-fp32", []), ("sdrun-int8", ["--quantize", "int8"])):
+    builds = {"sdrun-fp32": [], "sdrun-int8": ["--quantize", "int8"],
+              "sdrun-int8-compact": ["--quantize", "int8-compact"]}
+    for name, extra in builds.items():
         if not (work / name).is_dir():
             _record(
                 results, f"sdexport build {name}", run_child([*sdexport, "-o", str(work / name), *extra], env)

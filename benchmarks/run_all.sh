@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 $PY benchmarks/prepare.py --work "$WORK"
 $PY benchmarks/variants.py --work "$WORK"
-$PY benchmarks/session_options.py "$WORK/sdrun-fp32-fused/unet/model.onnx" --size 512 --out "$WORK/session-options.json"
+$PY benchmarks/session_options.py "$WORK/sdrun-fp32/unet/model.onnx" --size 512 --out "$WORK/session-options.json"
 $PY benchmarks/memory_ablation.py --work "$WORK" --size 512 --steps 2
 $PY benchmarks/compare.py --work "$WORK" --sizes 256 512 --full-sizes 256 512 \
-    --full-systems "sdrun fp32" "sdrun int8 + conv, low-memory" "diffusers (PyTorch)"
+    --full-systems "sdrun fp32" "sdrun int8-compact, low-memory" "diffusers (PyTorch)"
