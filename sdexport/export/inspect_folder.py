@@ -45,7 +45,9 @@ def _component(name: str, graph: Path, recorded: dict[str, Any]) -> list[str]:
     files = [graph, graph.with_name(graph.name + ".data")]
     size = sum(path.stat().st_size for path in files if path.is_file())
     precision = recorded.get("precision", "")
-    lines = [f"  {name}  {precision}  {format_size(size)}".rstrip()]
+    fused = recorded.get("fused_attentions")
+    attention = f"  {fused} attentions fused" if fused else ""
+    lines = [f"  {name}  {precision}  {format_size(size)}{attention}".rstrip()]
     signature = graph_signature(graph)
     for kind, arrow in (("inputs", "<-"), ("outputs", "->")):
         for value in signature[kind]:

@@ -21,6 +21,8 @@ def test_inspect_shows_graphs_io_precision_sizes_and_validation(built: Built) ->
     assert out.count("validated (") == 4
     assert "precision fp32, quantization none, opset 18" in out
     assert " MB" in out
+    unet_line = next(line for line in out.splitlines() if line.startswith("  unet  "))
+    assert unet_line.endswith("attentions fused"), "the UNet's attention runs fused"
 
 
 def test_inspect_reads_a_folder_without_manifest(built: Built, tmp_path: Path) -> None:
