@@ -155,7 +155,8 @@ def _open_pipeline(
     "--low-memory",
     is_flag=True,
     help="Least peak memory, at some cost in time: each model loaded only for its stage, guidance passes "
-    "one after the other, no memory pooling, VAE decoded in tiles.",
+    "one after the other, VAE decoded in tiles. Least of all on a folder built with "
+    "`sdexport build --quantize int8-compact`.",
 )
 @click.option(
     "--sequential-guidance/--batched-guidance",
