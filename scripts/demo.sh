@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# Set up the .venv, build the embedded tiny model into exported/tiny-shapes (once), and generate a picture.
+# Set up the .venv, build the embedded tiny model into exported/tiny-shapes (again only when the embedded
+# checkpoint has changed since), and generate a picture.
 #   scripts/demo.sh ["a prompt"] [more sdrun options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-[ -f exported/tiny-shapes/model_index.json ] || .venv/bin/sdexport build
+up_to_date='
+import json, sys
+from sdexport.cli import EMBEDDED_CHECKPOINT
+from sdexport.export.manifest import source_sha256
+built = json.load(open("exported/tiny-shapes/sdexport_manifest.json"))["source"]["sha256"]
+sys.exit(built != source_sha256(EMBEDDED_CHECKPOINT))'
+.venv/bin/python -c "$up_to_date" 2>/dev/null || .venv/bin/sdexport build --force
 prompt="${1:-a large red circle on a blue background}"
 shift || true
 exec .venv/bin/sdrun "$prompt" --model exported/tiny-shapes --out outputs/demo.png "$@"
