@@ -209,6 +209,12 @@ def generate(
         )
         if recorded is not None and recorded.model and recorded.model != pipeline.folder.name:
             click.echo(f"Note: {from_png} was made with model {recorded.model!r}", err=True)
+        if low_memory and pipeline.folder.manifest().get("quantization") != "int8-compact":
+            click.echo(
+                "Note: a folder built with `sdexport build --quantize int8-compact` needs about a third "
+                "of this one's memory under --low-memory",
+                err=True,
+            )
 
     with _ProgressBar(enabled=not quiet) as progress:
         result = pipeline.generate(num_images=num_images, callback=progress.update, **arguments)
