@@ -49,7 +49,9 @@ class MemoryPolicy:
     sequential_guidance: bool = False
     # onnxruntime's CPU memory arena (and memory-pattern planning) keeps every buffer it ever allocated:
     # with it, the SD 1.5 UNet's activations stay pooled while the VAE decodes, and a default 512x512
-    # generation peaked at 7.1 GB instead of 5.5 GB, for 8% less time per UNet step. Off by default.
+    # generation peaked at 7.1 GB instead of 5.35 GB. Without it each large buffer is mapped afresh on
+    # every call: the UNet step at 512 took 5.3-5.9 s against 4.1-4.3 s with it (BENCHMARKS.md). Off by
+    # default, for the peak.
     memory_arena: bool = False
     # None: the pipeline decides by the image's size (sdrun.pipeline.AUTO_TILE_PIXELS).
     tiled_vae: bool | None = None
