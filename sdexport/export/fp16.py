@@ -7,7 +7,9 @@ Inputs and outputs stay float32 (the runtime feeds the same arrays either way). 
 - onnxruntime's default list of ops without float16 kernels.
 """
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import onnx
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
@@ -43,17 +45,20 @@ def convert_to_fp16(source: Path, destination: Path) -> None:
         op_block_list=list(FP32_OPS),
         node_block_list=sinusoid_nodes(structure.graph),
     )
-    _tidy(model)
+    tidy(model)
     save_graph(model, destination)
 
 
-def _tidy(model: onnx.ModelProto) -> None:
+def tidy(model: onnx.ModelProto) -> None:
     """Make the converter's output a valid ONNX graph again, as strict tools (the ONNX checker) demand.
 
     It appends its Cast nodes at the end, out of topological order, and its value_info calls a few
     initializers that it kept in float32 (the sinusoid's constants) float16; value_info is optional, so
-    those stale entries go.
+    those stale entries go. Before onnxruntime 1.32, it also adds one Cast per float32 consumer of a
+    float16 value, all with the same name and output, which onnxruntime refuses to load: one is kept.
     """
+    _drop_repeats(model.graph.node, key=lambda node: node.SerializeToString())
+    _drop_repeats(model.graph.value_info, key=lambda value: value.name)
     OnnxModel(model).topological_sort()
     initializer_types = {tensor.name: tensor.data_type for tensor in model.graph.initializer}
     consistent = [
@@ -64,3 +69,19 @@ def _tidy(model: onnx.ModelProto) -> None:
     ]
     del model.graph.value_info[:]
     model.graph.value_info.extend(consistent)
+
+
+def _drop_repeats(items: Any, key: Callable[[Any], object]) -> None:
+    """Remove, in place from a repeated protobuf field, every item whose key an earlier item has."""
+    seen: set[object] = set()
+    kept = []
+    for item in items:
+        if key(item) not in seen:
+            seen.add(key(item))
+            kept.append(item)
+    if len(kept) < len(items):
+        copies = [type(item)() for item in kept]
+        for copy, item in zip(copies, kept, strict=True):
+            copy.CopyFrom(item)
+        del items[:]
+        items.extend(copies)

@@ -5,11 +5,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from export_helpers import Built
 
 from sdexport.export.conv_weights_int8 import MIN_WEIGHTS
-from sdexport.export.fp16 import convert_to_fp16
+from sdexport.export.fp16 import convert_to_fp16, tidy
 from sdexport.export.quantize import quantize_int8
 from sdexport.export.specs import VALIDATION_SIZES, component
 from sdexport.export.validate import validate_graph
@@ -49,6 +50,39 @@ def test_fp16_keeps_float32_io_and_sinusoid_and_passes_validation(
     assert checks and all(check.passed for check in checks)
 
 
+def test_tidy_repairs_the_repeated_casts_of_converters_before_onnxruntime_1_32() -> None:
+    # What those converters write for a float16 value read by two float32-only nodes: the same Cast twice,
+    # appended after its readers, with its value_info twice.
+    helper = onnx.helper
+    cast = helper.make_node("Cast", ["h"], ["h_cast_to_fp32"], to=FLOAT, name="h_cast_to_fp32_node")
+    nodes = [
+        helper.make_node("Cast", ["x"], ["h"], to=HALF, name="to_half"),
+        helper.make_node("Relu", ["h_cast_to_fp32"], ["relu"], name="relu"),
+        helper.make_node("Neg", ["h_cast_to_fp32"], ["neg"], name="neg"),
+        cast,
+        cast,
+    ]
+    cast_value = helper.make_tensor_value_info("h_cast_to_fp32", FLOAT, [3])
+    graph = helper.make_graph(
+        nodes,
+        "repeated_casts",
+        [helper.make_tensor_value_info("x", FLOAT, [3])],
+        [helper.make_tensor_value_info(name, FLOAT, [3]) for name in ("relu", "neg")],
+        value_info=[cast_value, cast_value],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    with pytest.raises(Exception, match="same node name"):
+        ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    tidy(model)
+    onnx.checker.check_model(model, full_check=True)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.array([-1.5, 0.25, 2.0], dtype=np.float32)
+    relu, neg = session.run(None, {"x": x})
+    np.testing.assert_array_equal(relu, np.maximum(x, 0))
+    np.testing.assert_array_equal(neg, -x)
+
+
 @pytest.mark.parametrize("name", ["text_encoder", "unet"])
 def test_int8_quantizes_weight_matmuls_only_and_passes_validation(
     built: Built, tmp_path: Path, name: str
@@ -82,8 +116,11 @@ def test_int8_compact_stores_convolution_weights_in_int8_beside_the_graph(
         name for name, size in sizes.items() if size >= MIN_WEIGHTS
     }
     producers = {output: node.op_type for node in model.graph.node for output in node.output}
-    dequantized = {node.input[1] for node in model.graph.node
-                   if node.op_type == "Conv" and producers.get(node.input[1]) == "DequantizeLinear"}
+    dequantized = {
+        node.input[1]
+        for node in model.graph.node
+        if node.op_type == "Conv" and producers.get(node.input[1]) == "DequantizeLinear"
+    }
     assert dequantized == large and large
     assert "MatMulInteger" in {node.op_type for node in model.graph.node}
 
