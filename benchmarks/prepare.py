@@ -7,7 +7,9 @@
 - sdrun-fp32/, sdrun-int8/, sdrun-int8-compact/  `sdexport build` of that file (timed, peak memory
   measured), as it is and with --quantize int8 and int8-compact
 - optimum/          `optimum-cli export onnx` of diffusers/ (timed, peak memory measured)
-Each is skipped when it exists. Times and peaks go to <work>/prepare.json. Nothing touches the network.
+- sdrun-fp16/       `sdexport build --precision fp16`, for the CUDA provider: only when --only names it
+Each is skipped when it exists; --only makes just the folders it names (and the weights they need).
+Times and peaks go to <work>/prepare.json. Nothing touches the network.
 """
 
 import argparse
@@ -22,6 +24,12 @@ from child import ChildRun, run_child
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 CHECKPOINT = "sd15-random.safetensors"
+BUILDS = {
+    "sdrun-fp32": [],
+    "sdrun-int8": ["--quantize", "int8"],
+    "sdrun-int8-compact": ["--quantize", "int8-compact"],
+    "sdrun-fp16": ["--precision", "fp16"],
+}
 
 
 def random_diffusers_pipeline(folder: Path, tiny: bool) -> None:
@@ -91,6 +99,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("build/bench"))
     parser.add_argument("--config", choices=["sd15", "tiny"], default="sd15")
     parser.add_argument("--weights-only", action="store_true", help="stop before the timed exports")
+    parser.add_argument("--only", nargs="+", choices=[*BUILDS, "optimum"], help="these folders alone")
     args = parser.parse_args()
     work: Path = args.work
     work.mkdir(parents=True, exist_ok=True)
@@ -111,16 +120,15 @@ def main() -> None:
     if args.weights_only:
         return
 
-    sdexport = [str(Path(python).parent / "sdexport"), "build", str(checkpoint)]
-    builds = {"sdrun-fp32": [], "sdrun-int8": ["--quantize", "int8"],
-              "sdrun-int8-compact": ["--quantize", "int8-compact"]}
-    for name, extra in builds.items():
-        if not (work / name).is_dir():
+    wanted = args.only or [name for name in (*BUILDS, "optimum") if name != "sdrun-fp16"]
+    sdexport = [python, "-m", "sdexport", "build", str(checkpoint)]
+    for name, extra in BUILDS.items():
+        if name in wanted and not (work / name).is_dir():
             _record(
                 results, f"sdexport build {name}", run_child([*sdexport, "-o", str(work / name), *extra], env)
             )
             results_path.write_text(json.dumps(results, indent=2) + "\n")
-    if not (work / "optimum").is_dir():
+    if "optimum" in wanted and not (work / "optimum").is_dir():
         optimum = [
             python,
             "-m",

@@ -10,13 +10,22 @@ SYSTEM is one of:
 
 Every system measures the same stages (see sdrun.bench.bench_folder) with the same prompt, guidance
 7.5, Euler sampling (one UNet evaluation per step) and batch 2 for the guided UNet step.
+
+With `--provider cuda`, sdrun runs on onnxruntime's CUDA provider (give it --folder sdrun-fp16) and
+diffusers in float16 on the GPU; the GPU's peak memory over the run (NVML, the device's used memory
+above its level at the start) is added to the report.
 """
 
 import argparse
 import os
 import sys
+import threading
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,14 +45,20 @@ from sdrun.bench import (
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-def _torch_steps(report: Report, latent_shape: tuple[int, ...], repeats: int, encode, unet, decode) -> None:  # noqa: ANN001
-    """The shared stages of the PyTorch systems: text encoding, guided UNet step, VAE decode."""
+def _torch_steps(
+    report: Report, latent_shape: tuple[int, ...], repeats: int, encode, unet, decode, device: str = "cpu"  # noqa: ANN001
+) -> None:
+    """The shared stages of the PyTorch systems: text encoding, guided UNet step, VAE decode; on a GPU,
+    each timed call waits for the GPU to finish."""
     import torch
 
+    if device == "cuda":
+        encode, unet, decode = (_synchronized(function) for function in (encode, unet, decode))
     with torch.inference_mode():
         with report.stage("text encoding (batch 2)") as stage:
             context = timed(stage, encode, repeats + 1)
         latents = torch.randn(latent_shape, generator=torch.Generator().manual_seed(0))
+        latents = latents.to(device, context.dtype)
 
         def guided_step() -> torch.Tensor:
             out = unet(torch.cat([latents, latents]), torch.tensor(UNET_TIMESTEP), context)
@@ -105,7 +120,27 @@ def bench_torch(work: Path, size: int, repeats: int, steps: int, full: bool) -> 
     return report
 
 
-def _diffusers_like(report: Report, pipe, size: int, repeats: int, steps: int, full: bool) -> None:  # noqa: ANN001
+def _synchronized(function: Callable[..., Any]) -> Callable[..., Any]:
+    import torch
+
+    def run(*args: Any) -> Any:
+        result = function(*args)
+        torch.cuda.synchronize()
+        return result
+
+    return run
+
+
+def _diffusers_like(  # noqa: ANN001
+    report: Report,
+    pipe,
+    size: int,
+    repeats: int,
+    steps: int,
+    full: bool,
+    device: str = "cpu",
+    generations: int = 1,
+) -> None:
     """Stages of a diffusers-API pipeline (diffusers' own, or optimum's on onnxruntime)."""
     import torch
     from diffusers import EulerDiscreteScheduler
@@ -114,7 +149,7 @@ def _diffusers_like(report: Report, pipe, size: int, repeats: int, steps: int, f
     latent_scale = pipe.vae.config.scaling_factor
 
     def encode() -> torch.Tensor:
-        cond, uncond = pipe.encode_prompt(BENCH_PROMPT, "cpu", 1, True, BENCH_NEGATIVE)
+        cond, uncond = pipe.encode_prompt(BENCH_PROMPT, device, 1, True, BENCH_NEGATIVE)
         return torch.cat([uncond, cond])
 
     def unet(x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -125,7 +160,7 @@ def _diffusers_like(report: Report, pipe, size: int, repeats: int, steps: int, f
 
     factor = pipe.vae_scale_factor  # image pixels per latent pixel
     shape = (1, pipe.unet.config.in_channels, size // factor, size // factor)
-    _torch_steps(report, shape, repeats, encode, unet, decode)
+    _torch_steps(report, shape, repeats, encode, unet, decode, device)
     with report.stage("sampler per step", note="diffusers' EulerDiscreteScheduler") as stage:
         stage.seconds.append(_scheduler_seconds_per_step(pipe.scheduler, steps, shape))
     if full:
@@ -141,6 +176,7 @@ def _diffusers_like(report: Report, pipe, size: int, repeats: int, steps: int, f
                     width=size,
                     generator=torch.Generator().manual_seed(0),
                 ),
+                generations,
             )
 
 
@@ -158,17 +194,27 @@ def _scheduler_seconds_per_step(scheduler, steps: int, shape: tuple[int, ...]) -
     return (time.perf_counter() - started) / steps
 
 
-def bench_diffusers(work: Path, size: int, repeats: int, steps: int, full: bool) -> Report:
+def bench_diffusers(
+    work: Path, size: int, repeats: int, steps: int, full: bool, device: str = "cpu", generations: int = 1
+) -> Report:
+    """diffusers in float32 on the CPU, or in float16 on the GPU (its own fp16 path: SDPA attention)."""
+    import torch
     from diffusers import StableDiffusionPipeline
 
-    report = Report("diffusers (PyTorch)", size)
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    report = Report("diffusers (PyTorch)" + (" fp16, CUDA" if device == "cuda" else ""), size)
+
+    def load() -> StableDiffusionPipeline:
+        folder = work / "diffusers"
+        pipe = StableDiffusionPipeline.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
+        return pipe.to(device)
+
     with report.stage("create sessions", note="from_pretrained") as stage:
-        pipe = timed(
-            stage,
-            lambda: StableDiffusionPipeline.from_pretrained(work / "diffusers", local_files_only=True),
-        )
+        pipe = timed(stage, load)
     pipe.set_progress_bar_config(disable=True)
-    _diffusers_like(report, pipe, size, repeats, steps, full)
+    _diffusers_like(report, pipe, size, repeats, steps, full, device, generations)
+    if device == "cuda":
+        report.info["torch_max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return report
 
 
@@ -184,6 +230,37 @@ def bench_optimum(work: Path, size: int, repeats: int, steps: int, full: bool) -
     pipe.set_progress_bar_config(disable=True)
     _diffusers_like(report, pipe, size, repeats, steps, full)
     return report
+
+
+class GpuPeak:
+    """The GPU's used memory, sampled every few milliseconds, over its level when the block starts."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        import pynvml  # nvidia-ml-py
+
+        pynvml.nvmlInit()
+        self._used = lambda: pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used
+        self._interval = interval
+        self._stop = threading.Event()
+        self._baseline = self._peak = 0
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            self._peak = max(self._peak, self._used())
+
+    def __enter__(self) -> "GpuPeak":
+        self._baseline = self._peak = self._used()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return round((self._peak - self._baseline) / 2**20, 1)
 
 
 def _json(path: Path) -> dict:
@@ -205,25 +282,50 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--full", action="store_true", help="also a whole generation of --steps steps")
+    parser.add_argument("--generations", type=int, default=1, help="sdrun, diffusers: times to time it")
     parser.add_argument("--low-memory", action="store_true", help="sdrun: the low-memory mode")
+    parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu", help="sdrun and diffusers")
+    parser.add_argument(
+        "--copy-conditioning",
+        action="store_true",
+        help="sdrun on CUDA: the text conditioning copied with every step (no resident_conditioning)",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     os.environ.update(OFFLINE)
+    if args.provider == "cuda" and args.system in ("torch", "optimum"):
+        parser.error(f"{args.system} is measured on the CPU only")
     started = time.perf_counter()
-    if args.system == "sdrun":
-        report = bench_folder(
-            args.work / args.folder,
-            args.size,
-            repeats=args.repeats,
-            steps=args.steps,
-            full=args.full,
-            low_memory=args.low_memory,
-            log=lambda line: print(line, file=sys.stderr, flush=True),
-        )
-        report.system = f"sdrun ({args.folder}{', low memory' if args.low_memory else ''})"
-    else:
-        bench = {"torch": bench_torch, "diffusers": bench_diffusers, "optimum": bench_optimum}[args.system]
-        report = bench(args.work, args.size, args.repeats, args.steps, args.full)
+    with GpuPeak() if args.provider == "cuda" else nullcontext() as gpu:
+        if args.system == "sdrun":
+            from sdrun.memory import DEFAULT_POLICY
+
+            copying = replace(DEFAULT_POLICY, resident_conditioning=False) if args.copy_conditioning else None
+            report = bench_folder(
+                args.work / args.folder,
+                args.size,
+                repeats=args.repeats,
+                steps=args.steps,
+                full=args.full,
+                generations=args.generations,
+                provider=args.provider,
+                low_memory=args.low_memory,
+                memory=copying,
+                log=lambda line: print(line, file=sys.stderr, flush=True),
+            )
+            notes = [args.folder, *(["low memory"] if args.low_memory else [])]
+            notes += [args.provider.upper()] if args.provider == "cuda" else []
+            notes += ["conditioning copied per step"] if args.copy_conditioning else []
+            report.system = f"sdrun ({', '.join(notes)})"
+        elif args.system == "diffusers":
+            report = bench_diffusers(
+                args.work, args.size, args.repeats, args.steps, args.full, args.provider, args.generations
+            )
+        else:
+            bench = {"torch": bench_torch, "optimum": bench_optimum}[args.system]
+            report = bench(args.work, args.size, args.repeats, args.steps, args.full)
+    if gpu is not None:
+        report.info["gpu_peak_mb"] = gpu.peak_mb
     report.info["wall_seconds"] = round(time.perf_counter() - started, 1)
     write_json(report, args.out)
     print(report.format())

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # imported where timed: loading it is part of what a benchmark measures
+    from sdrun.memory import MemoryPolicy
     from sdrun.pipeline import Pipeline, StepCallback
 
 _STATUS = Path("/proc/self/status")
@@ -150,8 +151,10 @@ def bench_folder(
     repeats: int = 2,
     steps: int = 20,
     full: bool = True,
+    generations: int = 1,
     provider: str = "cpu",
     low_memory: bool = False,
+    memory: "MemoryPolicy | None" = None,
     log: Callable[[str], None] = print,
 ) -> Report:
     """Measure each stage of a `size` x `size` generation with the model folder `folder`.
@@ -159,15 +162,17 @@ def bench_folder(
     Stages: loading (cold start: the sessions the memory policy opens at load), text encoding of prompt
     and negative prompt, one UNet step with guidance (the first call apart, as it also plans memory, and
     under `low_memory` opens the UNet's session), the sampler's own cost per step, VAE decoding, and
-    (with `full`) a whole generation of `steps` steps, the one that shows a policy's peak.
+    (with `full`) a whole generation of `steps` steps, the one that shows a policy's peak (timed
+    `generations` times). `memory`, when given, is the whole memory policy (as for `Pipeline.load`).
     """
     from sdrun.pipeline import Pipeline
 
+    def load() -> Pipeline:
+        return Pipeline.load(folder, provider, verify_checksums=False, low_memory=low_memory, memory=memory)
+
     report = Report("sdrun", size)
     with report.stage("create sessions") as stage:
-        pipeline = timed(
-            stage, lambda: Pipeline.load(folder, provider, verify_checksums=False, low_memory=low_memory)
-        )
+        pipeline = timed(stage, load)
     report.info.update(provider=pipeline.provider, folder=str(folder), low_memory=low_memory)
     log(f"loaded in {stage.best:.2f} s on {pipeline.provider}")
 
@@ -192,10 +197,7 @@ def bench_folder(
     log(f"VAE decode {stage.best:.3f} s")
     if full:
         with report.stage(f"generation, {steps} steps", note=BENCH_SAMPLER) as stage:
-            timed(
-                stage,
-                lambda: bench_generation(pipeline, size, steps),
-            )
+            timed(stage, lambda: bench_generation(pipeline, size, steps), generations)
         log(f"generation {stage.best:.2f} s")
     opened = pipeline.sessions.open_seconds
     report.info["session_seconds"] = {name: round(seconds, 3) for name, seconds in opened.items()}
