@@ -4,6 +4,7 @@ The runtime reads its "files" table ({relative path: {"size", "sha256"}}) to ref
 """
 
 import hashlib
+import importlib
 import json
 from importlib import metadata
 from pathlib import Path
@@ -14,11 +15,24 @@ import onnx
 from sdrun.folder import MANIFEST_FILE, sha256_of
 
 FORMAT_VERSION = 1
-_LIBRARIES = ("sdexport", "torch", "onnx", "onnxscript", "onnxruntime")
+_LIBRARIES = ("torch", "onnx", "onnxscript", "onnxruntime")
+SOURCE_CHECKOUT = "source checkout"
 
 
 def versions() -> dict[str, str]:
-    return {name: metadata.version(name) for name in _LIBRARIES}
+    """sdexport's version and those of the libraries that made the graphs, read from the modules: an
+    installed distribution's name can differ from the module's (onnxruntime-gpu)."""
+    found = {"sdexport": _own_version()}
+    for name in _LIBRARIES:
+        found[name] = str(getattr(importlib.import_module(name), "__version__", "unknown"))
+    return found
+
+
+def _own_version() -> str:
+    try:
+        return metadata.version("sdexport")
+    except metadata.PackageNotFoundError:  # run from a checkout on the path (`python -m sdexport`)
+        return SOURCE_CHECKOUT
 
 
 def source_sha256(source: Path) -> str:

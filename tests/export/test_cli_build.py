@@ -1,6 +1,8 @@
 """`sdexport build` through the CLI to the end: no SOURCE builds the embedded model into exported/<name>."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +36,11 @@ def test_build_without_source_makes_the_embedded_model_folder(
 
     inspected = CliRunner().invoke(main, ["inspect", str(folder)])
     assert inspected.exit_code == 0 and inspected.output.count("not validated") == 4
+
+
+def test_python_dash_m_sdexport_is_the_command() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "sdexport", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert "build" in done.stdout and "inspect" in done.stdout

@@ -2,15 +2,19 @@
 
 import hashlib
 import json
+from importlib import metadata
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
+import pytest
+import torch
 from diffusers import PNDMScheduler
 from export_helpers import STALE_FILE, Built
 from transformers import CLIPTokenizer
 
 from sdexport.export.attention_fusion import FUSED_OP
+from sdexport.export.manifest import SOURCE_CHECKOUT, versions
 from sdrun.folder import open_model_folder
 
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
@@ -102,6 +106,17 @@ def test_manifest_lists_every_file_with_size_and_sha256(built: Built) -> None:
         data = on_disk[relpath].read_bytes()
         assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     open_model_folder(folder, verify_checksums=True)  # the runtime accepts it
+
+
+def test_versions_need_no_distribution_of_the_same_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    # As under `python -m sdexport` from a checkout, beside onnxruntime-gpu (whose module is onnxruntime).
+    def not_installed(name: str) -> str:
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "version", not_installed)
+    found = versions()
+    assert found["sdexport"] == SOURCE_CHECKOUT
+    assert (found["onnxruntime"], found["torch"]) == (ort.__version__, torch.__version__)
 
 
 def test_manifest_records_source_versions_graphs_and_validation(

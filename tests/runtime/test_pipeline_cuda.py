@@ -21,8 +21,12 @@ from sdrun.pipeline import Pipeline
 pytestmark = pytest.mark.skipif(
     "CUDAExecutionProvider" not in ort.get_available_providers(), reason="this onnxruntime offers no CUDA"
 )
-# The CPU result is the reference; GPU convolutions and reductions round differently.
-MAX_LEVEL_DIFFERENCE = 2
+# The CPU result is the reference. onnxruntime's CUDA provider runs float32 convolutions and products in
+# TF32 (10-bit mantissas) by default, and sums in other orders: single pixels move by a few levels, the
+# image as a whole must not. Seen on an H200: at most 2 levels on the tiny random model, 5 on the embedded
+# tiny-shapes model (dpmpp_2m_karras, whose last steps are the smallest).
+MAX_LEVEL_DIFFERENCE = 8
+MAX_MEAN_LEVEL_DIFFERENCE = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +39,14 @@ def on_cuda(tiny_onnx_dir: Path) -> Pipeline:
     return Pipeline.load(tiny_onnx_dir, provider="cuda")
 
 
-def _difference(a: Image.Image, b: Image.Image) -> int:
-    return int(np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16)).max())
+def _assert_close(ours: Image.Image, reference: Image.Image) -> None:
+    levels = _levels(ours, reference)
+    assert levels.max() <= MAX_LEVEL_DIFFERENCE
+    assert levels.mean() <= MAX_MEAN_LEVEL_DIFFERENCE
+
+
+def _levels(a: Image.Image, b: Image.Image) -> np.ndarray:
+    return np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
 
 
 def test_every_session_runs_on_cuda(on_cuda: Pipeline, tiny_onnx_dir: Path) -> None:
@@ -55,7 +65,7 @@ def test_cuda_images_match_cpu_images(on_cpu: Pipeline, on_cuda: Pipeline, sampl
         on_cpu.generate("a red cube", **args).images,
         strict=True,
     ):
-        assert _difference(ours, reference) <= MAX_LEVEL_DIFFERENCE
+        _assert_close(ours, reference)
 
 
 def test_cuda_image_to_image_matches_cpu(on_cpu: Pipeline, on_cuda: Pipeline) -> None:
@@ -66,7 +76,7 @@ def test_cuda_image_to_image_matches_cpu(on_cpu: Pipeline, on_cuda: Pipeline) ->
         on_cpu.generate("a cube", **args).images[0],
     )
     assert ours.size == (80, 48)
-    assert _difference(ours, reference) <= MAX_LEVEL_DIFFERENCE
+    _assert_close(ours, reference)
 
 
 def test_cli_on_cuda(tiny_onnx_dir: Path, tmp_path: Path) -> None:
@@ -102,4 +112,4 @@ def test_resident_conditioning_binds_the_context_on_the_gpu_and_changes_no_image
     devices.clear()
     copied = copying.generate("a blue ball", **args).images[0]
     assert devices and all(found == {"host"} for found in devices)
-    assert _difference(bound, copied) == 0
+    assert _levels(bound, copied).max() == 0
