@@ -18,8 +18,6 @@ RUN=(--work "$WORK" --provider cuda --size 512 --steps 50 --full --generations 3
 # Each system in its own process, one at a time; a second pass of both at the end.
 $PY benchmarks/systems.py diffusers "${RUN[@]}" --out "$RESULTS/diffusers-1.json"
 $PY benchmarks/systems.py sdrun --folder sdrun-fp16 "${RUN[@]}" --out "$RESULTS/sdrun-1.json"
-$PY benchmarks/systems.py sdrun --folder sdrun-fp16 "${RUN[@]}" --copy-conditioning \
-    --out "$RESULTS/sdrun-copied-conditioning.json"
 $PY benchmarks/session_options.py "$WORK/sdrun-fp16/unet/model.onnx" --provider cuda --size 512 \
     --repeats 20 --out "$RESULTS/cuda-options.json"
 $PY benchmarks/systems.py diffusers "${RUN[@]}" --out "$RESULTS/diffusers-2.json"

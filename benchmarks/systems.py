@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -285,11 +284,6 @@ def main() -> None:
     parser.add_argument("--generations", type=int, default=1, help="sdrun, diffusers: times to time it")
     parser.add_argument("--low-memory", action="store_true", help="sdrun: the low-memory mode")
     parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu", help="sdrun and diffusers")
-    parser.add_argument(
-        "--copy-conditioning",
-        action="store_true",
-        help="sdrun on CUDA: the text conditioning copied with every step (no resident_conditioning)",
-    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     os.environ.update(OFFLINE)
@@ -298,9 +292,6 @@ def main() -> None:
     started = time.perf_counter()
     with GpuPeak() if args.provider == "cuda" else nullcontext() as gpu:
         if args.system == "sdrun":
-            from sdrun.memory import DEFAULT_POLICY
-
-            copying = replace(DEFAULT_POLICY, resident_conditioning=False) if args.copy_conditioning else None
             report = bench_folder(
                 args.work / args.folder,
                 args.size,
@@ -310,12 +301,10 @@ def main() -> None:
                 generations=args.generations,
                 provider=args.provider,
                 low_memory=args.low_memory,
-                memory=copying,
                 log=lambda line: print(line, file=sys.stderr, flush=True),
             )
             notes = [args.folder, *(["low memory"] if args.low_memory else [])]
             notes += [args.provider.upper()] if args.provider == "cuda" else []
-            notes += ["conditioning copied per step"] if args.copy_conditioning else []
             report.system = f"sdrun ({', '.join(notes)})"
         elif args.system == "diffusers":
             report = bench_diffusers(

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:  # imported where timed: loading it is part of what a benchmark measures
-    from sdrun.memory import MemoryPolicy
     from sdrun.pipeline import Pipeline, StepCallback
 
 _STATUS = Path("/proc/self/status")
@@ -154,7 +153,6 @@ def bench_folder(
     generations: int = 1,
     provider: str = "cpu",
     low_memory: bool = False,
-    memory: "MemoryPolicy | None" = None,
     log: Callable[[str], None] = print,
 ) -> Report:
     """Measure each stage of a `size` x `size` generation with the model folder `folder`.
@@ -163,12 +161,12 @@ def bench_folder(
     and negative prompt, one UNet step with guidance (the first call apart, as it also plans memory, and
     under `low_memory` opens the UNet's session), the sampler's own cost per step, VAE decoding, and
     (with `full`) a whole generation of `steps` steps, the one that shows a policy's peak (timed
-    `generations` times). `memory`, when given, is the whole memory policy (as for `Pipeline.load`).
+    `generations` times).
     """
     from sdrun.pipeline import Pipeline
 
     def load() -> Pipeline:
-        return Pipeline.load(folder, provider, verify_checksums=False, low_memory=low_memory, memory=memory)
+        return Pipeline.load(folder, provider, verify_checksums=False, low_memory=low_memory)
 
     report = Report("sdrun", size)
     with report.stage("create sessions") as stage:

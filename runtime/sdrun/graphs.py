@@ -3,10 +3,6 @@
 Exporters differ in names and types (optimum's UNet takes a float scalar timestep, diffusers' older
 exports an int64 [1]; a graph may be float16), so nothing here assumes them: each input is cast to the
 graph's own dtype and every float output comes back as float32.
-
-An input fed on every call with the same value (the text conditioning of a sampling loop) can be made
-resident once on the session's device (`Graph.resident`); a call fed such a value binds it in place
-(onnxruntime's IO binding) instead of copying it to the GPU again.
 """
 
 from dataclasses import dataclass
@@ -15,11 +11,6 @@ import numpy as np
 import onnxruntime as ort
 
 from sdrun.errors import ModelFolderError
-
-# An input's value: an array, or one that `Graph.resident` placed on the session's device.
-Feed = np.ndarray | ort.OrtValue
-# onnxruntime's device name for OrtValues on each execution provider's memory.
-_PROVIDER_DEVICES = {"CUDAExecutionProvider": "cuda"}
 
 _ONNX_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -56,7 +47,6 @@ class Graph:
                 )
             self.inputs.append(GraphInput(node.name, _ONNX_TO_NUMPY[node.type], tuple(node.shape)))
         self.output_names = [node.name for node in session.get_outputs()]
-        self.device = _PROVIDER_DEVICES.get(session.get_providers()[0], "cpu")
 
     def input_of_rank(self, *ranks: int) -> GraphInput:
         """The one input whose rank is among `ranks` (e.g. the UNet's rank-4 sample)."""
@@ -83,36 +73,10 @@ class Graph:
         would otherwise keep a released model's weights resident until it goes out of scope)."""
         self.session = None
 
-    def resident(self, node: GraphInput, value: np.ndarray) -> Feed:
-        """`value` as `node` reads it, kept where the session computes: on a GPU, copied to its memory
-        once (an OrtValue for `run`); on the CPU, the array itself."""
-        array = _as_input(node, value)
-        if self.device == "cpu":
-            return array
-        return ort.OrtValue.ortvalue_from_numpy(array, self.device, 0)
-
-    def run(self, feeds: dict[GraphInput, Feed], output: str | None = None) -> np.ndarray:
-        """One output (by name, else the first), float outputs as float32. Values from `resident` are
-        bound where they are; arrays are copied in as usual."""
-        session = self.session
-        if session is None:
+    def run(self, feeds: dict[GraphInput, np.ndarray], output: str | None = None) -> np.ndarray:
+        """One output (by name, else the first), float outputs as float32."""
+        if self.session is None:
             raise RuntimeError(f"the {self.component} session was released; open the graph again")
-        name = output or self.output_names[0]
-        if any(isinstance(value, ort.OrtValue) for value in feeds.values()):
-            binding = session.io_binding()
-            for node, value in feeds.items():
-                if isinstance(value, ort.OrtValue):
-                    binding.bind_ortvalue_input(node.name, value)
-                else:
-                    binding.bind_cpu_input(node.name, _as_input(node, value))
-            binding.bind_output(name)  # onnxruntime copies it back to the host
-            session.run_with_iobinding(binding)
-            (result,) = binding.copy_outputs_to_cpu()
-        else:
-            arrays = {node.name: _as_input(node, value) for node, value in feeds.items()}
-            (result,) = session.run([name], arrays)
+        arrays = {node.name: np.asarray(value, dtype=node.dtype, order="C") for node, value in feeds.items()}
+        (result,) = self.session.run([output or self.output_names[0]], arrays)
         return result.astype(np.float32) if np.issubdtype(result.dtype, np.floating) else result
-
-
-def _as_input(node: GraphInput, value: np.ndarray) -> np.ndarray:
-    return np.asarray(value, dtype=node.dtype, order="C")

@@ -66,9 +66,6 @@ class MemoryPolicy:
     trim_heap: bool = False
     # glibc's M_MMAP_THRESHOLD in bytes, fixed for the process (None: glibc's adaptive default).
     mmap_threshold: int | None = None
-    # On a GPU, the UNet's text conditioning is copied to the device once per sampling loop and bound
-    # there (onnxruntime's IO binding) rather than copied with every step; no effect on the CPU.
-    resident_conditioning: bool = True
 
     def session_options(self) -> ort.SessionOptions:
         options = ort.SessionOptions()

@@ -9,7 +9,6 @@ normals.
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from PIL import Image
 from sdrun.defaults import GenerationDefaults
 from sdrun.errors import ModelFolderError, SdrunError, SettingsError
 from sdrun.folder import LATENT_MULTIPLE_KEY, ModelFolder, open_model_folder
-from sdrun.graphs import Feed, Graph
+from sdrun.graphs import Graph
 from sdrun.images import fit_size, from_pixels, load_image, to_pixels
 from sdrun.memory import DEFAULT_POLICY, LOW_MEMORY_POLICY, MemoryPolicy, Sessions, set_mmap_threshold
 from sdrun.providers import ProviderRequest, create_session, provider_name, requested_providers
@@ -211,7 +210,7 @@ class Pipeline:
         # The clamp of diffusers' DiagonalGaussianDistribution keeps exp() finite.
         return LatentDistribution(mean, np.exp(0.5 * np.clip(logvar, -30.0, 20.0)))
 
-    def _unet(self, latents: np.ndarray, timestep: float, context: Feed) -> np.ndarray:
+    def _unet(self, latents: np.ndarray, timestep: float, context: np.ndarray) -> np.ndarray:
         unet = self.sessions.get("unet")
         node = self._timestep
         batch = latents.shape[0]
@@ -221,31 +220,19 @@ class Pipeline:
 
     def guided_model(self, embeddings: PromptEmbeddings, guidance_scale: float) -> Model:
         """model(x, t) for the samplers: classifier-free guidance, eps_u + s (eps_c - eps_u)
-        (Ho & Salimans 2022, eq. 6), or the conditional prediction alone when there is no negative.
-
-        The UNet's context for a batch is made once (on a GPU, copied to it once: see
-        MemoryPolicy.resident_conditioning) and fed to every step.
-        """
+        (Ho & Salimans 2022, eq. 6), or the conditional prediction alone when there is no negative."""
         cond, uncond = embeddings.conditional, embeddings.unconditional
         sequential = self.sequential_guidance
-        unet = self.sessions.get("unet")
-
-        @cache
-        def context(batch: int, *states: str) -> Feed:
-            arrays = {"cond": cond, "uncond": uncond}
-            stacked = np.concatenate([np.repeat(arrays[name], batch, axis=0) for name in states])
-            return unet.resident(self._context, stacked) if self.memory.resident_conditioning else stacked
 
         def model(x: np.ndarray, t: float) -> np.ndarray:
             if uncond is None:
-                return self._unet(x, t, context(len(x), "cond"))
+                return self._unet(x, t, np.repeat(cond, len(x), axis=0))
             if sequential:
-                out_uncond = self._unet(x, t, context(len(x), "uncond"))
-                out_cond = self._unet(x, t, context(len(x), "cond"))
+                out_uncond = self._unet(x, t, np.repeat(uncond, len(x), axis=0))
+                out_cond = self._unet(x, t, np.repeat(cond, len(x), axis=0))
             else:
-                out_uncond, out_cond = np.split(
-                    self._unet(np.concatenate([x, x]), t, context(len(x), "uncond", "cond")), 2
-                )
+                context = np.concatenate([np.repeat(uncond, len(x), axis=0), np.repeat(cond, len(x), axis=0)])
+                out_uncond, out_cond = np.split(self._unet(np.concatenate([x, x]), t, context), 2)
             return out_uncond + guidance_scale * (out_cond - out_uncond)
 
         return model

@@ -4,7 +4,6 @@ On a GPU machine without diffusers or optimum, point SDRUN_TINY_ONNX_DIR at an e
     SDRUN_TINY_ONNX_DIR=DIR python -m pytest tests/runtime/test_pipeline_cuda.py
 """
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +13,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 from sdrun.cli import main
-from sdrun.graphs import Graph
-from sdrun.memory import DEFAULT_POLICY
 from sdrun.pipeline import Pipeline
 
 pytestmark = pytest.mark.skipif(
@@ -88,28 +85,3 @@ def test_cli_on_cuda(tiny_onnx_dir: Path, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "CUDA execution provider" in result.stderr
     assert out.is_file()
-
-
-def test_resident_conditioning_binds_the_context_on_the_gpu_and_changes_no_image(
-    on_cuda: Pipeline, tiny_onnx_dir: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    copying = Pipeline.load(
-        tiny_onnx_dir, provider="cuda", memory=replace(DEFAULT_POLICY, resident_conditioning=False)
-    )
-    devices = []
-    run = Graph.run
-
-    def recording_run(graph: Graph, feeds: dict, output: str | None = None) -> np.ndarray:
-        if graph.component == "unet":
-            values = feeds.values()
-            devices.append({v.device_name() if isinstance(v, ort.OrtValue) else "host" for v in values})
-        return run(graph, feeds, output)
-
-    monkeypatch.setattr(Graph, "run", recording_run)
-    args = {"steps": 6, "seed": 5, "sampler": "dpmpp_2m", "negative_prompt": "dark"}
-    bound = on_cuda.generate("a blue ball", **args).images[0]
-    assert devices and all(found == {"host", "cuda"} for found in devices)
-    devices.clear()
-    copied = copying.generate("a blue ball", **args).images[0]
-    assert devices and all(found == {"host"} for found in devices)
-    assert _levels(bound, copied).max() == 0
