@@ -95,7 +95,8 @@ def bench_torch(work: Path, size: int, repeats: int, steps: int, full: bool) -> 
     shape = (1, model.config.unet.in_channels, size // 8, size // 8)
     _torch_steps(report, shape, repeats, encode, model.unet, lambda z: model.vae.decode(z / scale))
     with report.stage("sampler per step", note=BENCH_SAMPLER) as stage:
-        stage.seconds.append(sampler_seconds_per_step(BENCH_SAMPLER, schedule, steps, shape))
+        for _ in range(repeats):
+            stage.seconds.append(sampler_seconds_per_step(BENCH_SAMPLER, schedule, steps, shape))
     if full:
         from sdrun.samplers import sample
 
@@ -161,7 +162,8 @@ def _diffusers_like(  # noqa: ANN001
     shape = (1, pipe.unet.config.in_channels, size // factor, size // factor)
     _torch_steps(report, shape, repeats, encode, unet, decode, device)
     with report.stage("sampler per step", note="diffusers' EulerDiscreteScheduler") as stage:
-        stage.seconds.append(_scheduler_seconds_per_step(pipe.scheduler, steps, shape))
+        for _ in range(repeats):
+            stage.seconds.append(_scheduler_seconds_per_step(pipe.scheduler, steps, shape))
     if full:
         with report.stage(f"generation, {steps} steps", note=BENCH_SAMPLER) as stage:
             timed(
