@@ -9,29 +9,22 @@ weights take a quarter of the memory. onnxruntime keeps DequantizeLinear out of 
 int8 weights stay int8 in the session; run it with ExecutionOrder.PRIORITY_BASED so that each float
 weight is made just before its Conv rather than all at once.
 
-Symmetric quantization (zero point 0), scale = max|w| / 127 over each output channel.
+Symmetric quantization (sdexport.export.int8_weights), one scale per output channel.
 """
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from sdexport.export.int8_weights import OwnedConstants, symmetric_int8
+
 # Convolutions smaller than this (the UNet's first and last, a few thousand weights) are not worth a node.
 MIN_WEIGHTS = 4096
-INT8_MAX = 127
 # The dequantized float32 weight of a Conv exists whole while it runs, and onnxruntime's CPU Conv holds a
 # second weight-sized buffer when its output is small (the SD 1.5 UNet's 8x8 and 16x16 levels): 2 x 112 MB
 # for the largest. Slicing the output channels into Convs of at most this many weights (16 MB in float32)
 # bounds both: SD 1.5 UNet call at 512x512, peak 1567 MiB whole, 1464 in slices of 8 M, 1438 of 4 M.
 MAX_CHUNK_WEIGHTS = 4 * 2**20
-
-
-def _per_channel(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int8 weights and float32 scales, one per output channel (axis 0)."""
-    peak = np.abs(weight.reshape(weight.shape[0], -1)).max(axis=1)
-    scale = np.where(peak > 0, peak / INT8_MAX, 1.0).astype(np.float32)
-    quantized = np.clip(np.round(weight / scale.reshape(-1, *[1] * (weight.ndim - 1))), -INT8_MAX, INT8_MAX)
-    return quantized.astype(np.int8), scale
 
 
 def quantize_conv_weights(model: onnx.ModelProto, max_chunk_weights: int = MAX_CHUNK_WEIGHTS) -> int:
@@ -40,18 +33,7 @@ def quantize_conv_weights(model: onnx.ModelProto, max_chunk_weights: int = MAX_C
     than `max_chunk_weights` weights becomes several, each over a slice of the output channels, joined by
     a Concat."""
     graph = model.graph
-    initializers = {tensor.name: tensor for tensor in graph.initializer}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
-
-    def owned_constant(name: str) -> onnx.TensorProto | None:
-        tensor = initializers.get(name)
-        if tensor is None or readers[name] != 1 or tensor.data_type != onnx.TensorProto.FLOAT:
-            return None
-        return tensor
-
+    owned_constant = OwnedConstants(graph).get
     nodes = []
     count = 0
     for node in graph.node:
@@ -79,7 +61,7 @@ def quantize_conv_weights(model: onnx.ModelProto, max_chunk_weights: int = MAX_C
 
 def _dequantize(graph: onnx.GraphProto, name: str, weight: np.ndarray) -> onnx.NodeProto:
     """The DequantizeLinear that makes `name` from its int8 form, whose initializers it adds to `graph`."""
-    quantized, scale = _per_channel(weight)
+    quantized, scale = symmetric_int8(weight, axis=0)
     graph.initializer.extend(
         [
             numpy_helper.from_array(quantized, f"{name}_int8"),

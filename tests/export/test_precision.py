@@ -1,13 +1,16 @@
 """fp16 and int8 graphs, made from the float32 graphs of the shared build and checked against the float32
 PyTorch modules with their looser tolerances."""
 
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from export_helpers import Built
+from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from sdexport.export.conv_weights_int8 import MIN_WEIGHTS
 from sdexport.export.fp16 import convert_to_fp16, tidy
@@ -89,8 +92,14 @@ def test_int8_quantizes_weight_matmuls_only_and_passes_validation(
 ) -> None:
     graph = tmp_path / "model.onnx"
     quantize_int8(built.folder / name / "model.onnx", graph)
-    ops = {node.op_type for node in onnx.load(graph).graph.node}
-    assert "MatMulInteger" in ops
+    float32 = onnx.load(built.folder / name / "model.onnx")
+    constants = {tensor.name for tensor in float32.graph.initializer}
+    products = [n for n in float32.graph.node if n.op_type in ("MatMul", "Gemm")]
+    with_weights = [n for n in products if n.input[1] in constants]
+    ops = Counter(node.op_type for node in onnx.load(graph).graph.node)
+    assert ops["DynamicQuantizeMatMul"] + ops["MatMulIntegerToFloat"] == len(with_weights) > 0
+    assert ops["DynamicQuantizeLinear"] > 0, "an activation read by several products is quantized once"
+    assert ops["MatMul"] + ops["Gemm"] == len(products) - len(with_weights), "Q K^T and softmax V stay"
     assert "ConvInteger" not in ops, "convolutions stay float32 (ConvInteger is slower on CPUs)"
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"], "small graphs are one file"
 
@@ -122,7 +131,7 @@ def test_int8_compact_stores_convolution_weights_in_int8_beside_the_graph(
         if node.op_type == "Conv" and producers.get(node.input[1]) == "DequantizeLinear"
     }
     assert dequantized == large and large
-    assert "MatMulInteger" in {node.op_type for node in model.graph.node}
+    assert {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"} <= {node.op_type for node in model.graph.node}
 
     spec = component("unet")
     loaded = built.loaded
@@ -130,3 +139,24 @@ def test_int8_compact_stores_convolution_weights_in_int8_beside_the_graph(
         spec, spec.wrap(loaded.model), loaded.model.config, graph, spec.tolerances["int8"], VALIDATION_SIZES
     )
     assert checks and all(check.passed for check in checks)
+
+
+@pytest.mark.parametrize("name", ["text_encoder", "unet"])
+def test_int8_computes_what_onnxruntimes_dynamic_quantizer_makes(
+    built: Built, tmp_path: Path, name: str
+) -> None:
+    source = built.folder / name / "model.onnx"
+    ours, reference = tmp_path / "ours.onnx", tmp_path / "reference.onnx"
+    quantize_int8(source, ours)
+    only_weights = {"MatMulConstBOnly": True}
+    quantize_dynamic(source, reference, ["MatMul"], weight_type=QuantType.QInt8, extra_options=only_weights)
+    spec = component(name)
+    generator = torch.Generator().manual_seed(3)
+    inputs = spec.make_inputs(built.loaded.model.config, VALIDATION_SIZES[0], generator)
+    feeds = {key: value.numpy() for key, value in inputs.items()}
+
+    def run(path: Path) -> list[np.ndarray]:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+    for got, want in zip(run(ours), run(reference), strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
