@@ -21,6 +21,7 @@ HERE = Path(__file__).parent
 # `sdexport build`s that prepare.py makes.
 SYSTEMS: dict[str, list[str]] = {
     "sdrun fp32": ["sdrun", "--folder", "sdrun-fp32"],
+    "sdrun fp32, fast": ["sdrun", "--folder", "sdrun-fp32", "--fast"],
     "sdrun int8": ["sdrun", "--folder", "sdrun-int8"],
     "sdrun int8-compact": ["sdrun", "--folder", "sdrun-int8-compact"],
     "sdrun int8-compact, low-memory": ["sdrun", "--folder", "sdrun-int8-compact", "--low-memory"],

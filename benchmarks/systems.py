@@ -285,6 +285,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="also a whole generation of --steps steps")
     parser.add_argument("--generations", type=int, default=1, help="sdrun, diffusers: times to time it")
     parser.add_argument("--low-memory", action="store_true", help="sdrun: the low-memory mode")
+    parser.add_argument("--fast", action="store_true", help="sdrun: the fast mode (memory arena)")
     parser.add_argument("--provider", choices=["cpu", "cuda"], default="cpu", help="sdrun and diffusers")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -303,10 +304,11 @@ def main() -> None:
                 generations=args.generations,
                 provider=args.provider,
                 low_memory=args.low_memory,
+                fast=args.fast,
                 log=lambda line: print(line, file=sys.stderr, flush=True),
             )
-            notes = [args.folder, *(["low memory"] if args.low_memory else [])]
-            notes += [args.provider.upper()] if args.provider == "cuda" else []
+            modes = {"low memory": args.low_memory, "fast": args.fast, "CUDA": args.provider == "cuda"}
+            notes = [args.folder, *(mode for mode, chosen in modes.items() if chosen)]
             report.system = f"sdrun ({', '.join(notes)})"
         elif args.system == "diffusers":
             report = bench_diffusers(

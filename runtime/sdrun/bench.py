@@ -153,6 +153,7 @@ def bench_folder(
     generations: int = 1,
     provider: str = "cpu",
     low_memory: bool = False,
+    fast: bool = False,
     log: Callable[[str], None] = print,
 ) -> Report:
     """Measure each stage of a `size` x `size` generation with the model folder `folder`.
@@ -166,12 +167,12 @@ def bench_folder(
     from sdrun.pipeline import Pipeline
 
     def load() -> Pipeline:
-        return Pipeline.load(folder, provider, verify_checksums=False, low_memory=low_memory)
+        return Pipeline.load(folder, provider, verify_checksums=False, low_memory=low_memory, fast=fast)
 
     report = Report("sdrun", size)
     with report.stage("create sessions") as stage:
         pipeline = timed(stage, load)
-    report.info.update(provider=pipeline.provider, folder=str(folder), low_memory=low_memory)
+    report.info.update(provider=pipeline.provider, folder=str(folder), low_memory=low_memory, fast=fast)
     log(f"loaded in {stage.best:.2f} s on {pipeline.provider}")
 
     with report.stage("text encoding (batch 2)") as stage:

@@ -159,6 +159,12 @@ def _open_pipeline(
     "`sdexport build --quantize int8-compact`.",
 )
 @click.option(
+    "--fast",
+    is_flag=True,
+    help="Keep onnxruntime's memory arena: on CPUs, UNet steps about 10% faster at 512x512 for about "
+    "1.8 GB more peak memory (SD 1.5, fp32).",
+)
+@click.option(
     "--sequential-guidance/--batched-guidance",
     default=None,
     help="Run the guided and unguided UNet passes one after the other (less memory) or as one batch "
@@ -184,6 +190,7 @@ def generate(
     init_image: str | None,
     skip_checksums: bool,
     low_memory: bool,
+    fast: bool,
     sequential_guidance: bool | None,
     tiled_vae: bool | None,
     num_images: int,
@@ -191,6 +198,8 @@ def generate(
 ) -> None:
     """Generate images from PROMPT and write them as PNGs with their settings."""
     _output_paths(out, [0] * num_images)  # a bad pattern fails now, not after sampling
+    if low_memory and fast:
+        raise click.UsageError("--low-memory and --fast pull opposite ways: choose one")
     recorded = read_png_settings(from_png) if from_png is not None else None
     arguments = _settings_from_options(prompt, recorded, init_image, overrides)
     model_is_default = ctx.get_parameter_source("model") == click.core.ParameterSource.DEFAULT
@@ -200,6 +209,7 @@ def generate(
         provider,
         not skip_checksums,
         low_memory=low_memory,
+        fast=fast,
         sequential_guidance=sequential_guidance,
         tiled_vae=tiled_vae,
     )
@@ -237,6 +247,7 @@ def generate(
 @click.option("--full/--no-full", default=True, show_default=True, help="Also time a whole generation.")
 @click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="cpu", show_default=True)
 @click.option("--low-memory", is_flag=True, help="Measure the low-memory mode (see sdrun generate --help).")
+@click.option("--fast", is_flag=True, help="Measure the fast mode (see sdrun generate --help).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the results here.")
 @_reported
 def bench(
@@ -247,6 +258,7 @@ def bench(
     full: bool,
     provider: str,
     low_memory: bool,
+    fast: bool,
     json_path: Path | None,
 ) -> None:
     """Time each stage of a SIZE x SIZE generation with the model FOLDER, and its peak memory."""
@@ -258,6 +270,7 @@ def bench(
         full=full,
         provider=provider,
         low_memory=low_memory,
+        fast=fast,
         log=lambda line: click.echo(line, err=True),
     )
     click.echo(report.format())

@@ -1,7 +1,8 @@
 """How a pipeline spends memory: which sessions stay open, and how onnxruntime allocates.
 
 The default policy keeps all three sessions open (each generation after the first starts at once) and
-runs onnxruntime without its memory arena (freed buffers go back to the system: see `memory_arena`).
+runs onnxruntime without its memory arena (freed buffers go back to the system: see `memory_arena`);
+the fast policy is the same with the arena.
 The low-memory policy trades time for peak resident memory:
 - each session is created when its stage starts and released when it ends (the text encoder before the
   sampling loop, the UNet for the loop, the VAE decoder after it), so at most one model's weights are
@@ -78,6 +79,8 @@ class MemoryPolicy:
 
 
 DEFAULT_POLICY = MemoryPolicy()
+# The default with onnxruntime's arena: for machines with memory to spare (measured in BENCHMARKS.md).
+FAST_POLICY = MemoryPolicy(memory_arena=True)
 LOW_MEMORY_POLICY = MemoryPolicy(
     keep_sessions=False,
     sequential_guidance=True,

@@ -20,7 +20,14 @@ from sdrun.errors import ModelFolderError, SdrunError, SettingsError
 from sdrun.folder import LATENT_MULTIPLE_KEY, ModelFolder, open_model_folder
 from sdrun.graphs import Graph
 from sdrun.images import fit_size, from_pixels, load_image, to_pixels
-from sdrun.memory import DEFAULT_POLICY, LOW_MEMORY_POLICY, MemoryPolicy, Sessions, set_mmap_threshold
+from sdrun.memory import (
+    DEFAULT_POLICY,
+    FAST_POLICY,
+    LOW_MEMORY_POLICY,
+    MemoryPolicy,
+    Sessions,
+    set_mmap_threshold,
+)
 from sdrun.providers import ProviderRequest, create_session, provider_name, requested_providers
 from sdrun.samplers import first_step, make_sampler, sample
 from sdrun.samplers.prediction import Model
@@ -128,6 +135,7 @@ class Pipeline:
         *,
         verify_checksums: bool = True,
         low_memory: bool = False,
+        fast: bool = False,
         sequential_guidance: bool | None = None,
         tiled_vae: bool | None = None,
         memory: MemoryPolicy | None = None,
@@ -136,12 +144,16 @@ class Pipeline:
 
         "auto" takes CUDA when this onnxruntime offers it and it starts, else the CPU; `provider` on
         the result says which. `low_memory` trades time for peak memory (sdrun.memory: sessions opened
-        per stage, guidance passes one after the other, tiled VAE decoding, int8-weight friendly order).
+        per stage, guidance passes one after the other, tiled VAE decoding, int8-weight friendly order);
+        `fast` trades peak memory for time (onnxruntime's memory arena kept: see MemoryPolicy).
         `sequential_guidance` runs the conditional and unconditional UNet passes one after the other (half
         the activation memory) instead of as one batch of two; `tiled_vae` decodes in tiles
         (sdrun.tiled_vae). Left as None, these two follow `low_memory`; without it, images larger than
-        768x768 are decoded in tiles. `memory`, when given, is the whole policy and replaces `low_memory`.
+        768x768 are decoded in tiles. `memory`, when given, is the whole policy and replaces `low_memory`
+        and `fast`.
         """
+        if low_memory and fast:
+            raise SettingsError("low_memory and fast pull opposite ways (memory against speed): choose one")
         model = open_model_folder(folder, verify_checksums=verify_checksums)
         providers = requested_providers(provider)
         try:
@@ -150,7 +162,7 @@ class Pipeline:
         except (TokenizerError, ScheduleError) as error:
             raise ModelFolderError(f"model folder {model.path}: {error}") from None
         if memory is None:
-            memory = LOW_MEMORY_POLICY if low_memory else DEFAULT_POLICY
+            memory = LOW_MEMORY_POLICY if low_memory else FAST_POLICY if fast else DEFAULT_POLICY
         if sequential_guidance is not None:
             memory = replace(memory, sequential_guidance=sequential_guidance)
         if tiled_vae is not None:

@@ -203,6 +203,7 @@ def test_checksum_failure_error(folder_copy: Path) -> None:
         (["--width", "4096", "--height", "8"], "height 8 is not a positive multiple of 16"),
         (["--sampler", "heun"], "Invalid value for '--sampler'"),
         (["--provider", "gpu"], "Invalid value for '--provider'"),
+        (["--low-memory", "--fast"], "--low-memory and --fast pull opposite ways: choose one"),
     ],
 )
 def test_bad_input_is_one_line(tiny_onnx_dir: Path, tmp_path: Path, args: list, message: str) -> None:
@@ -265,3 +266,11 @@ def test_cli_runs_where_torch_cannot_be_imported(tiny_onnx_dir: Path, tmp_path: 
     assert done.stdout == f"Wrote {out}\n"
     with Image.open(out) as image:
         assert image.size == (64, 64) and "Seed: 1" in image.text["parameters"]
+
+
+def test_fast_mode_makes_the_same_image(tiny_onnx_dir: Path, tmp_path: Path) -> None:
+    default, fast = tmp_path / "default.png", tmp_path / "fast.png"
+    assert _run("a cube", "--model", tiny_onnx_dir, *FAST, "--out", default).exit_code == 0
+    result = _run("a cube", "--model", tiny_onnx_dir, *FAST, "--fast", "--out", fast)
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(_pixels(fast), _pixels(default))

@@ -13,6 +13,7 @@ from PIL import Image
 from sdrun import memory
 from sdrun import pipeline as pipeline_module
 from sdrun.cli import main
+from sdrun.errors import SettingsError
 from sdrun.pipeline import Pipeline
 from sdrun.tiled_vae import DEFAULT_TILE
 
@@ -129,6 +130,15 @@ def test_session_options_follow_the_policy(default: Pipeline, low_memory: Pipeli
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert options.execution_order == ort.ExecutionOrder.DEFAULT
     assert not options.enable_cpu_mem_arena
+
+
+def test_fast_policy_is_the_default_with_the_arena(tiny_onnx_dir: Path) -> None:
+    fast = Pipeline.load(tiny_onnx_dir, provider="cpu", fast=True)
+    assert set(fast._graphs) == {"text_encoder", "unet", "vae_decoder"}
+    options = fast._graphs["unet"].session.get_session_options()
+    assert options.enable_cpu_mem_arena and options.enable_mem_pattern
+    with pytest.raises(SettingsError, match="choose one"):
+        Pipeline.load(tiny_onnx_dir, provider="cpu", fast=True, low_memory=True)
 
 
 def _decoder_calls(pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, size: int) -> list[tuple[int, ...]]:
