@@ -1,5 +1,5 @@
-"""The full SD 1.5 architecture (random weights) built and validated: the UNet's weights pass protobuf's
-2 GB limit and go to one external data file; the other graphs stay single files."""
+"""The full SD 1.5 architecture (random weights) built and validated: the UNet's weights (3.4 GB, past
+protobuf's 2 GB limit) go to one external data file; the other graphs stay single files."""
 
 import json
 from pathlib import Path
