@@ -2,7 +2,7 @@
 # The GPU benchmark, as BENCHMARKS.md's GPU section reports it: SD 1.5 with random weights, 512x512,
 # 50 Euler steps with guidance, sdrun on an fp16 build (onnxruntime's CUDA provider) against diffusers
 # in PyTorch fp16 on the same card. Needs onnxruntime-gpu, PyTorch with CUDA, diffusers and nvidia-ml-py;
-# about 6 minutes on one H200 after the fp16 build (2 minutes on 16 cores).
+# on one H200 with 16 cores, about 2 minutes for the fp16 build and 2 more for the measurements.
 #   benchmarks/run_gpu.sh [WORK] [RESULTS]      (default build/bench-gpu, WORK/results)
 set -euo pipefail
 WORK=${1:-build/bench-gpu}
