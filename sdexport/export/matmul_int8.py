@@ -29,16 +29,18 @@ def quantize_matmuls(model: onnx.ModelProto) -> int:
     its own constant 2-D float32 weight; returns how many. A weight shared with other nodes is left alone."""
     graph = model.graph
     owned_constant = OwnedConstants(graph).get
-    chosen = {index for index, node in enumerate(graph.node) if _has_weight(node, owned_constant)}
-    readers = Counter(graph.node[index].input[0] for index in chosen)
+    found = {index: _weight_of(node, owned_constant) for index, node in enumerate(graph.node)}
+    weights = {index: weight for index, weight in found.items() if weight is not None}
+    readers = Counter(graph.node[index].input[0] for index in weights)
     quantized_inputs: dict[str, list[str]] = {}
     nodes = []
     for index, node in enumerate(graph.node):
-        if index in chosen:
-            weight, scale = _int8_weight(graph, node, owned_constant)
+        if index in weights:
+            transposed = bool(_attribute(node, "transB", 0))
+            weight, scale = _int8_weight(graph, weights[index], transposed)
             activation = node.input[0]
             # The weight's zero point is left out (0), then the bias if there is one.
-            tail = ["", node.input[2]] if len(node.input) > 2 and node.input[2] else []
+            tail = ["", node.input[2]] if _has_bias(node) else []
             if readers[activation] == 1:
                 # DynamicQuantizeMatMul(A, B, b_scale, b_zero_point, bias)
                 _become(node, "DynamicQuantizeMatMul", [activation, weight, scale, *tail])
@@ -54,36 +56,39 @@ def quantize_matmuls(model: onnx.ModelProto) -> int:
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
-    if chosen and all(opset.domain != MS_DOMAIN for opset in model.opset_import):
+    if weights and all(opset.domain != MS_DOMAIN for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
-    return len(chosen)
+    return len(weights)
 
 
-def _has_weight(node: onnx.NodeProto, owned_constant: Callable[[str], onnx.TensorProto | None]) -> bool:
-    """A MatMul, or a Gemm computing A B (+ C), whose B is its own constant 2-D float32 weight and whose
-    bias, if any, is one constant value per output column (all the contrib ops add)."""
+def _weight_of(
+    node: onnx.NodeProto, owned_constant: Callable[[str], onnx.TensorProto | None]
+) -> onnx.TensorProto | None:
+    """B of a MatMul, or of a Gemm computing A B (+ C), when it is the node's own constant 2-D float32
+    weight and the bias, if any, is one constant value per output column (all the contrib ops add)."""
     if node.domain not in ("", "ai.onnx") or node.op_type not in ("MatMul", "Gemm"):
-        return False
+        return None
     weight = owned_constant(node.input[1])
     if weight is None or len(weight.dims) != 2:
-        return False
+        return None
     if node.op_type == "MatMul":
-        return True
+        return weight
     plain = _attribute(node, "transA", 0) == 0
     if not plain or _attribute(node, "alpha", 1.0) != 1.0 or _attribute(node, "beta", 1.0) != 1.0:
-        return False
-    bias = owned_constant(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-    return len(node.input) < 3 or not node.input[2] or (bias is not None and len(bias.dims) == 1)
+        return None
+    if _has_bias(node) and ((bias := owned_constant(node.input[2])) is None or len(bias.dims) != 1):
+        return None
+    return weight
 
 
-def _int8_weight(
-    graph: onnx.GraphProto, node: onnx.NodeProto, owned_constant: Callable[[str], onnx.TensorProto | None]
-) -> tuple[str, str]:
-    """Replace the node's weight initializer by its int8 form (K x N) and add its scale; their names."""
-    weight = owned_constant(node.input[1])
-    assert weight is not None  # _has_weight chose this node
+def _has_bias(node: onnx.NodeProto) -> bool:
+    return len(node.input) > 2 and bool(node.input[2])
+
+
+def _int8_weight(graph: onnx.GraphProto, weight: onnx.TensorProto, transposed: bool) -> tuple[str, str]:
+    """Replace the weight initializer by its int8 form (K x N) and add its scale; their names."""
     array = numpy_helper.to_array(weight)
-    if _attribute(node, "transB", 0):
+    if transposed:
         array = array.T
     quantized, scale = symmetric_int8(array)
     name = weight.name
