@@ -1,148 +1,33 @@
-"""Step-by-step parity of sdrun's numpy samplers with diffusers 0.36's schedulers.
-
-diffusers is driven as its StableDiffusion(Img2Img)Pipeline drives it: scheduler configs come from the SD 1.x
-PNDMScheduler config (the way `Scheduler.from_config(pipe.scheduler.config)` swaps schedulers), and the
-per-step noise is fed to it from the same numpy draws sdrun documents (one standard normal per step).
+"""Step-by-step parity of sdrun's numpy samplers with diffusers 0.36's schedulers (driven as in
+sampler_parity), at the usual step counts; the few-step samplers' own cases are in test_few_step_samplers.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
-from diffusers import (
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    PNDMScheduler,
+from sampler_parity import (
+    RTOL,
+    SHAPE,
+    assert_same_run,
+    diffusers_scheduler,
+    fake_model,
+    relative_error,
+    run_diffusers,
 )
-from diffusers.schedulers import scheduling_ddpm, scheduling_euler_ancestral_discrete
 from scheduler_configs import SD1_CONFIG
 
 from sdrun.errors import SdrunError
-from sdrun.samplers import SAMPLERS, SamplerError, check_sampler_name, first_step, make_sampler, sample
+from sdrun.samplers import (
+    DISTILLED,
+    SAMPLERS,
+    SamplerError,
+    check_sampler_name,
+    first_step,
+    make_sampler,
+    sample,
+)
 from sdrun.schedule import NoiseSchedule
-
-# sdrun sampler -> diffusers scheduler class, the options that select the same algorithm, and
-# whether it draws noise each step (through randn_tensor in the named module).
-REFERENCES = {
-    "ddpm": (DDPMScheduler, {"variance_type": "fixed_small"}),
-    "ddim": (DDIMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "euler_a": (EulerAncestralDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpmpp_2m_karras": (
-        DPMSolverMultistepScheduler,
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-    ),
-}
-RANDN_MODULES = {"ddpm": scheduling_ddpm, "euler_a": scheduling_euler_ancestral_discrete}
-SHAPE = (1, 4, 8, 8)
-RTOL = 1e-5
-
-
-def fake_model(x: np.ndarray, t: float) -> np.ndarray:
-    """A smooth stand-in for the guided UNet: its output depends on the input and the timestep."""
-    x = np.asarray(x, dtype=np.float32)
-    mix = 0.6 * x + 0.2 * np.roll(x, 1, axis=-1) - 0.1 * np.roll(x, 1, axis=1)
-    return (np.tanh(mix) * (0.5 + t / 2000.0) + 0.05 * np.sin(t / 37.0 + x)).astype(np.float32)
-
-
-def diffusers_scheduler(name: str, config: dict):
-    scheduler_class, options = REFERENCES[name]
-    pndm_config = PNDMScheduler.from_config(config).config  # carries PNDM's defaults, as a pipeline's does
-    return scheduler_class.from_config(pndm_config, **options)
-
-
-def run_diffusers(name, config, num_steps, noise, step_noises, *, init=None, strength=1.0, eta=0.0):
-    """diffusers' denoising loop: (model calls [(x_in, t)], latents after each step, start latents)."""
-    scheduler = diffusers_scheduler(name, config)
-    scheduler.set_timesteps(num_steps)
-    timesteps = scheduler.timesteps
-    noise = torch.from_numpy(noise)
-    if init is None:
-        latents = noise * scheduler.init_noise_sigma
-    else:  # StableDiffusionImg2ImgPipeline.get_timesteps and prepare_latents
-        init_timestep = min(int(num_steps * strength), num_steps)
-        t_start = max(num_steps - init_timestep, 0)
-        timesteps = timesteps[t_start * scheduler.order :]
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(t_start * scheduler.order)
-        latents = scheduler.add_noise(torch.from_numpy(init), noise, timesteps[:1])
-    start = latents.numpy().copy()
-    calls, trajectory = [], []
-    current = {}
-    module = RANDN_MODULES.get(name)
-    original_randn = module.randn_tensor if module else None
-    if module:
-        module.randn_tensor = lambda *args, **kwargs: torch.from_numpy(current["noise"])
-    try:
-        for i, t in enumerate(timesteps):
-            x_in = scheduler.scale_model_input(latents, t)
-            calls.append((x_in.numpy().copy(), float(t)))
-            output = torch.from_numpy(fake_model(x_in.numpy(), float(t)))
-            current["noise"] = step_noises[i]
-            kwargs = {}
-            if name == "ddim":
-                kwargs = {"eta": eta, "variance_noise": torch.from_numpy(step_noises[i]) if eta > 0 else None}
-            latents = scheduler.step(output, t, latents, **kwargs).prev_sample
-            trajectory.append(latents.numpy().copy())
-    finally:
-        if module:
-            module.randn_tensor = original_randn
-    return calls, trajectory, start
-
-
-def run_sdrun(name, config, num_steps, noise, seed, *, init=None, strength=1.0, eta=0.0):
-    calls, trajectory = [], []
-
-    def model(x_in: np.ndarray, t: float) -> np.ndarray:
-        calls.append((x_in.copy(), t))
-        return fake_model(x_in, t)
-
-    def record(step: int, total: int, latents: np.ndarray) -> None:
-        assert latents.dtype == np.float32
-        trajectory.append(latents.copy())
-
-    schedule = NoiseSchedule.from_config(config)
-    result = sample(
-        name,
-        model,
-        schedule,
-        num_steps,
-        noise,
-        np.random.default_rng(seed),
-        init_latents=init,
-        strength=strength,
-        eta=eta,
-        callback=record,
-    )
-    assert result.dtype == np.float32
-    np.testing.assert_array_equal(result, trajectory[-1])
-    return calls, trajectory
-
-
-def relative_error(ours: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.linalg.norm(ours.astype(np.float64) - reference) / np.linalg.norm(reference))
-
-
-def assert_same_run(name, config, num_steps, *, init=None, strength=1.0, eta=0.0, seed=7, rtol=RTOL):
-    """Both loops make the same model calls and reach the same latents after every step."""
-    noise = np.random.default_rng(100 + seed).standard_normal(SHAPE, dtype=np.float32)
-    draws = np.random.default_rng(seed)  # sdrun's documented draw order: one per step
-    step_noises = [draws.standard_normal(SHAPE, dtype=np.float32) for _ in range(num_steps)]
-    ref_calls, ref_trajectory, _ = run_diffusers(
-        name, config, num_steps, noise, step_noises, init=init, strength=strength, eta=eta
-    )
-    calls, trajectory = run_sdrun(name, config, num_steps, noise, seed, init=init, strength=strength, eta=eta)
-    assert len(calls) == len(ref_calls) == len(trajectory) == len(ref_trajectory)
-    for step, ((x_in, t), (ref_x_in, ref_t)) in enumerate(zip(calls, ref_calls, strict=True)):
-        assert t == pytest.approx(ref_t, rel=1e-6, abs=1e-4), f"timestep of step {step}"
-        assert relative_error(x_in, ref_x_in) < rtol, f"model input of step {step}"
-    for step, (latents, ref_latents) in enumerate(zip(trajectory, ref_trajectory, strict=True)):
-        assert relative_error(latents, ref_latents) < rtol, f"latents after step {step}"
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
@@ -192,7 +77,7 @@ def test_clip_sample_and_set_alpha_to_one_match_diffusers(name: str) -> None:
     assert_same_run(name, config, 10)
 
 
-@pytest.mark.parametrize("name", list(SAMPLERS))
+@pytest.mark.parametrize("name", [name for name in SAMPLERS if name not in DISTILLED])
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 def test_timesteps_match_diffusers(name: str, spacing: str) -> None:
     config = {**SD1_CONFIG, "timestep_spacing": spacing}
@@ -213,11 +98,11 @@ def test_img2img_matches_diffusers(name: str, strength: float) -> None:
     num_steps = 12
     noise = np.random.default_rng(4).standard_normal(SHAPE, dtype=np.float32)
     step_noises = [np.zeros(SHAPE, np.float32)] * num_steps
-    ref_calls, _, ref_start = run_diffusers(
+    ref_calls, _, ref_start, _ = run_diffusers(
         name, SD1_CONFIG, num_steps, noise, step_noises, init=init, strength=strength
     )
-    sampler = make_sampler(name, NoiseSchedule.from_config(SD1_CONFIG), num_steps)
-    first = first_step(num_steps, strength)
+    sampler = make_sampler(name, NoiseSchedule.from_config(SD1_CONFIG), num_steps, strength=strength)
+    first = first_step(num_steps, strength, name)
     assert num_steps - first == len(ref_calls)
     assert relative_error(sampler.noised(init, noise, first), ref_start) < RTOL
     assert_same_run(name, SD1_CONFIG, num_steps, init=init, strength=strength)
@@ -293,7 +178,7 @@ def test_bad_settings_are_clear_errors() -> None:
         sample("ddim", fake_model, schedule, 10, zeros, rng, init_latents=zeros, strength=0.05)
     with pytest.raises(SamplerError, match="img2img only"):
         sample("ddim", fake_model, schedule, 10, zeros, rng, strength=0.5)
-    with pytest.raises(SamplerError, match="eta applies to the ddim sampler only"):
+    with pytest.raises(SamplerError, match="eta applies to the ddim, ddim_trailing, tcd samplers only"):
         sample("euler", fake_model, schedule, 10, zeros, rng, eta=0.5)
     with pytest.raises(SamplerError, match="num_steps=0"):
         sample("euler", fake_model, schedule, 0, zeros, rng)

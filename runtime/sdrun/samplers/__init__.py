@@ -1,21 +1,24 @@
 """Samplers in numpy: the noise schedule plus a model callable in, latents out.
 
 Every sampler matches its diffusers scheduler step for step (timesteps, model inputs, updates, img2img
-start). Randomness comes only from the ``rng`` passed in: the stochastic samplers (ddpm, euler_a, and
-ddim with eta > 0) draw exactly one ``rng.standard_normal(latents.shape, dtype=np.float32)`` per step,
-after that step's model call, and nothing else. Latents stay float32, as in diffusers; the schedule's
-coefficients are computed once per run in float64.
+start). Randomness comes only from the ``rng`` passed in: every step that re-injects noise draws exactly
+one ``rng.standard_normal(latents.shape, dtype=np.float32)``, after that step's model call, and nothing
+else is drawn. Those steps are: every step of ddpm, of euler_a, and of ddim and ddim_trailing with
+eta > 0; every step but the last of lcm, and of tcd with gamma (its eta) > 0. Latents stay float32, as in
+diffusers; the schedule's coefficients are computed once per run in float64.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from functools import partial
 from typing import Protocol
 
 import numpy as np
 
 from sdrun.errors import SettingsError
+from sdrun.samplers.consistency import LCM, ORIGINAL_INFERENCE_STEPS, TCD, distillation_steps
 from sdrun.samplers.discrete import DDIM, DDPM
 from sdrun.samplers.dpm_solver import DPMSolverPP2M
 from sdrun.samplers.euler import Euler, EulerAncestral
@@ -50,14 +53,37 @@ class Sampler(Protocol):
     ) -> Iterator[np.ndarray]: ...
 
 
-SAMPLERS: dict[str, Callable[[NoiseSchedule, int], Sampler]] = {
+def _trailing(sampler: Callable[..., Sampler]) -> Callable[..., Sampler]:
+    """``sampler`` on "trailing" timesteps whatever the config says (Lin et al. 2023, Table 2), as
+    diffusers' ``Scheduler.from_config(config, timestep_spacing="trailing")``."""
+
+    def make(schedule: NoiseSchedule, *args: float) -> Sampler:
+        return sampler(replace(schedule, timestep_spacing="trailing"), *args)
+
+    return make
+
+
+SAMPLERS: dict[str, Callable[..., Sampler]] = {
     "ddpm": DDPM,
     "ddim": DDIM,
     "euler": Euler,
     "euler_a": EulerAncestral,
     "dpmpp_2m": DPMSolverPP2M,
     "dpmpp_2m_karras": partial(DPMSolverPP2M, karras=True),
+    "lcm": LCM,
+    "tcd": TCD,
+    "ddim_trailing": _trailing(DDIM),
+    "euler_trailing": _trailing(Euler),
 }
+# The samplers that take eta, with its value when none is given: DDIM's eta (Song et al. 2021, eq. 16; 0 is
+# deterministic) and TCD's gamma (Zheng et al. 2024; diffusers passes it as eta too, 0.3 by default).
+ETA_DEFAULTS = {"ddim": 0.0, "ddim_trailing": 0.0, "tcd": 0.3}
+_ETA_MAXIMA = {"tcd": 1.0}
+# Samplers that run on their distillation schedule, so no more steps than it has.
+DISTILLED = ("lcm", "tcd")
+# Samplers whose img2img strength picks their timesteps instead of skipping first steps: all the steps run,
+# within the strength's share of the schedule (diffusers' LatentConsistencyModelImg2ImgPipeline).
+STRENGTH_SETS_TIMESTEPS = ("lcm",)
 
 
 def check_sampler_name(name: str) -> None:
@@ -70,9 +96,12 @@ def check_strength(strength: float) -> None:
         raise SamplerError(f"strength {strength!r} is out of range: give a value in (0, 1]")
 
 
-def first_step(num_steps: int, strength: float) -> int:
-    """Index of the first step img2img runs (diffusers' StableDiffusionImg2ImgPipeline.get_timesteps)."""
+def first_step(num_steps: int, strength: float, sampler: str = "") -> int:
+    """Index of the first step img2img runs (diffusers' StableDiffusionImg2ImgPipeline.get_timesteps), 0 for
+    the samplers in STRENGTH_SETS_TIMESTEPS."""
     check_strength(strength)
+    if sampler in STRENGTH_SETS_TIMESTEPS:
+        return 0
     first = max(num_steps - min(int(num_steps * strength), num_steps), 0)
     if first >= num_steps:
         raise SamplerError(
@@ -81,20 +110,50 @@ def first_step(num_steps: int, strength: float) -> int:
     return first
 
 
-def make_sampler(name: str, schedule: NoiseSchedule, num_steps: int, eta: float = 0.0) -> Sampler:
-    """The sampler ``name`` with its whole schedule for ``num_steps`` precomputed."""
+def make_sampler(
+    name: str, schedule: NoiseSchedule, num_steps: int, eta: float | None = None, strength: float = 1.0
+) -> Sampler:
+    """The sampler ``name`` with its whole schedule for ``num_steps`` precomputed. ``eta`` None is the
+    sampler's default (ETA_DEFAULTS); ``strength`` is the img2img strength, which only the samplers in
+    STRENGTH_SETS_TIMESTEPS need here."""
     check_sampler_name(name)
     try:
         schedule.check_num_steps(num_steps)
     except ScheduleError as error:
         raise SamplerError(str(error)) from None
-    if name == "ddim":
-        if not eta >= 0.0:
-            raise SamplerError(f"eta {eta!r} is negative: give eta >= 0 (0 is deterministic DDIM)")
-        return DDIM(schedule, num_steps, eta)
-    if eta != 0.0:
-        raise SamplerError(f"eta applies to the ddim sampler only: leave it at 0 for {name}")
-    return SAMPLERS[name](schedule, num_steps)
+    check_strength(strength)
+    own_strength = name in STRENGTH_SETS_TIMESTEPS
+    if name in DISTILLED:
+        _check_distilled_steps(name, schedule, num_steps, strength if own_strength else 1.0)
+    if name not in ETA_DEFAULTS:
+        if eta not in (None, 0.0):
+            named = ", ".join(ETA_DEFAULTS)
+            raise SamplerError(f"eta applies to the {named} samplers only: leave it at 0 for {name}")
+        sampler = SAMPLERS[name]
+        return sampler(schedule, num_steps, strength) if own_strength else sampler(schedule, num_steps)
+    eta = ETA_DEFAULTS[name] if eta is None else eta
+    most = _ETA_MAXIMA.get(name)
+    if not (eta >= 0.0 and (most is None or eta <= most)):
+        allowed = ">= 0" if most is None else f"from 0 to {most}"
+        raise SamplerError(
+            f"eta {eta!r} for {name} is out of range: give a value {allowed} (0 is deterministic)"
+        )
+    return SAMPLERS[name](schedule, num_steps, eta)
+
+
+def _check_distilled_steps(name: str, schedule: NoiseSchedule, num_steps: int, strength: float) -> None:
+    if schedule.num_train_timesteps < ORIGINAL_INFERENCE_STEPS:
+        raise SamplerError(
+            f"{name} steps on {ORIGINAL_INFERENCE_STEPS} of the training timesteps, and this model has "
+            f"{schedule.num_train_timesteps}: choose another sampler"
+        )
+    most = distillation_steps(strength)
+    if num_steps > most:
+        within = f" at strength {strength}" if strength != 1.0 else ""
+        fix = "give fewer steps or a higher strength" if within else "give fewer steps"
+        raise SamplerError(
+            f"{name} takes at most {most} steps{within} (the timesteps of its distillation schedule): {fix}"
+        )
 
 
 def sample(
@@ -107,21 +166,23 @@ def sample(
     *,
     init_latents: np.ndarray | None = None,
     strength: float = 1.0,
-    eta: float = 0.0,
+    eta: float | None = None,
     callback: Callable[[int, int, np.ndarray], bool | None] | None = None,
 ) -> np.ndarray:
     """Run sampler ``name`` for ``num_steps`` steps and return the float32 latents.
 
     txt2img starts from ``noise`` scaled to the sampler's initial noise level. img2img (``init_latents``
-    given, already scaled by the VAE factor) skips the first steps as ``strength`` says and starts from
-    ``init_latents`` noised to the first step it runs. ``callback(step, total, latents)`` follows every
-    step (step counts from 0 within this run); a truthy return stops the run and returns those latents.
+    given, already scaled by the VAE factor) skips the first steps as ``strength`` says (or, for the
+    samplers in STRENGTH_SETS_TIMESTEPS, runs them all lower in the schedule) and starts from
+    ``init_latents`` noised to the first step it runs. ``eta`` None is the sampler's default.
+    ``callback(step, total, latents)`` follows every step (step counts from 0 within this run); a truthy
+    return stops the run and returns those latents.
     """
-    sampler = make_sampler(name, schedule, num_steps, eta)
+    if init_latents is None and strength != 1.0:
+        raise SamplerError(f"strength {strength} is for img2img only: give init_latents or leave it at 1")
+    sampler = make_sampler(name, schedule, num_steps, eta, strength)
     noise = np.asarray(noise, dtype=np.float32)
     if init_latents is None:
-        if strength != 1.0:
-            raise SamplerError(f"strength {strength} is for img2img only: give init_latents or leave it at 1")
         first, x = 0, sampler.initial(noise)
     else:
         init_latents = np.asarray(init_latents, dtype=np.float32)
@@ -130,7 +191,7 @@ def sample(
                 f"init_latents shape {init_latents.shape} differs from the noise shape {noise.shape}: "
                 "encode the image at the output size"
             )
-        first = first_step(num_steps, strength)
+        first = first_step(num_steps, strength, name)
         x = sampler.noised(init_latents, noise, first)
     total = num_steps - first
     steps = sampler.steps(model, x, first, rng)
