@@ -14,4 +14,4 @@ sys.exit(built != source_sha256(EMBEDDED_CHECKPOINT))'
 .venv/bin/python -c "$up_to_date" 2>/dev/null || .venv/bin/sdexport build --force
 prompt="${1:-a large red circle on a blue background}"
 shift || true
-exec .venv/bin/sdrun "$prompt" --model exported/tiny-shapes --out outputs/demo.png "$@"
+exec .venv/bin/sdrun "$prompt" --model exported/tiny-shapes --out outputs/demo.png --overwrite "$@"

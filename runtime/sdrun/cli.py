@@ -1,7 +1,6 @@
 """The `sdrun` command: `sdrun "a prompt" --model DIR` writes PNGs that carry their settings."""
 
 import functools
-import string
 import sys
 import warnings
 from collections.abc import Callable
@@ -12,8 +11,10 @@ import click
 import numpy as np
 
 from sdrun.bench import bench_folder, write_json
-from sdrun.defaults import GenerationDefaults
+from sdrun.defaults import VAE_CHOICES, GenerationDefaults
 from sdrun.errors import ModelFolderError, SdrunError, SettingsError
+from sdrun.limits import DEFAULT_MAX_PIXELS, MAX_IMAGES, Limits
+from sdrun.outputs import check_outputs, output_paths
 from sdrun.pipeline import Pipeline
 from sdrun.png_info import read_png_settings, save_png
 from sdrun.providers import PROVIDER_CHOICES
@@ -25,7 +26,7 @@ DEFAULT_MODEL_DIR = Path("exported") / "tiny-shapes"
 DEFAULT_OUT = "sdrun-{seed}.png"
 # Shown in --help; a model folder may carry defaults of its own (see sdrun.defaults).
 _SD = GenerationDefaults()
-OUT_FIELDS = {"i", "seed"}
+_SEED_RANGE = 2**32
 
 
 class _PromptFirstGroup(click.Group):
@@ -50,20 +51,6 @@ def main() -> None:
     """
 
 
-def _output_paths(pattern: str, seeds: list[int]) -> list[Path]:
-    """Fill {i} and {seed} in the --out pattern; several images without either get -0, -1, ... added."""
-    try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(pattern) if name is not None}
-        if not fields <= OUT_FIELDS:
-            raise ValueError
-        if len(seeds) > 1 and not fields:
-            path = Path(pattern)
-            pattern = str(path.with_name(f"{path.stem}-{{i}}{path.suffix}"))
-        return [Path(pattern.format(i=index, seed=seed)) for index, seed in enumerate(seeds)]
-    except (KeyError, IndexError, ValueError):
-        raise SettingsError(f"--out {pattern!r}: a pattern may use only {{i}} and {{seed}}") from None
-
-
 def _show_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
     click.echo(f"Warning: {message}", err=True)
 
@@ -84,11 +71,11 @@ def _reported(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def _open_pipeline(
-    model: Path, model_is_default: bool, provider: str, verify: bool, **memory: Any
+    model: Path, model_is_default: bool, provider: str, verify: bool, **options: Any
 ) -> Pipeline:
     if model_is_default and not model.is_dir():
         raise ModelFolderError(f"no model folder at {model}: run `sdexport build` first, or pass --model DIR")
-    return Pipeline.load(model, provider, verify_checksums=verify, **memory)
+    return Pipeline.load(model, provider, verify_checksums=verify, **options)
 
 
 @main.command()
@@ -105,8 +92,9 @@ def _open_pipeline(
     default=DEFAULT_OUT,
     show_default=True,
     help="Output PNG path; may hold {i} (image index from 0) and {seed}. With several images and "
-    "neither field, -0, -1, ... is added before the suffix.",
+    "neither field, -0, -1, ... is added before the suffix. Each PNG is written as soon as it is made.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace output files that exist (else they are refused).")
 @click.option(
     "--seed",
     type=click.IntRange(min=0),
@@ -124,12 +112,24 @@ def _open_pipeline(
     f"[default: the model's, else {_SD.guidance_scale}]",
 )
 @click.option(
-    "--sampler", type=click.Choice(list(SAMPLERS)), help=f"[default: the model's, else {_SD.sampler}]"
+    "--sampler",
+    type=click.Choice(list(SAMPLERS)),
+    help="Few-step models want their own, at 1-8 --steps: lcm for LCM models and LCM-LoRAs, tcd for TCD "
+    "LoRAs, ddim_trailing or euler_trailing for Hyper-SD and turbo-style models; all at --guidance 1 (one "
+    "UNet pass a step) but LCM-distilled UNets, which take the guidance as an input.  "
+    f"[default: the model's, else {_SD.sampler}]",
 )
 @click.option("--negative", help="Negative prompt.")
 @click.option("--height", type=int, help="Image height in pixels (the model's size by default).")
 @click.option("--width", type=int, help="Image width in pixels (the model's size by default).")
-@click.option("--num-images", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--num-images", type=click.IntRange(min=1, max=MAX_IMAGES), default=1, show_default=True)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(min=64),
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    help="Refuse images larger than this many pixels (width x height), before any work starts.",
+)
 @click.option("--init-image", help="Image-to-image: start from this picture (resized to the output size).")
 @click.option(
     "--strength",
@@ -151,6 +151,12 @@ def _open_pipeline(
     help="Reproduce a PNG from the settings in its 'parameters' chunk; other options override them.",
 )
 @click.option("--skip-checksums", is_flag=True, help="Check only file sizes against the folder's manifest.")
+@click.option(
+    "--require-manifest",
+    is_flag=True,
+    help="Refuse a model folder without an sdexport manifest (one runs with a warning otherwise, since "
+    "none of its files can be verified).",
+)
 @click.option(
     "--low-memory",
     is_flag=True,
@@ -176,6 +182,12 @@ def _open_pipeline(
     help="Decode the image in overlapping tiles (less memory; makes large images possible) "
     "[tiled beyond 768x768 pixels, or with --low-memory].",
 )
+@click.option(
+    "--vae",
+    type=click.Choice(VAE_CHOICES),
+    help="tiny: the folder's TAESD (from `sdexport build --tiny-vae`), decoding in a fraction of the full "
+    "VAE's time at some cost in detail.  [default: the model's, else full]",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar or notes; print only where images went.")
 @click.pass_context
 @_reported
@@ -184,6 +196,9 @@ def generate(
     prompt: str | None,
     model: Path,
     out: str,
+    overwrite: bool,
+    max_pixels: int,
+    require_manifest: bool,
     quiet: bool,
     provider: str,
     from_png: Path | None,
@@ -193,15 +208,19 @@ def generate(
     fast: bool,
     sequential_guidance: bool | None,
     tiled_vae: bool | None,
+    vae: str | None,
     num_images: int,
     **overrides: Any,
 ) -> None:
     """Generate images from PROMPT and write them as PNGs with their settings."""
-    _output_paths(out, [0] * num_images)  # a bad pattern fails now, not after sampling
     if low_memory and fast:
         raise click.UsageError("--low-memory and --fast pull opposite ways: choose one")
     recorded = read_png_settings(from_png) if from_png is not None else None
     arguments = _settings_from_options(prompt, recorded, init_image, overrides)
+    # The seeds name the files, and every file is checked before any work starts.
+    arguments.setdefault("seed", int(np.random.default_rng().integers(_SEED_RANGE)))
+    paths = output_paths(out, [arguments["seed"] + index for index in range(num_images)])
+    check_outputs(paths, overwrite)
     model_is_default = ctx.get_parameter_source("model") == click.core.ParameterSource.DEFAULT
     pipeline = _open_pipeline(
         model,
@@ -212,6 +231,9 @@ def generate(
         fast=fast,
         sequential_guidance=sequential_guidance,
         tiled_vae=tiled_vae,
+        vae=vae,
+        limits=Limits(max_pixels=max_pixels),
+        require_manifest=require_manifest,
     )
     if not quiet:
         click.echo(
@@ -219,7 +241,7 @@ def generate(
         )
         if recorded is not None and recorded.model and recorded.model != pipeline.folder.name:
             click.echo(f"Note: {from_png} was made with model {recorded.model!r}", err=True)
-        if low_memory and pipeline.folder.manifest().get("quantization") != "int8-compact":
+        if low_memory and pipeline.folder.manifest.get("quantization") != "int8-compact":
             click.echo(
                 "Note: a folder built with `sdexport build --quantize int8-compact` needs about a third "
                 "of this one's memory under --low-memory",
@@ -227,12 +249,10 @@ def generate(
             )
 
     with _ProgressBar(enabled=not quiet) as progress:
-        result = pipeline.generate(num_images=num_images, callback=progress.update, **arguments)
-    paths = _output_paths(out, [image_settings.seed for image_settings in result.settings])
-    for image, image_settings, path in zip(result.images, result.settings, paths, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_png(image, path, image_settings)
-        click.echo(f"Wrote {path}")
+        generated = pipeline.generate_each(num_images=num_images, callback=progress.update, **arguments)
+        for made, path in zip(generated, paths, strict=False):
+            save_png(made.image, path, made.settings)
+            progress.echo(f"Wrote {path}")
 
 
 @main.command()
@@ -328,6 +348,12 @@ class _ProgressBar:
                 self._bar.__enter__()
             self._bar.update(1)
         return False
+
+    def echo(self, line: str) -> None:
+        """A line on stdout, on a line of its own below the bar."""
+        if self._bar is not None:
+            click.echo(err=True)
+        click.echo(line)
 
     def __enter__(self) -> "_ProgressBar":
         return self

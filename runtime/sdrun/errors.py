@@ -18,3 +18,7 @@ class ProviderError(SdrunError):
 
 class SettingsError(SdrunError):
     """A generation setting is out of range or unknown (size, strength, sampler, init image, ...)."""
+
+
+class GraphOutputError(SdrunError):
+    """A graph returned values that cannot make a picture: NaN or infinite, or of the wrong shape."""

@@ -1,17 +1,26 @@
-"""Open an exported model folder (the HF/optimum ONNX layout, see DESIGN.md) and check it is whole.
+"""Open an exported model folder (the HF/optimum ONNX layout, see DESIGN.md) and check it before use.
+
+A model folder may come from a stranger, so before any session is created every file sdrun will read is
+resolved through the one gate of sdrun.folder_files (graphs, the external data their protos name, configs,
+tokenizer files, manifest entries): nothing outside the folder is ever opened, whatever onnxruntime
+version is installed.
 
 When the folder carries `sdexport_manifest.json`, every file it lists is checked against it: sizes
 always, SHA-256 digests unless the caller opts out (hashing reads each file once more, about a second
-per gigabyte, which is small next to building the onnxruntime sessions from the same files).
+per gigabyte, which is small next to building the onnxruntime sessions from the same files). A folder
+without a manifest (optimum's, say) can be refused (`require_manifest`), else it is run with a warning
+that nothing could be verified.
 """
 
 import hashlib
-import json
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sdrun.errors import ModelFolderError
+from sdrun.folder_files import inside, read_json
+from sdrun.onnx_refs import external_data_references
 
 MANIFEST_FILE = "sdexport_manifest.json"
 # Manifest key: the multiple that latent sides must be of for the UNet graph (1 when it resizes each
@@ -19,27 +28,21 @@ MANIFEST_FILE = "sdexport_manifest.json"
 LATENT_MULTIPLE_KEY = "latent_size_multiple"
 GRAPH_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
-SCHEDULER_CONFIG = Path("scheduler") / "scheduler_config.json"
+SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
 TOKENIZER_DIR = "tokenizer"
-# Needed for text-to-image; vae_encoder is needed only for image-to-image and is checked when used.
+# Needed for text-to-image; vae_encoder is needed only for image-to-image and is checked when present.
 REQUIRED_GRAPHS = ("text_encoder", "unet", "vae_decoder")
-REQUIRED_FILES = (
-    Path("vae_decoder") / CONFIG_FILE,
-    SCHEDULER_CONFIG,
-    Path(TOKENIZER_DIR) / "vocab.json",
-    Path(TOKENIZER_DIR) / "merges.txt",
-)
+# The optional tiny VAE (TAESD), under vae_decoder's and vae_encoder's contracts (DESIGN.md).
+TINY_VAE_DECODER = "vae_decoder_tiny"
+TINY_VAE_ENCODER = "vae_encoder_tiny"
+REQUIRED_FILES = ("vae_decoder/config.json", SCHEDULER_CONFIG, "tokenizer/vocab.json", "tokenizer/merges.txt")
+# A manifest lists a few dozen files; far more is not a folder sdexport wrote.
+MAX_MANIFEST_FILES = 10_000
 _HASH_CHUNK = 1 << 22
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ModelFolderError(f"cannot read {path}: {error}; export the model folder again") from None
-    if not isinstance(data, dict):
-        raise ModelFolderError(f"{path} is not a JSON object; export the model folder again")
-    return data
+class UnverifiedFolderWarning(UserWarning):
+    """The folder has no manifest, so no file of it could be checked against one."""
 
 
 def sha256_of(path: Path) -> str:
@@ -52,87 +55,127 @@ def sha256_of(path: Path) -> str:
 
 @dataclass(frozen=True)
 class ModelFolder:
-    """A model folder whose required files are present (and match its manifest, when it has one)."""
+    """A model folder whose files were checked: all inside it, present, and as its manifest says."""
 
     path: Path
+    manifest: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.path.resolve().name
 
+    def file(self, name: str, what: str = "file") -> Path:
+        """The resolved path of the folder's file `name` (refused if it leads outside the folder)."""
+        return inside(self.path, name, what)
+
+    def has(self, name: str) -> bool:
+        """Whether the folder has an entry `name` (a file or a link; `file` checks where it leads)."""
+        return (self.path / name).is_symlink() or (self.path / name).exists()
+
     def graph(self, component: str) -> Path:
         """The ONNX graph of `component` (text_encoder, unet, vae_encoder, vae_decoder)."""
-        path = self.path / component / GRAPH_FILE
-        if not path.is_file():
+        if not self.has(f"{component}/{GRAPH_FILE}"):
             raise ModelFolderError(
                 f"model folder {self.path} has no {component} ({component}/{GRAPH_FILE} is missing); "
                 "export the model folder again"
             )
-        return path
+        return self.file(f"{component}/{GRAPH_FILE}", "graph")
 
     def config(self, component: str) -> dict[str, Any]:
         """The diffusers config.json of `component`; empty when the folder has none."""
-        path = self.path / component / CONFIG_FILE
-        return _read_json(path) if path.is_file() else {}
-
-    def manifest(self) -> dict[str, Any]:
-        return read_manifest(self.path)
+        name = f"{component}/{CONFIG_FILE}"
+        return read_json(self.file(name, "config")) if self.has(name) else {}
 
     def scheduler_config(self) -> dict[str, Any]:
-        return _read_json(self.path / SCHEDULER_CONFIG)
+        return read_json(self.file(SCHEDULER_CONFIG, "scheduler config"))
 
     @property
     def tokenizer_dir(self) -> Path:
-        return self.path / TOKENIZER_DIR
+        """The tokenizer folder, resolved: its files are read through the gate against it."""
+        return self.file(f"{TOKENIZER_DIR}/vocab.json", "tokenizer file").parent
+
+    def graph_components(self) -> list[str]:
+        """Every subfolder that holds a graph, the required ones first."""
+        found = [entry.name for entry in sorted(self.path.iterdir()) if (entry / GRAPH_FILE).exists()]
+        return [*REQUIRED_GRAPHS, *(name for name in found if name not in REQUIRED_GRAPHS)]
+
+    def check_graph_files(self) -> None:
+        """Every graph is a file inside the folder, every external-data file its proto names is one in
+        the graph's own subfolder, and each external tensor's bytes lie within its file."""
+        for component in self.graph_components():
+            graph = self.graph(component)
+            for reference in external_data_references(graph):
+                # onnxruntime reads external data relative to the graph: it must stay beside it.
+                data = inside(graph.parent, reference.location, f"{component} external data")
+                end = reference.offset + (reference.length or 0)
+                if end > data.stat().st_size:
+                    raise ModelFolderError(
+                        f"model folder {self.path} is damaged: the {component} tensor {reference.tensor!r} "
+                        f"lies past the end of {reference.location}; export the model folder again"
+                    )
 
 
-def check_manifest(folder: Path, verify_checksums: bool = True) -> None:
-    """Check every file listed in the folder's manifest (if any): present, same size, same SHA-256."""
+def check_manifest(folder: Path, verify_checksums: bool = True, require: bool = False) -> dict[str, Any]:
+    """Check every file listed in the folder's manifest: inside the folder, present, same size and
+    SHA-256; returns the manifest. A folder without one (or with an empty one) is refused with `require`,
+    else warned about (UnverifiedFolderWarning)."""
     manifest = read_manifest(folder)
     if not manifest:
-        return
+        unverified = (
+            f"model folder {folder} has no {'usable ' if folder.joinpath(MANIFEST_FILE).exists() else ''}"
+        )
+        if require:
+            raise ModelFolderError(f"{unverified}{MANIFEST_FILE}: its files cannot be verified")
+        warnings.warn(
+            f"{unverified}{MANIFEST_FILE}: nothing in it could be verified (--require-manifest refuses "
+            "such folders)",
+            UnverifiedFolderWarning,
+            stacklevel=2,
+        )
+        return {}
     files = manifest.get("files")
-    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
+    if (
+        not isinstance(files, dict)
+        or len(files) > MAX_MANIFEST_FILES
+        or not all(isinstance(entry, dict) for entry in files.values())
+    ):
         raise ModelFolderError(
             f'{folder / MANIFEST_FILE} has no "files" table of sizes and digests; '
             "export the model folder again"
         )
     for relpath, expected in files.items():
-        path = folder / relpath
+        path = inside(folder, relpath, "manifest entry")
         damaged = f"model folder {folder} is damaged: {relpath}"
-        if not path.is_file():
-            raise ModelFolderError(f"{damaged} is missing; export the model folder again")
         size = path.stat().st_size
         if size != expected.get("size"):
             raise ModelFolderError(
-                f"{damaged} has {size} bytes, the manifest says {expected.get('size')}; "
+                f"{damaged} has {size} bytes, the manifest says {str(expected.get('size'))[:40]}; "
                 "export the model folder again"
             )
         if verify_checksums and sha256_of(path) != expected.get("sha256"):
             raise ModelFolderError(
                 f"{damaged} fails its SHA-256 check against the manifest; export the model folder again"
             )
+    return manifest
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
     """The folder's sdexport manifest; empty for a folder without one (optimum's, say)."""
-    path = folder / MANIFEST_FILE
-    return _read_json(path) if path.is_file() else {}
+    present = (folder / MANIFEST_FILE).is_symlink() or (folder / MANIFEST_FILE).exists()
+    return read_json(inside(folder, MANIFEST_FILE, "manifest")) if present else {}
 
 
-def open_model_folder(path: str | Path, verify_checksums: bool = True) -> ModelFolder:
-    """Check that `path` is a complete model folder and return it; any problem is a ModelFolderError."""
+def open_model_folder(
+    path: str | Path, verify_checksums: bool = True, require_manifest: bool = False
+) -> ModelFolder:
+    """Check that `path` is a complete model folder whose files all lie inside it, and return it; any
+    problem is a ModelFolderError."""
     folder = Path(path)
     if not folder.is_dir():
         raise ModelFolderError(f"model folder {folder} does not exist")
-    model = ModelFolder(folder)
-    for component in REQUIRED_GRAPHS:
-        model.graph(component)
+    manifest = check_manifest(folder, verify_checksums, require_manifest)
+    model = ModelFolder(folder, manifest)
     for relpath in REQUIRED_FILES:
-        if not (folder / relpath).is_file():
-            raise ModelFolderError(
-                f"model folder {folder} is incomplete: {relpath.as_posix()} is missing; "
-                "export the model folder again"
-            )
-    check_manifest(folder, verify_checksums)
+        model.file(relpath)
+    model.check_graph_files()
     return model

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from sdrun.errors import ModelFolderError
+from sdrun.errors import GraphOutputError, ModelFolderError
 
 _ONNX_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -73,10 +73,35 @@ class Graph:
         would otherwise keep a released model's weights resident until it goes out of scope)."""
         self.session = None
 
-    def run(self, feeds: dict[GraphInput, np.ndarray], output: str | None = None) -> np.ndarray:
-        """One output (by name, else the first), float outputs as float32."""
+    def run(
+        self,
+        feeds: dict[GraphInput, np.ndarray],
+        output: str | None = None,
+        shape: tuple[int | None, ...] | None = None,
+    ) -> np.ndarray:
+        """One output (by name, else the first), float outputs as float32, checked finite and, where
+        `shape` is given, of that shape (None: any size on that axis): a graph from a stranger's folder
+        may return anything, and a NaN would otherwise become a black picture."""
         if self.session is None:
             raise RuntimeError(f"the {self.component} session was released; open the graph again")
         arrays = {node.name: np.asarray(value, dtype=node.dtype, order="C") for node, value in feeds.items()}
         (result,) = self.session.run([output or self.output_names[0]], arrays)
-        return result.astype(np.float32) if np.issubdtype(result.dtype, np.floating) else result
+        result = np.asarray(result)
+        if shape is not None and (
+            result.ndim != len(shape)
+            or any(want not in (None, got) for want, got in zip(shape, result.shape, strict=True))
+        ):
+            expected = "x".join("?" if size is None else str(size) for size in shape)
+            raise GraphOutputError(
+                f"the {self.component} graph returned shape {list(result.shape)}, not {expected}; "
+                "the model folder is not a working Stable Diffusion export"
+            )
+        if not np.issubdtype(result.dtype, np.floating):
+            return result
+        result = result.astype(np.float32)
+        if not np.isfinite(result).all():
+            raise GraphOutputError(
+                f"the {self.component} graph returned NaN or infinite values; nothing was written "
+                "(the model's weights or its settings are broken: try another guidance scale or model folder)"
+            )
+        return result

@@ -1,29 +1,104 @@
-"""Between PIL images and the VAE's pixel arrays ([1, 3, H, W] in [-1, 1]), as diffusers converts them."""
+"""Between image files and the VAE's pixel arrays ([1, 3, H, W] in [-1, 1], as diffusers converts them).
 
+An init image comes from anywhere, so it is opened lazily and its pixel count checked before anything is
+decoded; PIL's own decompression-bomb guard and decoding errors become one-line SettingsErrors. It is
+read as a person sees it: EXIF orientation applied, 16-bit samples scaled (not clipped) to 8 bits, and
+transparency composited over white (the colour under a transparent pixel is undefined).
+"""
+
+import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from sdrun.errors import SettingsError
 
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # those that swap width and height
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError)
 
-def load_image(image: Image.Image | str | Path) -> Image.Image:
-    """An RGB image from a PIL image or a file path; an unreadable file is a SettingsError."""
+
+def _refuse(source: object, error: BaseException) -> SettingsError:
+    if isinstance(error, Image.DecompressionBombError):
+        return SettingsError(f"init image {source} has too many pixels to decode safely: scale it down first")
+    reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+    return SettingsError(f"cannot read init image {source}: {reason}")
+
+
+def open_image(image: Image.Image | str | Path, max_pixels: int) -> Image.Image:
+    """The image, opened but not decoded, refused when it has more than `max_pixels` pixels."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        opened = image
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit is lower
+                opened = Image.open(image)
+        except _UNREADABLE as error:
+            raise _refuse(image, error) from None
+    pixels = opened.width * opened.height
+    if pixels > max_pixels:
+        raise SettingsError(
+            f"the init image is {opened.width}x{opened.height} ({pixels:,} pixels), above "
+            f"the limit of {max_pixels:,} pixels an init image may have: scale it down first"
+        )
+    return opened
+
+
+def oriented_size(image: Image.Image) -> tuple[int, int]:
+    """Width and height once the EXIF orientation is applied (read from the header, nothing decoded)."""
     try:
-        with Image.open(image) as opened:
-            return opened.convert("RGB")
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as error:
-        raise SettingsError(f"cannot read init image {image}: {error}") from None
+        orientation = image.getexif().get(_EXIF_ORIENTATION)
+    except _UNREADABLE:
+        orientation = None
+    width, height = image.size
+    return (height, width) if orientation in _TRANSPOSING_ORIENTATIONS else (width, height)
 
 
-def fit_size(image: Image.Image, width: int, height: int) -> Image.Image:
-    """`image` at width x height (Lanczos, as diffusers' image processor resizes)."""
-    if image.size == (width, height):
-        return image
-    return image.resize((width, height), resample=Image.Resampling.LANCZOS)
+def fit_within(width: int, height: int, max_area: int, multiple: int) -> tuple[int, int]:
+    """(width, height) scaled down, aspect kept, to at most `max_area` pixels, then each side rounded
+    down to `multiple`."""
+    scale = min(1.0, (max_area / (width * height)) ** 0.5)
+    return int(width * scale) // multiple * multiple, int(height * scale) // multiple * multiple
+
+
+def load_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """The opened `image` decoded as 8-bit RGB, upright, at `size` (Lanczos, as diffusers resizes).
+
+    A JPEG is decoded at the smallest power-of-two reduction that still covers `size` (PIL's draft mode):
+    a 12-megapixel photo never exists at full size in memory."""
+    source = getattr(image, "filename", "") or "image"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            side = max(size)
+            image.draft("RGB", (side, side))
+            image.load()
+            upright = ImageOps.exif_transpose(image)
+            rgb = _to_rgb(upright)
+    except SettingsError:
+        raise
+    except _UNREADABLE as error:
+        raise _refuse(source, error) from None
+    if rgb.size == size:
+        return rgb
+    return rgb.resize(size, resample=Image.Resampling.LANCZOS)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode in _SIXTEEN_BIT_MODES:
+        levels = np.asarray(image, dtype=np.float64) / 257.0
+        return Image.fromarray(np.clip(levels.round(), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+    if image.mode == "F":
+        raise SettingsError("init image has 32-bit float samples: save it with 8 or 16 bits per sample")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def to_pixels(image: Image.Image) -> np.ndarray:

@@ -3,11 +3,13 @@
 Randomness: image i of a call uses its own generator, `numpy.random.default_rng(seed + i)`, so it is
 the same image as a call for one image with seed + i. Each generator draws, in this order: for
 image-to-image, the VAE latent sample's noise (latent shape); then the starting noise (latent shape);
-then whatever the sampler draws per step (ancestral samplers only). All draws are float32 standard
-normals.
+then one draw (latent shape) for each step that re-injects noise, after that step's UNet call (which steps
+do: sdrun.samplers). All draws are float32 standard normals.
 """
 
-from collections.abc import Callable
+import math
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -15,11 +17,20 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from sdrun.defaults import GenerationDefaults
-from sdrun.errors import ModelFolderError, SdrunError, SettingsError
-from sdrun.folder import LATENT_MULTIPLE_KEY, ModelFolder, open_model_folder
+from sdrun.config_values import real_number, whole_number, whole_numbers
+from sdrun.defaults import VAE_CHOICES, GenerationDefaults
+from sdrun.errors import GraphOutputError, ModelFolderError, SdrunError, SettingsError
+from sdrun.folder import (
+    GRAPH_FILE,
+    LATENT_MULTIPLE_KEY,
+    TINY_VAE_DECODER,
+    TINY_VAE_ENCODER,
+    ModelFolder,
+    open_model_folder,
+)
 from sdrun.graphs import Graph
-from sdrun.images import fit_size, from_pixels, load_image, to_pixels
+from sdrun.images import fit_within, from_pixels, load_rgb, open_image, oriented_size, to_pixels
+from sdrun.limits import DEFAULT_LIMITS, MAX_GUIDANCE, MAX_PROMPT_CHARACTERS, Limits
 from sdrun.memory import (
     DEFAULT_POLICY,
     FAST_POLICY,
@@ -40,11 +51,14 @@ from sdrun.tokenizer import CLIPTokenizer, TokenizerError
 StepCallback = Callable[[int, int, np.ndarray], bool | None]
 FALLBACK_SIZE = 512
 _SEED_RANGE = 2**32
+# A UNet sample_size above this (2048 pixels for SD's VAE) is not a Stable Diffusion config.
+MAX_SAMPLE_SIZE = 256
 # Automatic tiled VAE decoding above this many image pixels: a whole 768x768 decode already holds
 # about 6 GB of activations in the SD 1.x decoder (2.7 GB at 512x512), and it grows with the area.
 AUTO_TILE_PIXELS = 768 * 768
-# Sessions the default policy opens at load (the VAE encoder waits for an image-to-image call).
-TEXT_TO_IMAGE_GRAPHS = ("text_encoder", "unet", "vae_decoder")
+# Sessions the default policy opens at load, with the chosen VAE decoder (the VAE encoder waits for an
+# image-to-image call).
+TEXT_TO_IMAGE_GRAPHS = ("text_encoder", "unet")
 
 
 @dataclass(frozen=True)
@@ -79,10 +93,45 @@ class Result:
     stopped: bool = False
 
 
-def _require(config: dict, key: str, component: str) -> object:
-    if key not in config:
-        raise ModelFolderError(f"{component}/config.json has no {key!r}; export the model folder again")
-    return config[key]
+class NegativePromptIgnoredWarning(UserWarning):
+    """A negative prompt was given where guidance is off (scale 1), so it has no effect."""
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    """One image of `Pipeline.generate_each`; `stopped`: the callback stopped the run during it."""
+
+    image: Image.Image
+    settings: ImageSettings
+    stopped: bool = False
+
+
+def _whole(value: object, name: str, low: int) -> int:
+    """An integral setting (numpy integers too; bools are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise SettingsError(f"{name} must be a whole number >= {low}, not {value!r}")
+    return int(value)
+
+
+def _finite(value: object, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise SettingsError(f"{name} must be a number, not {value!r}")
+    if not (math.isfinite(value) and low <= value <= high):
+        raise SettingsError(
+            f"{name} {value!r} is out of range: give a finite number from {low:g} to {high:g}"
+        )
+    return float(value)
+
+
+def _check_prompt(text: object, name: str) -> str:
+    if not isinstance(text, str):
+        raise SettingsError(f"the {name} must be text, not {type(text).__name__}")
+    if len(text) > MAX_PROMPT_CHARACTERS:
+        raise SettingsError(
+            f"the {name} has {len(text):,} characters, above the limit of {MAX_PROMPT_CHARACTERS:,} "
+            "(the text encoder reads the first 77 tokens, about 300 characters)"
+        )
+    return text
 
 
 class Pipeline:
@@ -101,31 +150,40 @@ class Pipeline:
         schedule: NoiseSchedule,
         providers: ProviderRequest,
         memory: MemoryPolicy = DEFAULT_POLICY,
+        limits: Limits = DEFAULT_LIMITS,
+        vae: str | None = None,
     ) -> None:
         self.folder = folder
         self.tokenizer = tokenizer
         self.schedule = schedule
         self.memory = memory
-        self.defaults = GenerationDefaults.from_manifest(folder.manifest())
+        self.defaults = GenerationDefaults.from_manifest(folder.manifest)
+        self.vae = self.defaults.vae if vae is None else vae
+        self.vae_decoder, self.vae_encoder = _vae_graphs(folder, self.vae)
         self._providers = providers
         self.sessions = Sessions(self._open_graph, keep=memory.keep_sessions, trim_heap=memory.trim_heap)
         if memory.mmap_threshold is not None:
             set_mmap_threshold(memory.mmap_threshold)
         self.provider: str | None = None  # set when the first session opens
 
-        vae_config = folder.config("vae_decoder")
-        self.latent_scale = float(_require(vae_config, "scaling_factor", "vae_decoder"))
-        vae_factor = 2 ** (len(_require(vae_config, "block_out_channels", "vae_decoder")) - 1)
-        self.latent_channels = int(_require(vae_config, "latent_channels", "vae_decoder"))
+        self.limits = limits
+        decoder_config = folder.config("vae_decoder")
+        where = "vae_decoder/config.json"
+        self.latent_scale = real_number(decoder_config, "scaling_factor", where, 0.0, 1e3, open_low=True)
+        vae_factor = 2 ** (len(whole_numbers(decoder_config, "block_out_channels", where, 1, 2**16, 8)) - 1)
+        self.latent_channels = whole_number(decoder_config, "latent_channels", where, 1, 1024)
         unet_config = folder.config("unet")
-        latent_multiple = folder.manifest().get(LATENT_MULTIPLE_KEY)
-        if not isinstance(latent_multiple, int) or latent_multiple < 1:
+        latent_multiple = folder.manifest.get(LATENT_MULTIPLE_KEY)
+        if latent_multiple is not None:
+            latent_multiple = whole_number(folder.manifest, LATENT_MULTIPLE_KEY, "manifest", 1, 64)
+        else:
             # optimum's UNet graphs upsample by fixed factors of 2: each downsampling must divide evenly.
-            latent_multiple = 2 ** max(len(unet_config.get("block_out_channels", ())) - 1, 0)
+            blocks = whole_numbers(unet_config, "block_out_channels", "unet/config.json", 1, 2**16, 8)
+            latent_multiple = 2 ** (len(blocks) - 1)
         self.vae_factor = vae_factor
         self.size_multiple = vae_factor * latent_multiple
-        sample_size = unet_config.get("sample_size")
-        self.default_size = int(sample_size) * vae_factor if isinstance(sample_size, int) else FALLBACK_SIZE
+        sample_size = whole_number(unet_config, "sample_size", "unet/config.json", 1, MAX_SAMPLE_SIZE, None)
+        self.default_size = sample_size * vae_factor if sample_size is not None else FALLBACK_SIZE
 
     @classmethod
     def load(
@@ -139,6 +197,9 @@ class Pipeline:
         sequential_guidance: bool | None = None,
         tiled_vae: bool | None = None,
         memory: MemoryPolicy | None = None,
+        limits: Limits | None = None,
+        require_manifest: bool = False,
+        vae: str | None = None,
     ) -> "Pipeline":
         """Open and check `folder`, then create sessions on `provider` ("auto", "cpu" or "cuda").
 
@@ -150,11 +211,17 @@ class Pipeline:
         the activation memory) instead of as one batch of two; `tiled_vae` decodes in tiles
         (sdrun.tiled_vae). Left as None, these two follow `low_memory`; without it, images larger than
         768x768 are decoded in tiles. `memory`, when given, is the whole policy and replaces `low_memory`
-        and `fast`.
+        and `fast`. `limits` bounds what one generation may ask (sdrun.limits). Every file of the folder
+        is checked before a session opens (sdrun.folder); `require_manifest` refuses a folder without an
+        sdexport manifest, which otherwise runs with an UnverifiedFolderWarning. `vae` "tiny" decodes
+        (and encodes, when the folder has its encoder) with the folder's TAESD, "full" with the full VAE;
+        None takes the folder's generation defaults, else "full".
         """
         if low_memory and fast:
             raise SettingsError("low_memory and fast pull opposite ways (memory against speed): choose one")
-        model = open_model_folder(folder, verify_checksums=verify_checksums)
+        model = open_model_folder(
+            folder, verify_checksums=verify_checksums, require_manifest=require_manifest
+        )
         providers = requested_providers(provider)
         try:
             tokenizer = CLIPTokenizer.from_folder(model.tokenizer_dir)
@@ -167,9 +234,10 @@ class Pipeline:
             memory = replace(memory, sequential_guidance=sequential_guidance)
         if tiled_vae is not None:
             memory = replace(memory, tiled_vae=tiled_vae)
-        pipeline = cls(model, tokenizer, schedule, providers, memory)
+        pipeline = cls(model, tokenizer, schedule, providers, memory, limits or DEFAULT_LIMITS, vae)
         # The text encoder opens now under either policy: a folder or provider problem shows at load.
-        pipeline.sessions.preload(*(TEXT_TO_IMAGE_GRAPHS if memory.keep_sessions else ("text_encoder",)))
+        graphs = (*TEXT_TO_IMAGE_GRAPHS, pipeline.vae_decoder) if memory.keep_sessions else ("text_encoder",)
+        pipeline.sessions.preload(*graphs)
         return pipeline
 
     def _open_graph(self, component: str) -> Graph:
@@ -186,7 +254,7 @@ class Pipeline:
             self._timestep = graph.input_of_rank(0, 1)
             self._context = graph.input_of_rank(3)
             graph.check_inputs([self._sample, self._timestep, self._context])
-        elif component == "vae_decoder":
+        elif component == self.vae_decoder:
             self._latent_sample = graph.input_of_rank(4)
         return graph
 
@@ -210,14 +278,21 @@ class Pipeline:
         prompts = [prompt, negative_prompt] if with_negative else [prompt]
         ids = self.tokenizer.encode(prompts)
         with self.sessions.use("text_encoder") as text_encoder:
-            states = text_encoder.run({self._input_ids: ids}, self._hidden_output)
+            states = text_encoder.run({self._input_ids: ids}, self._hidden_output, shape=(*ids.shape, None))
         return PromptEmbeddings(states[:1], states[1:] if with_negative else None)
 
     def encode_image(self, image: Image.Image) -> LatentDistribution:
         """The VAE encoder's latent distribution for an RGB image whose sides are multiples of 8
-        (text-to-image never needs the encoder: it opens on first use)."""
-        with self.sessions.use("vae_encoder") as encoder:
-            parameters = encoder.run({encoder.input_of_rank(4): to_pixels(image)})
+        (text-to-image never needs the encoder: it opens on first use). TAESD's encoder gives one latent,
+        a distribution of zero spread: its noise is still drawn, so the draws stay those of the contract."""
+        tiny = self.vae_encoder == TINY_VAE_ENCODER
+        with self.sessions.use(self.vae_encoder) as encoder:
+            pixels = to_pixels(image)
+            latent_side = pixels.shape[2] // self.vae_factor, pixels.shape[3] // self.vae_factor
+            channels = self.latent_channels if tiny else 2 * self.latent_channels
+            parameters = encoder.run({encoder.input_of_rank(4): pixels}, shape=(1, channels, *latent_side))
+        if tiny:
+            return LatentDistribution(parameters, np.zeros_like(parameters))
         mean, logvar = np.split(parameters, 2, axis=1)
         # The clamp of diffusers' DiagonalGaussianDistribution keeps exp() finite.
         return LatentDistribution(mean, np.exp(0.5 * np.clip(logvar, -30.0, 20.0)))
@@ -228,7 +303,7 @@ class Pipeline:
         batch = latents.shape[0]
         shape = () if node.rank == 0 else (node.shape[0] if isinstance(node.shape[0], int) else batch,)
         feeds = {self._sample: latents, self._timestep: np.full(shape, timestep), self._context: context}
-        return unet.run(feeds)
+        return unet.run(feeds, shape=latents.shape)
 
     def guided_model(self, embeddings: PromptEmbeddings, guidance_scale: float) -> Model:
         """model(x, t) for the samplers: classifier-free guidance, eps_u + s (eps_c - eps_u)
@@ -280,35 +355,53 @@ class Pipeline:
     def decode(self, latents: np.ndarray) -> list[Image.Image]:
         """Scaled latents -> images, one VAE call per image to bound its memory, in tiles when the
         memory policy asks for them (or, by default, beyond 768x768 pixels)."""
-        with self.sessions.use("vae_decoder") as decoder:
+        with self.sessions.use(self.vae_decoder):
+            return [self._decode_one(item[None]) for item in latents]
 
-            def run(latent: np.ndarray) -> np.ndarray:
-                return decoder.run({self._latent_sample: latent})
+    def _decode_one(self, latent: np.ndarray) -> Image.Image:
+        decoder = self.sessions.get(self.vae_decoder)
+        item = latent / self.latent_scale
+        height, width = item.shape[2] * self.vae_factor, item.shape[3] * self.vae_factor
 
-            images = []
-            for item in latents / self.latent_scale:
-                tiled = self.memory.tiled_vae
-                if tiled is None:
-                    tiled = item.shape[1] * item.shape[2] * self.vae_factor**2 > AUTO_TILE_PIXELS
-                pixels = decode_tiled(run, item[None], self.vae_factor) if tiled else run(item[None])
-                images.append(from_pixels(pixels))
-            return images
+        def run(tile: np.ndarray) -> np.ndarray:
+            tile_shape = (1, 3, tile.shape[2] * self.vae_factor, tile.shape[3] * self.vae_factor)
+            return decoder.run({self._latent_sample: tile}, shape=tile_shape)
+
+        tiled = self.memory.tiled_vae
+        if tiled is None:
+            tiled = height * width > AUTO_TILE_PIXELS
+        return from_pixels(decode_tiled(run, item, self.vae_factor) if tiled else run(item))
 
     def check_settings(
         self, steps: int, sampler: str, height: int, width: int, strength: float | None
     ) -> None:
         """Refuse settings this model cannot run, each with the fix in the message."""
-        make_sampler(sampler, self.schedule, steps)
+        make_sampler(sampler, self.schedule, steps, strength=1.0 if strength is None else strength)
         if strength is not None:
-            first_step(steps, strength)
+            first_step(steps, strength, sampler)
         for name, side in (("height", height), ("width", width)):
-            if not isinstance(side, int) or side <= 0 or side % self.size_multiple:
+            if (
+                isinstance(side, bool)
+                or not isinstance(side, (int, np.integer))
+                or side <= 0
+                or side % self.size_multiple
+            ):
                 raise SettingsError(
                     f"{name} {side!r} is not a positive multiple of {self.size_multiple}, "
                     f"which this model needs (e.g. {self.default_size})"
                 )
+        self.limits.check_size(int(width), int(height))
 
-    def generate(
+    def generate(self, prompt: str, negative_prompt: str = "", **settings: Any) -> Result:
+        """Text-to-image, or image-to-image when `init_image` is given: `generate_each`'s images, kept."""
+        images, made, stopped = [], [], False
+        for generated in self.generate_each(prompt, negative_prompt, **settings):
+            images.append(generated.image)
+            made.append(generated.settings)
+            stopped = generated.stopped
+        return Result(images, made, stopped)
+
+    def generate_each(
         self,
         prompt: str,
         negative_prompt: str = "",
@@ -323,76 +416,95 @@ class Pipeline:
         init_image: Image.Image | str | Path | None = None,
         strength: float | None = None,
         callback: StepCallback | None = None,
-    ) -> Result:
-        """Text-to-image, or image-to-image when `init_image` is given.
+    ) -> Iterator[GeneratedImage]:
+        """Text-to-image, or image-to-image when `init_image` is given; each image is yielded as soon as
+        it is decoded, so that a caller can write it and let it go.
 
-        The size defaults to the UNet's sample size in pixels for text-to-image, and to the init image's
-        size (rounded down to the model's multiple) for image-to-image; an init image of another size
-        than the one asked for is resized. `callback(step, total, latents)` counts steps over all images.
-        Steps, guidance scale, sampler and strength not given are the model folder's (`self.defaults`).
+        Every setting is checked (against `self.limits` too) when iteration starts, before any session
+        runs. The size defaults to the UNet's sample size in pixels for text-to-image; for image-to-image,
+        to the init image's size, scaled down (aspect kept) to the model's pixel count when larger, and
+        rounded down to the model's multiple; an init image of another size than the one asked for is
+        resized. `callback(step, total, latents)` counts steps over all images. Steps, guidance scale,
+        sampler and strength not given are the model folder's (`self.defaults`).
         """
         defaults = self.defaults
-        steps = defaults.steps if steps is None else steps
-        guidance_scale = defaults.guidance_scale if guidance_scale is None else guidance_scale
-        sampler = defaults.sampler if sampler is None else sampler
-        strength = defaults.strength if strength is None else strength
-        if not isinstance(num_images, int) or num_images < 1:
-            raise SettingsError(
-                f"the number of images must be a whole number of at least 1, not {num_images!r}"
+        prompt = _check_prompt(prompt, "prompt")
+        negative_prompt = _check_prompt(negative_prompt, "negative prompt")
+        steps = _whole(defaults.steps if steps is None else steps, "steps", 1)
+        guidance_scale = _finite(
+            defaults.guidance_scale if guidance_scale is None else guidance_scale,
+            "guidance scale",
+            -MAX_GUIDANCE,
+            MAX_GUIDANCE,
+        )
+        if guidance_scale == 1.0 and negative_prompt:
+            warnings.warn(
+                "the negative prompt is ignored at guidance 1 (one UNet pass a step, with no unconditional "
+                "prediction to steer away from)",
+                NegativePromptIgnoredWarning,
+                stacklevel=2,
             )
-        if seed is None:
-            seed = int(np.random.default_rng().integers(_SEED_RANGE))
-        if not isinstance(seed, int) or seed < 0:
-            raise SettingsError(f"seed must be a whole number >= 0, not {seed!r}")
+        sampler = defaults.sampler if sampler is None else sampler
+        strength = _finite(defaults.strength if strength is None else strength, "strength", 0.0, 1.0)
+        num_images = _whole(num_images, "the number of images", 1)
+        self.limits.check_counts(num_images, steps)
+        seed = int(np.random.default_rng().integers(_SEED_RANGE)) if seed is None else _whole(seed, "seed", 0)
         image = None
         if init_image is not None:
-            image = load_image(init_image)
-            multiple = self.size_multiple
-            if min(image.size) < multiple and (width is None or height is None):
+            image = open_image(init_image, self.limits.max_init_pixels)
+            fitted = self._init_size(*oriented_size(image))
+            if min(fitted) < self.size_multiple and (width is None or height is None):
                 raise SettingsError(
-                    f"init image is {image.width}x{image.height}, smaller than {multiple} pixels a side; "
-                    "give a larger image or the width and height to resize it to"
+                    f"init image is {image.width}x{image.height}, smaller than {self.size_multiple} pixels a "
+                    "side; give a larger image or the width and height to resize it to"
                 )
-            width = image.width // multiple * multiple if width is None else width
-            height = image.height // multiple * multiple if height is None else height
+            width = fitted[0] if width is None else width
+            height = fitted[1] if height is None else height
         width = self.default_size if width is None else width
         height = self.default_size if height is None else height
         self.check_settings(steps, sampler, height, width, strength if image is not None else None)
+        width, height = int(width), int(height)
 
         embeddings = self.encode_prompt(prompt, negative_prompt, guidance_scale)
-        distribution = self.encode_image(fit_size(image, width, height)) if image is not None else None
+        distribution = self.encode_image(load_rgb(image, (width, height))) if image is not None else None
         latent_shape = (1, self.latent_channels, height // self.vae_factor, width // self.vae_factor)
-        # Every image is sampled before any is decoded, so that under the low-memory policy each session
-        # opens once per call; the latents waiting for the decoder are small.
-        with self.sessions.use("unet"):
-            sampled, stopped = self._sample_images(
-                embeddings,
-                distribution,
-                latent_shape,
-                seed,
-                num_images,
-                callback,
-                steps=steps,
-                guidance_scale=guidance_scale,
-                sampler=sampler,
-                strength=strength if image is not None else 1.0,
-            )
-        settings = [
-            ImageSettings(
-                prompt=prompt,
-                negative_prompt=negative_prompt,
-                steps=steps,
-                sampler=sampler,
-                guidance_scale=guidance_scale,
-                seed=seed + index,
-                width=width,
-                height=height,
-                model=self.folder.name,
-                strength=strength if image is not None else None,
-            )
-            for index in range(len(sampled))
-        ]
-        return Result(self.decode(np.concatenate(sampled)), settings, stopped)
+        sampled = self._sample_images(
+            embeddings,
+            distribution,
+            latent_shape,
+            seed,
+            num_images,
+            callback,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            sampler=sampler,
+            strength=strength if image is not None else 1.0,
+        )
+        if not self.memory.keep_sessions:
+            # Every image is sampled before any is decoded, so that each session opens once per call;
+            # the latents waiting for the decoder are small.
+            with self.sessions.use("unet"):
+                sampled = iter(list(sampled))
+        with self.sessions.use(self.vae_decoder):
+            for index, (latents, stopped) in enumerate(sampled):
+                settings = ImageSettings(
+                    prompt=prompt,
+                    negative_prompt=negative_prompt,
+                    steps=steps,
+                    sampler=sampler,
+                    guidance_scale=guidance_scale,
+                    seed=seed + index,
+                    width=width,
+                    height=height,
+                    model=self.folder.name,
+                    strength=strength if image is not None else None,
+                )
+                yield GeneratedImage(self._decode_one(latents), settings, stopped)
+
+    def _init_size(self, width: int, height: int) -> tuple[int, int]:
+        """An init image's size scaled down, aspect kept, to the model's pixel count when larger, and
+        rounded down to the model's size multiple."""
+        return fit_within(width, height, self.default_size**2, self.size_multiple)
 
     def _sample_images(
         self,
@@ -403,11 +515,9 @@ class Pipeline:
         num_images: int,
         callback: StepCallback | None,
         **sampling: Any,
-    ) -> tuple[list[np.ndarray], bool]:
-        """Latents of image i from default_rng(seed + i), in the order the module docstring gives; stops
-        after the image during which the callback asked to."""
-        sampled: list[np.ndarray] = []
-        stopped = False
+    ) -> Iterator[tuple[np.ndarray, bool]]:
+        """(latents, stopped) of image i from default_rng(seed + i), in the order the module docstring
+        gives; stops after the image during which the callback asked to."""
         for index in range(num_images):
             rng = np.random.default_rng(seed + index)
             init_latents = None
@@ -415,18 +525,41 @@ class Pipeline:
                 init_latents = distribution.sample(rng.standard_normal(latent_shape, dtype=np.float32))
                 init_latents = init_latents * self.latent_scale
             noise = rng.standard_normal(latent_shape, dtype=np.float32)
+            stopped = False
 
             def on_step(step: int, total: int, latents: np.ndarray, index: int = index) -> bool:
                 nonlocal stopped
                 stopped = bool(callback and callback(index * total + step, num_images * total, latents))
                 return stopped
 
-            sampled.append(
-                self.denoise(embeddings, noise, rng, init_latents=init_latents, callback=on_step, **sampling)
-            )
+            with self.sessions.use("unet"):
+                latents = self.denoise(
+                    embeddings, noise, rng, init_latents=init_latents, callback=on_step, **sampling
+                )
+            if not np.isfinite(latents).all():
+                raise GraphOutputError(
+                    f"sampling with {sampling['sampler']} diverged to NaN or infinite latents; nothing was "
+                    "written (try fewer steps, a smaller guidance scale or another sampler)"
+                )
+            yield latents, stopped
             if stopped:
-                break
-        return sampled, stopped
+                return
+
+
+def _vae_graphs(folder: ModelFolder, vae: str) -> tuple[str, str]:
+    """The decoder and encoder graphs of `vae`; the tiny decoder goes with the full encoder when the
+    folder has no tiny one (image-to-image only)."""
+    if vae not in VAE_CHOICES:
+        raise SettingsError(f"vae {vae!r}: choose one of {', '.join(VAE_CHOICES)}")
+    if vae == "full":
+        return "vae_decoder", "vae_encoder"
+    if not folder.has(f"{TINY_VAE_DECODER}/{GRAPH_FILE}"):
+        raise SettingsError(
+            f"model folder {folder.path} has no tiny VAE ({TINY_VAE_DECODER}); build one with "
+            "`sdexport build SOURCE --tiny-vae taesd_decoder.safetensors`, or use the full VAE"
+        )
+    encoder = TINY_VAE_ENCODER if folder.has(f"{TINY_VAE_ENCODER}/{GRAPH_FILE}") else "vae_encoder"
+    return TINY_VAE_DECODER, encoder
 
 
 def _load_graph(

@@ -9,10 +9,17 @@ The text is the prompt, an optional "Negative prompt: ..." line, and one line of
 
 As in that format, leading and trailing spaces of each prompt line are not kept, and a prompt line that
 starts with "Negative prompt:" cannot be told from the negative prompt.
+
+A PNG to read settings from may come from anywhere: its chunks are walked without decoding the picture,
+the text is bounded before and after decompression, and the parser is linear in its input.
 """
 
 import json
+import os
 import re
+import struct
+import tempfile
+import zlib
 from pathlib import Path
 
 from PIL import Image, PngImagePlugin
@@ -23,6 +30,9 @@ from sdrun.settings import ImageSettings
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt:"
 KARRAS = "Karras"
+# The web UI's "sgm_uniform" schedule: evenly spaced timesteps from the top that leave out the bottom one,
+# which is the "trailing" spacing of the Hyper-SD and turbo samplers up to fractions of a timestep.
+SGM_UNIFORM = "SGM Uniform"
 # sdrun sampler -> the web UI's sampler label and schedule type.
 SAMPLER_LABELS = {
     "ddpm": ("DDPM", "Uniform"),
@@ -31,16 +41,27 @@ SAMPLER_LABELS = {
     "euler_a": ("Euler a", "Uniform"),
     "dpmpp_2m": ("DPM++ 2M", "Uniform"),
     "dpmpp_2m_karras": ("DPM++ 2M", KARRAS),
+    "lcm": ("LCM", "Uniform"),
+    "tcd": ("TCD", "Uniform"),
+    "ddim_trailing": ("DDIM", SGM_UNIFORM),
+    "euler_trailing": ("Euler", SGM_UNIFORM),
 }
+# Label -> sampler on the web UI's plain schedule; the schedule types below pick the variants.
 _LABEL_SAMPLERS = {
-    label.lower(): name for name, (label, schedule) in SAMPLER_LABELS.items() if schedule != KARRAS
+    label.lower(): name for name, (label, schedule) in SAMPLER_LABELS.items() if schedule == "Uniform"
 }
 _KARRAS_SAMPLERS = {"dpmpp_2m": "dpmpp_2m_karras"}
+_SGM_UNIFORM_SAMPLERS = {"ddim": "ddim_trailing", "euler": "euler_trailing"}
 # Since web UI 1.9, "Automatic" means each sampler's default schedule, which for DPM++ 2M is Karras.
 _AUTOMATIC_KARRAS = {"dpmpp_2m"}
-# One "Key: value" pair: a JSON string (escapes allowed) or anything up to the next comma.
-_PAIR = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _REQUIRED_KEYS = ("Steps", "Sampler", "CFG scale", "Seed", "Size")
+# The web UI's longest texts (prompts with many LoRA and embedding tags) are a few kB.
+MAX_PARAMETERS_CHARACTERS = 65_536
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+_WHOLE = re.compile(r"[0-9]{1,20}")
+_DECIMAL = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
+_SIZE = re.compile(r"\s*([0-9]{1,6})\s*x\s*([0-9]{1,6})\s*")
 
 
 def _quote(value: object) -> str:
@@ -93,30 +114,70 @@ def sampler_from_label(label: str, schedule: str | None) -> str:
         return label
     if karras or (schedule == "Automatic" and base in _AUTOMATIC_KARRAS):
         return _KARRAS_SAMPLERS.get(base, f"{base_label} {KARRAS}")
+    if schedule == SGM_UNIFORM:
+        return _SGM_UNIFORM_SAMPLERS.get(base, f"{base_label} {SGM_UNIFORM}")
     return base
 
 
 def _parse_pairs(line: str) -> dict[str, str]:
-    return {key.strip(): _unquote(value.strip()) for key, value in _PAIR.findall(line)}
+    """The "Key: value" pairs of the settings line, scanned once from left to right: a value is a JSON
+    string (escapes allowed) or anything up to the next comma."""
+    pairs: dict[str, str] = {}
+    position, end = 0, len(line)
+    while position < end:
+        colon = line.find(":", position)
+        if colon < 0:
+            break
+        key = line[position:colon].strip()
+        position = colon + 1
+        while position < end and line[position] == " ":
+            position += 1
+        if position < end and line[position] == '"':
+            closing = _closing_quote(line, position)
+            value = _unquote(line[position : closing + 1])
+            comma = line.find(",", closing + 1)
+        else:
+            comma = line.find(",", position)
+            value = line[position : end if comma < 0 else comma].strip()
+        position = end if comma < 0 else comma + 1
+        if key:
+            pairs[key] = value
+    return pairs
+
+
+def _closing_quote(line: str, opening: int) -> int:
+    """Index of the quote that closes the JSON string opened at `opening` (the line's end if none)."""
+    position = opening + 1
+    while position < len(line):
+        if line[position] == "\\":
+            position += 2
+        elif line[position] == '"':
+            return position
+        else:
+            position += 1
+    return len(line) - 1
 
 
 def _integer(pairs: dict[str, str], key: str) -> int:
-    try:
-        return int(pairs[key])
-    except ValueError:
-        raise SettingsError(f"parameters field {key}: {pairs[key]!r} is not a whole number") from None
+    if not _WHOLE.fullmatch(pairs[key]):
+        raise SettingsError(f"parameters field {key}: {pairs[key][:40]!r} is not a whole number")
+    return int(pairs[key])
 
 
 def _float(pairs: dict[str, str], key: str) -> float:
-    try:
-        return float(pairs[key])
-    except ValueError:
-        raise SettingsError(f"parameters field {key}: {pairs[key]!r} is not a number") from None
+    if not _DECIMAL.fullmatch(pairs[key]):
+        raise SettingsError(f"parameters field {key}: {pairs[key][:40]!r} is not a number")
+    return float(pairs[key])
 
 
 def parse_parameters(text: str) -> ImageSettings:
     """Read settings back from a `parameters` text (ours or the web UI's); fields sdrun has no use for,
     such as "Model hash" or "Version", are ignored."""
+    if len(text) > MAX_PARAMETERS_CHARACTERS:
+        raise SettingsError(
+            f"the parameters text has {len(text):,} characters, more than the {MAX_PARAMETERS_CHARACTERS:,} "
+            "that sdrun reads"
+        )
     *lines, last = text.strip().split("\n")
     pairs = _parse_pairs(last)
     missing = [key for key in _REQUIRED_KEYS if key not in pairs]
@@ -134,9 +195,9 @@ def parse_parameters(text: str) -> ImageSettings:
             in_negative = True
             line = line[len(NEGATIVE_PREFIX) :].strip()
         (negative_lines if in_negative else prompt_lines).append(line)
-    size = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", pairs["Size"])
+    size = _SIZE.fullmatch(pairs["Size"])
     if size is None:
-        raise SettingsError(f"parameters field Size: {pairs['Size']!r} is not WIDTHxHEIGHT")
+        raise SettingsError(f"parameters field Size: {pairs['Size'][:40]!r} is not WIDTHxHEIGHT")
     return ImageSettings(
         prompt="\n".join(prompt_lines),
         negative_prompt="\n".join(negative_lines),
@@ -152,22 +213,95 @@ def parse_parameters(text: str) -> ImageSettings:
 
 
 def save_png(image: Image.Image, path: str | Path, settings: ImageSettings) -> None:
-    """Write `image` as a PNG carrying its settings (a tEXt chunk, or iTXt when the text is not Latin-1)."""
+    """Write `image` as a PNG carrying its settings (a tEXt chunk, or iTXt when the text is not Latin-1).
+
+    The file is written under a temporary name beside `path` and renamed into place, so a full disk or
+    an interruption leaves no half-written picture; a failure is a one-line SettingsError."""
+    path = Path(path)
     info = PngImagePlugin.PngInfo()
     info.add_text(PARAMETERS_KEY, format_parameters(settings))
-    image.save(path, format="PNG", pnginfo=info)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".partial", dir=path.parent)
+    except OSError as error:
+        raise SettingsError(f"cannot write {path}: {error.strerror or error}") from None
+    try:
+        with os.fdopen(handle, "wb") as file:
+            image.save(file, format="PNG", pnginfo=info)
+        os.chmod(partial, 0o666 & ~_umask())
+        os.replace(partial, path)
+    except OSError as error:
+        Path(partial).unlink(missing_ok=True)
+        raise SettingsError(f"cannot write {path}: {error.strerror or error}; nothing was written") from None
+    except BaseException:
+        Path(partial).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def read_png_settings(path: str | Path) -> ImageSettings:
-    """The settings recorded in a PNG's `parameters` chunk."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            text = image.info.get(PARAMETERS_KEY)
-    except (OSError, SyntaxError) as error:
-        raise SettingsError(f"cannot read {path} as an image ({error})") from None
-    if not isinstance(text, str):
+    """The settings recorded in a PNG's `parameters` chunk (read without decoding the picture)."""
+    text = _parameters_chunk(Path(path))
+    if text is None:
         raise SettingsError(
             f"{path} has no '{PARAMETERS_KEY}' text chunk: it was not made by sdrun or the web UI"
         )
     return parse_parameters(text)
+
+
+def _parameters_chunk(path: Path) -> str | None:
+    """The text of the first tEXt, zTXt or iTXt chunk named `parameters`, walking the chunks by their
+    lengths (PNG spec, sections 5.3 and 11.3.4)."""
+    try:
+        with path.open("rb") as file:
+            if file.read(8) != _PNG_SIGNATURE:
+                raise SettingsError(f"{path} is not a PNG file")
+            while len(header := file.read(8)) == 8:
+                length, kind = struct.unpack(">I4s", header)
+                if kind == b"IEND":
+                    return None
+                if kind not in _TEXT_CHUNKS:
+                    file.seek(length + 4, os.SEEK_CUR)
+                    continue
+                data = file.read(min(length, 4 * MAX_PARAMETERS_CHARACTERS + 100))
+                file.seek(length - len(data) + 4, os.SEEK_CUR)
+                keyword, _, body = data.partition(b"\0")
+                if keyword == PARAMETERS_KEY.encode():
+                    if length > len(data):
+                        raise SettingsError(f"{path}: its parameters chunk is larger than sdrun reads")
+                    return _chunk_text(kind, body)
+            return None
+    except OSError as error:
+        raise SettingsError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def _chunk_text(kind: bytes, body: bytes) -> str:
+    if kind == b"tEXt":
+        return body.decode("latin-1")
+    if kind == b"zTXt":
+        return _inflate(body[1:]).decode("latin-1")
+    compressed, body = body[:1] == b"\x01", body[2:]  # flag, method
+    _language, _, body = body.partition(b"\0")
+    _translated, _, body = body.partition(b"\0")
+    try:
+        return (_inflate(body) if compressed else body).decode("utf-8")
+    except UnicodeDecodeError:
+        raise SettingsError("the parameters chunk is not UTF-8 text") from None
+
+
+def _inflate(data: bytes) -> bytes:
+    """zlib data, refused when it inflates past what a parameters text may hold (a bomb)."""
+    limit = 4 * MAX_PARAMETERS_CHARACTERS
+    inflater = zlib.decompressobj()
+    try:
+        text = inflater.decompress(data, limit)
+    except zlib.error as error:
+        raise SettingsError(f"the parameters chunk is damaged ({error})") from None
+    if inflater.unconsumed_tail:
+        raise SettingsError("the parameters chunk inflates past what sdrun reads: it is not a settings text")
+    return text

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from sdrun.config_values import flag, real_number, whole_number
 from sdrun.errors import ModelFolderError
 
 BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -35,6 +36,10 @@ SD1_SCHEDULE: dict[str, Any] = {
     "clip_sample": False,
     "clip_sample_range": 1.0,
 }
+
+# Far beyond any model's training schedule (SD's has 1000 steps), and cheap to hold.
+MAX_TRAIN_TIMESTEPS = 100_000
+_WHERE = "scheduler config"
 
 # Config switches that change the schedule in ways this runtime does not implement; True is refused.
 _UNSUPPORTED_SWITCHES = ("rescale_betas_zero_snr", "thresholding")
@@ -73,29 +78,32 @@ class NoiseSchedule:
         _check_choice(cfg, "beta_schedule", BETA_SCHEDULES)
         _check_choice(cfg, "timestep_spacing", (*TIMESTEP_SPACINGS, None))
         _check_choice(cfg, "prediction_type", PREDICTION_TYPES)
-        num_train = cfg["num_train_timesteps"]
-        if not isinstance(num_train, int) or num_train < 2:
-            raise ScheduleError(f"scheduler config num_train_timesteps={num_train!r}: give an integer >= 2")
-        if cfg["trained_betas"] is not None:
-            betas = np.asarray(cfg["trained_betas"], dtype=np.float64)
-            if betas.shape != (num_train,):
+        try:
+            num_train = whole_number(cfg, "num_train_timesteps", _WHERE, 2, MAX_TRAIN_TIMESTEPS)
+            if cfg["trained_betas"] is not None:
+                betas = _trained_betas(cfg["trained_betas"], num_train)
+            else:
+                beta_start = real_number(cfg, "beta_start", _WHERE, 0.0, 1.0, open_low=True)
+                beta_end = real_number(cfg, "beta_end", _WHERE, 0.0, 1.0, open_low=True)
+                betas = make_betas(cfg["beta_schedule"], beta_start, beta_end, num_train)
+            if not np.all((betas > 0) & (betas < 1)):
                 raise ScheduleError(
-                    f"scheduler config trained_betas has {betas.size} values for "
-                    f"num_train_timesteps={num_train}: make them agree"
+                    "scheduler config gives betas outside (0, 1): check beta_start and beta_end"
                 )
-        else:
-            beta_range = float(cfg["beta_start"]), float(cfg["beta_end"])
-            betas = make_betas(cfg["beta_schedule"], *beta_range, num_train)
-        return cls(
-            alphas_cumprod=np.cumprod(1.0 - betas),
-            beta_schedule=cfg["beta_schedule"],
-            timestep_spacing=cfg["timestep_spacing"],
-            steps_offset=int(cfg["steps_offset"]),
-            prediction_type=cfg["prediction_type"],
-            set_alpha_to_one=bool(cfg["set_alpha_to_one"]),
-            clip_sample=bool(cfg["clip_sample"]),
-            clip_sample_range=float(cfg["clip_sample_range"]),
-        )
+            return cls(
+                alphas_cumprod=np.cumprod(1.0 - betas),
+                beta_schedule=cfg["beta_schedule"],
+                timestep_spacing=cfg["timestep_spacing"],
+                steps_offset=whole_number(cfg, "steps_offset", _WHERE, 0, num_train - 1),
+                prediction_type=cfg["prediction_type"],
+                set_alpha_to_one=flag(cfg, "set_alpha_to_one", _WHERE, False),
+                clip_sample=flag(cfg, "clip_sample", _WHERE, False),
+                clip_sample_range=real_number(cfg, "clip_sample_range", _WHERE, 0.0, 1e6, open_low=True),
+            )
+        except ScheduleError:
+            raise
+        except ModelFolderError as error:
+            raise ScheduleError(str(error)) from None
 
     @property
     def num_train_timesteps(self) -> int:
@@ -144,6 +152,18 @@ class NoiseSchedule:
         return (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
 
 
+def _trained_betas(values: object, num_train: int) -> np.ndarray:
+    if not isinstance(values, list) or len(values) != num_train:
+        size = len(values) if isinstance(values, list) else "no list of"
+        raise ScheduleError(
+            f"scheduler config trained_betas has {size} values for num_train_timesteps={num_train}: "
+            "make them agree"
+        )
+    if not all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in values):
+        raise ScheduleError("scheduler config trained_betas must be numbers in (0, 1)")
+    return np.asarray(values, dtype=np.float64)
+
+
 def make_betas(
     beta_schedule: str, beta_start: float, beta_end: float, num_train_timesteps: int
 ) -> np.ndarray:
@@ -167,4 +187,4 @@ def _cosine_betas(num_train_timesteps: int, max_beta: float = 0.999) -> np.ndarr
 def _check_choice(cfg: dict[str, Any], key: str, choices: tuple[str | None, ...]) -> None:
     if cfg[key] not in choices:
         named = ", ".join(choice for choice in choices if choice)
-        raise ScheduleError(f"scheduler config {key}={cfg[key]!r}: sdrun supports {named}")
+        raise ScheduleError(f"scheduler config {key}={repr(cfg[key])[:60]}: sdrun supports {named}")

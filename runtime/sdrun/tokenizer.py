@@ -5,7 +5,6 @@ lower case; CLIP's word regex; GPT-2's byte-to-unicode map; BPE with "</w>" clos
 becomes [start, ids..., end, pad...], cut to the model's context length (77 for SD 1.x).
 """
 
-import json
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +14,8 @@ import numpy as np
 from tokenizers import AddedToken, Regex, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 
-from sdrun.errors import SdrunError
+from sdrun.errors import ModelFolderError, SdrunError
+from sdrun.folder_files import inside, parse_json, read_text
 
 # The text encoder's context length, for folders whose tokenizer_config.json does not give one.
 CLIP_CONTEXT_LENGTH = 77
@@ -27,6 +27,10 @@ DEFAULT_SPECIAL_TOKENS = {
     "pad_token": "<|endoftext|>",
     "unk_token": "<|endoftext|>",
 }
+# CLIP has 49,408 tokens; a vocabulary this large is not a text encoder's.
+MAX_VOCABULARY = 1_000_000
+# How much of the dropped text a truncation warning quotes.
+_QUOTED_CHARACTERS = 80
 
 
 class TokenizerError(SdrunError):
@@ -46,9 +50,12 @@ class Truncation:
     dropped_text: str
 
     def message(self, max_length: int) -> str:
+        quoted = self.dropped_text
+        if len(quoted) > _QUOTED_CHARACTERS:
+            quoted = f"{quoted[:_QUOTED_CHARACTERS]}... ({len(self.dropped_text)} characters)"
         return (
             f"prompt {self.prompt_index} is longer than {max_length} tokens: "
-            f"{self.dropped_tokens} tokens dropped: {self.dropped_text!r}"
+            f"{self.dropped_tokens} tokens dropped: {quoted!r}"
         )
 
 
@@ -74,6 +81,14 @@ class CLIPTokenizer:
         missing = sorted({content for content in tokens.values() if content not in vocab})
         if missing:
             raise TokenizerError(f"special tokens {missing} are not in the vocabulary: check vocab.json")
+        if not merges:
+            raise TokenizerError("merges.txt has no merges: use the tokenizer folder the model came with")
+        if len(vocab) > MAX_VOCABULARY:
+            raise TokenizerError(f"vocab.json has {len(vocab)} tokens, more than a CLIP tokenizer's")
+        if not all(
+            isinstance(token_id, int) and not isinstance(token_id, bool) for token_id in vocab.values()
+        ):
+            raise TokenizerError("vocab.json must map each token to a whole-number id: check vocab.json")
         if max_length < 2:
             raise TokenizerError(f"max_length {max_length} leaves no room for the start and end tokens")
         self.max_length = max_length
@@ -88,7 +103,8 @@ class CLIPTokenizer:
         """Read vocab.json and merges.txt, and the special tokens and max length from the JSON configs.
 
         Reads the files of transformers' CLIPTokenizer (the ones sdexport and optimum write); a
-        tokenizer.json beside them is not needed and not read.
+        tokenizer.json beside them is not needed and not read. Each file is read through the model
+        folder's gate (sdrun.folder_files): none that leads outside `folder` is opened.
         """
         folder = Path(folder)
         vocab = _read_json(folder / "vocab.json", required=True)
@@ -101,7 +117,7 @@ class CLIPTokenizer:
             special_tokens.update({key: _token_content(value) for key, value in given.items()})
         max_length = config.get("model_max_length")
         # transformers writes a huge sentinel (1e30) when a tokenizer has no length of its own.
-        if not isinstance(max_length, int) or max_length > 1_000_000:
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length > 1_000_000:
             max_length = CLIP_CONTEXT_LENGTH
         return cls(vocab, merges, special_tokens, max_length)
 
@@ -109,6 +125,11 @@ class CLIPTokenizer:
         """Token ids of each prompt, and what each over-long prompt lost (no warning: the caller reports)."""
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
             raise TokenizerError("prompts must be a list of strings: wrap a single prompt in a list")
+        for prompt in prompts:
+            try:
+                prompt.encode("utf-8")
+            except UnicodeEncodeError:  # lone surrogates: what Python makes of non-UTF-8 bytes in argv
+                raise TokenizerError("the prompt is not valid UTF-8 text: write it in UTF-8") from None
         room = self.max_length - 2
         input_ids = np.full((len(prompts), self.max_length), self.pad_token_id, dtype=np.int64)
         truncations = []
@@ -155,30 +176,33 @@ def _build_tokenizer(
 
 
 def _read_json(path: Path, required: bool) -> dict:
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         if required:
             raise TokenizerError(f"{path} not found: pass the model's tokenizer folder")
         return {}
     try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise TokenizerError(f"{path} is not valid JSON ({error}): re-export the tokenizer folder") from None
+        content = parse_json(read_text(inside(path.parent, path.name, "tokenizer file")), str(path))
+    except ModelFolderError as error:
+        raise TokenizerError(f"{error}: re-export the tokenizer folder") from None
     if not isinstance(content, dict):
         raise TokenizerError(f"{path} holds no JSON object: re-export the tokenizer folder")
     return content
 
 
 def _read_merges(path: Path) -> list[tuple[str, str]]:
-    if not path.is_file():
+    if not (path.exists() or path.is_symlink()):
         raise TokenizerError(f"{path} not found: pass the model's tokenizer folder")
+    try:
+        lines = read_text(inside(path.parent, path.name, "tokenizer file")).splitlines()
+    except ModelFolderError as error:
+        raise TokenizerError(f"{error}: re-export the tokenizer folder") from None
     merges = []
-    lines = path.read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.startswith("#version"):
             continue
         pair = line.split()
         if len(pair) != 2:
-            raise TokenizerError(f"{path}:{number} is not a merge of two symbols: {line!r}")
+            raise TokenizerError(f"{path}:{number} is not a merge of two symbols: {line[:80]!r}")
         merges.append((pair[0], pair[1]))
     return merges
 

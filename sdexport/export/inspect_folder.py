@@ -13,6 +13,17 @@ def describe_folder(folder: Path) -> str:
     if not (folder / "model_index.json").is_file():
         raise BuildError(f"{folder} is not a model folder (it has no model_index.json)")
     manifest = read_manifest(folder) or {}
+    try:
+        return _describe(folder, manifest)
+    except (AttributeError, TypeError, KeyError, ValueError, ZeroDivisionError) as error:
+        # A manifest is a stranger's JSON: any value of a wrong type means a damaged one.
+        raise BuildError(
+            f"{folder}: its manifest is damaged ({type(error).__name__}: {str(error)[:100]}); "
+            "export the model folder again"
+        ) from None
+
+
+def _describe(folder: Path, manifest: dict[str, Any]) -> str:
     lines = [f"{folder}"]
     lines += _summary(manifest) if manifest else ["  no sdexport manifest (not built by sdexport)"]
     components = manifest.get("components", {})
@@ -35,6 +46,11 @@ def _summary(manifest: dict[str, Any]) -> list[str]:
         f"  built {manifest.get('created')} from {source.get('path')}",
         f"    {source.get('kind')} checkpoint, weights: {source.get('weights')}, "
         f"stored as {source.get('dtype')}, sha256 {str(source.get('sha256'))[:16]}...",
+        *(
+            f"    LoRA merged: {lora['file']} at scale {lora['scale']} ({lora['layout']}, {lora['layers']} "
+            f"layers), sha256 {str(lora['sha256'])[:16]}..."
+            for lora in manifest.get("loras", [])
+        ),
         f"  precision {manifest.get('precision')}, quantization {manifest.get('quantization')}, "
         f"opset {manifest.get('opset')}",
         f"  {tools}",

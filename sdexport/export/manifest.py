@@ -13,6 +13,7 @@ from typing import Any
 import onnx
 
 from sdrun.folder import MANIFEST_FILE, sha256_of
+from sdrun.folder import read_manifest as sdrun_read_manifest
 
 FORMAT_VERSION = 1
 _LIBRARIES = ("torch", "onnx", "onnxscript", "onnxruntime")
@@ -80,5 +81,5 @@ def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_manifest(folder: Path) -> dict[str, Any] | None:
-    path = folder / MANIFEST_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    """The folder's manifest, read through sdrun's gate and bounded JSON reader; None when it has none."""
+    return sdrun_read_manifest(folder) or None

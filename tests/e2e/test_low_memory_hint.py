@@ -19,5 +19,5 @@ def test_low_memory_suggests_the_compact_build_unless_it_is_one(
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert (HINT in result.output) == (quantization != "int8-compact")
-    quiet = CliRunner().invoke(main, [*args, "--quiet"])
+    quiet = CliRunner().invoke(main, [*args, "--quiet", "--overwrite"])
     assert quiet.exit_code == 0 and HINT not in quiet.output

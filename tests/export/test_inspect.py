@@ -52,3 +52,19 @@ def test_inspect_refuses_what_is_not_a_model_folder(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["inspect", str(tmp_path)])
     assert result.exit_code == 1
     assert result.output.count("\n") == 1 and "model_index.json" in result.output
+
+
+def test_inspect_on_a_damaged_manifest_is_one_line(built: Built, tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(built.folder, copy)
+    for damaged, message in (
+        ("{", "is not valid JSON"),
+        ("[]", "is not a JSON object"),
+        ('{"components": 5}', "its manifest is damaged"),
+        ('{"components": {"unet": {"validation": {"checks": [1]}}}}', "its manifest is damaged"),
+        ('{"source": "x"}', "its manifest is damaged"),
+    ):
+        (copy / "sdexport_manifest.json").write_text(damaged)
+        result = CliRunner().invoke(main, ["inspect", str(copy)])
+        assert result.exit_code == 1, result.output
+        assert result.output.count("\n") == 1 and message in result.output, result.output

@@ -76,8 +76,9 @@ def test_prompt_writes_a_png_with_its_settings(tiny_onnx_dir: Path, tmp_path: Pa
         assert image.size == (64, 64)
 
 
-def test_quiet_prints_only_where_images_went(tiny_onnx_dir: Path, tmp_path: Path) -> None:
-    result = _run("a cube", "--model", tiny_onnx_dir, "--out", tmp_path / "q.png", "--quiet", *FAST)
+def test_quiet_prints_only_where_images_went(tiny_sdexport_dir: Path, tmp_path: Path) -> None:
+    """(On a folder with a manifest: one without gets a warning that nothing could be verified.)"""
+    result = _run("a cube", "--model", tiny_sdexport_dir, "--out", tmp_path / "q.png", "--quiet", *FAST)
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     assert result.stdout == f"Wrote {tmp_path / 'q.png'}\n"
@@ -274,3 +275,13 @@ def test_fast_mode_makes_the_same_image(tiny_onnx_dir: Path, tmp_path: Path) -> 
     result = _run("a cube", "--model", tiny_onnx_dir, *FAST, "--fast", "--out", fast)
     assert result.exit_code == 0, result.output
     np.testing.assert_array_equal(_pixels(fast), _pixels(default))
+
+
+def test_negative_prompt_at_guidance_one_is_reported(tiny_sdexport_dir: Path, tmp_path: Path) -> None:
+    args = ["a cube", "--model", tiny_sdexport_dir, "--guidance", "1", *FAST]
+    ignored = _run(*args, "--negative", "dark", "--out", tmp_path / "n.png")
+    assert ignored.exit_code == 0, ignored.output
+    assert "Warning: the negative prompt is ignored at guidance 1" in ignored.stderr
+    plain = _run(*args, "--out", tmp_path / "p.png")
+    assert plain.exit_code == 0 and "Warning" not in plain.stderr
+    assert (_pixels(tmp_path / "n.png") == _pixels(tmp_path / "p.png")).all()

@@ -18,7 +18,7 @@ from diffusers import (
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from sdrun.images import load_image
+from sdrun.images import load_rgb, open_image
 from sdrun.pipeline import Pipeline
 
 MAX_LEVEL_DIFFERENCE = 2
@@ -115,7 +115,7 @@ def test_image_to_image_matches_diffusers(reference, sdrun_pipeline: Pipeline, s
     shape = (1, sdrun_pipeline.latent_channels, size // 8, size // 8)
     vae_noise = randn_tensor(shape, generator=generator).numpy()
     start_noise = randn_tensor(shape, generator=generator).numpy()
-    distribution = sdrun_pipeline.encode_image(load_image(init_image))
+    distribution = sdrun_pipeline.encode_image(load_rgb(open_image(init_image, 10**6), init_image.size))
     init_latents = distribution.sample(vae_noise) * sdrun_pipeline.latent_scale
     embeddings = sdrun_pipeline.encode_prompt(PROMPT, NEGATIVE, GUIDANCE)
     latents = sdrun_pipeline.denoise(

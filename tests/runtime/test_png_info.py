@@ -13,6 +13,7 @@ from sdrun.png_info import (
     read_png_settings,
     save_png,
 )
+from sdrun.samplers import SAMPLERS
 from sdrun.settings import ImageSettings
 
 BASE = ImageSettings(
@@ -69,6 +70,11 @@ def test_round_trip(prompt: str, negative: str, sampler: str) -> None:
     assert parse_parameters(format_parameters(settings)) == settings
 
 
+def test_every_sampler_has_a_label_of_its_own() -> None:
+    assert set(SAMPLER_LABELS) == set(SAMPLERS)
+    assert len(set(SAMPLER_LABELS.values())) == len(SAMPLER_LABELS)
+
+
 def test_parses_what_the_web_ui_writes() -> None:
     text = (
         'masterpiece, best quality, "quoted" words\n'
@@ -103,6 +109,11 @@ def test_parses_what_the_web_ui_writes() -> None:
         ("Sampler: DDIM", "ddim"),
         ("Sampler: DPM++ SDE, Schedule type: Karras", "DPM++ SDE"),
         ("Sampler: Euler a, Schedule type: Karras", "Euler a Karras"),
+        ("Sampler: DDIM, Schedule type: SGM Uniform", "ddim_trailing"),
+        ("Sampler: Euler, Schedule type: SGM Uniform", "euler_trailing"),
+        ("Sampler: LCM, Schedule type: Automatic", "lcm"),
+        ("Sampler: TCD", "tcd"),
+        ("Sampler: Euler a, Schedule type: SGM Uniform", "Euler a SGM Uniform"),
     ],
 )
 def test_web_ui_sampler_labels(sampler_fields: str, expected: str) -> None:
@@ -139,5 +150,5 @@ def test_png_without_parameters_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="no 'parameters' text chunk"):
         read_png_settings(path)
     (tmp_path / "text.png").write_text("not an image")
-    with pytest.raises(SettingsError, match="cannot read"):
+    with pytest.raises(SettingsError, match="is not a PNG file"):
         read_png_settings(tmp_path / "text.png")

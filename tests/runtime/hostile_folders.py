@@ -1,0 +1,79 @@
+"""Crafting the hostile model folders and files of test_hostile_inputs.py: what a stranger could hand out."""
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+MANIFEST = "sdexport_manifest.json"
+
+
+def reseal(folder: Path) -> None:
+    """Rewrite the manifest's sizes and digests for the files as they are now, as an attacker who
+    edits a folder would (so that the check under test, not the manifest, is what refuses it)."""
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text())
+    for name, entry in manifest["files"].items():
+        file = folder / name
+        if file.is_file():
+            entry["size"] = file.stat().st_size
+            entry["sha256"] = hashlib.sha256(file.read_bytes()).hexdigest()
+    path.write_text(json.dumps(manifest))
+
+
+def edit_json(folder: Path, name: str, **changes: object) -> None:
+    path = folder / name
+    config = json.loads(path.read_text())
+    config.update(changes)
+    path.write_text(json.dumps(config))
+    reseal(folder)
+
+
+def write_text(folder: Path, name: str, text: str) -> None:
+    (folder / name).write_text(text)
+    if name != MANIFEST:
+        reseal(folder)
+
+
+def copy_folder(source: Path, target: Path) -> Path:
+    return Path(shutil.copytree(source, target, symlinks=True))
+
+
+def weights_graph(location: str, values: np.ndarray) -> onnx.ModelProto:
+    """y = x + W, W stored as external data at `location` (which onnx leaves as written)."""
+    weight = numpy_helper.from_array(values.astype(np.float32), "W")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(values.size * 4))):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "W"], ["y"])],
+        "reads_weights",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(values.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(values.shape))],
+        initializer=[weight],
+    )
+    # IR 10 (onnx 1.16): what onnxruntime 1.23 reads, for tests/runtime/test_old_onnxruntime.py.
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def unet_graph(out: str) -> onnx.ModelProto:
+    """A UNet-shaped graph (sample, timestep, encoder_hidden_states -> out_sample) whose output is NaN
+    (`out` "nan") or has one channel instead of the sample's (`out` "shape")."""
+    sample = helper.make_tensor_value_info("sample", TensorProto.FLOAT, ["b", 4, "h", "w"])
+    timestep = helper.make_tensor_value_info("timestep", TensorProto.FLOAT, [])
+    context = helper.make_tensor_value_info("encoder_hidden_states", TensorProto.FLOAT, ["b", 77, "c"])
+    result = helper.make_tensor_value_info("out_sample", TensorProto.FLOAT, None)
+    if out == "nan":
+        nan = numpy_helper.from_array(np.array(np.nan, dtype=np.float32), "nan")
+        nodes, initializers = [helper.make_node("Mul", ["sample", "nan"], ["out_sample"])], [nan]
+    else:
+        nodes = [helper.make_node("ReduceMean", ["sample"], ["out_sample"], axes=[1], keepdims=1)]
+        initializers = []
+    graph = helper.make_graph(nodes, "hostile_unet", [sample, timestep, context], [result], initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
