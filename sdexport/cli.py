@@ -5,13 +5,23 @@ from pathlib import Path
 import click
 
 from sdexport.checkpoints import CheckpointError, load_model
+from sdexport.checkpoints.lora import LoraSpec, merge_loras, parse_lora_option
+from sdexport.checkpoints.taesd_files import load_taesd
 from sdexport.export.errors import BuildError
-from sdexport.export.folder import PRECISIONS, QUANTIZATIONS, BuildOptions, build_folder, check_target
+from sdexport.export.folder import (
+    PRECISIONS,
+    QUANTIZATIONS,
+    TARGETS,
+    BuildOptions,
+    build_folder,
+    check_target,
+)
 from sdexport.export.inspect_folder import describe_folder
 from sdexport.export.manifest import read_manifest
 from sdexport.export.onnx_export import DEFAULT_OPSET
 from sdrun.errors import SdrunError
 from sdrun.folder import check_manifest
+from sdrun.samplers import SAMPLERS
 
 # The model shipped inside the package (trained by `python -m sdexport.tiny.train`), its config file
 # `tiny-shapes.yaml` beside it; `sdexport build` with no SOURCE builds it.
@@ -24,6 +34,14 @@ def main() -> None:
     """Stable Diffusion 1.x checkpoints to ONNX model folders that sdrun (or optimum) runs."""
 
 
+def _lora_specs(_: click.Context, __: click.Parameter, values: tuple[str, ...]) -> list[LoraSpec]:
+    """The --lora values read as LoraSpecs, so that a bad one stops the command before any work."""
+    try:
+        return [parse_lora_option(value) for value in values]
+    except CheckpointError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 @main.command()
 @click.argument("source", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Model folder [exported/<name>].")
@@ -34,28 +52,65 @@ def main() -> None:
               help="For CPUs. int8: dynamic int8 matrix products (the fastest). int8-compact: "
                    "convolution weights stored in int8 as well (a third of the size; the one for "
                    "`sdrun --low-memory`).")
+@click.option("--target", type=click.Choice(TARGETS), default="onnxruntime", show_default=True,
+              help="openvino: for `sdrun --provider openvino` (plain attention, which OpenVINO fuses itself, "
+                   "instead of onnxruntime's MultiHeadAttention; fp32 only).")
 @click.option("--ema/--no-ema", default=None,
               help="Use the EMA (--ema) or trained (--no-ema) UNet weights [EMA when complete].")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="Model config file (v1-inference.yaml layout) of a single-file checkpoint.")
 @click.option("--force", is_flag=True, help="Replace an existing model folder.")
 @click.option("--skip-validation", is_flag=True, help="Do not check the graphs against PyTorch.")
+@click.option("--tiny-vae", "tiny_vae", multiple=True, type=click.Path(path_type=Path),
+              help="Add TAESD beside the full VAE (vae_decoder_tiny/, vae_encoder_tiny/; `sdrun --vae "
+                   "tiny`): madebyollin's taesd_decoder file, repeated for taesd_encoder, or a diffusers "
+                   "AutoencoderTiny folder.")
+@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", callback=_lora_specs,
+              help="Merge a LoRA into the weights before export, at SCALE [1.0]; repeat for several. "
+                   "kohya/AUTOMATIC1111 .safetensors (lora_unet_*, lora_te_*, LoCon included) or "
+                   "diffusers/peft files (LCM-LoRA, Hyper-SD, TCD). The graphs keep their size and speed.")
+@click.option("--default-sampler", help=f"The folder's default sampler in sdrun ({', '.join(SAMPLERS)}), "
+                                        "over the model config's.")
+@click.option("--default-steps", type=int, help="The folder's default number of steps in sdrun.")
+@click.option("--default-guidance", type=float, help="The folder's default guidance scale in sdrun.")
 def build(
     source: Path | None,
     output: Path | None,
     opset: int,
     precision: str,
     quantize: str,
+    target: str,
     ema: bool | None,
     config_file: Path | None,
     force: bool,
     skip_validation: bool,
+    tiny_vae: tuple[Path, ...],
+    loras: list[LoraSpec],
+    default_sampler: str | None,
+    default_steps: int | None,
+    default_guidance: float | None,
 ) -> None:
     """Export SOURCE (a .ckpt/.safetensors file or a diffusers folder) to an ONNX model folder.
 
     Without SOURCE, builds the tiny model embedded in the package into exported/tiny-shapes.
+
+    A few-step LoRA wants its settings as the folder's defaults, so that `sdrun PROMPT --model DIR` is
+    right without flags; for an LCM-LoRA, for example:
+
+    \b
+      --lora lcm-lora-sdv1-5.safetensors --default-sampler lcm --default-steps 4 --default-guidance 1
     """
-    options = BuildOptions(opset, precision, quantize, validate=not skip_validation, force=force)
+    given = {"sampler": default_sampler, "steps": default_steps, "guidance_scale": default_guidance}
+    defaults = {name: value for name, value in given.items() if value is not None}
+    options = BuildOptions(
+        opset,
+        precision,
+        quantize,
+        validate=not skip_validation,
+        force=force,
+        target=target,
+        generation_defaults=defaults,
+    )
     if source is None:
         if not EMBEDDED_CHECKPOINT.is_file():
             raise click.ClickException(
@@ -68,8 +123,12 @@ def build(
         if output is not None:
             check_target(output, force)
         loaded = load_model(source, config=config_file, ema=ema)
+        loaded.loras = merge_loras(loaded.model, loras)
+        for lora in loaded.loras:
+            click.echo(f"Merged LoRA {lora['file']} at scale {lora['scale']} ({lora['layers']} layers)")
+        tiny = load_taesd(tiny_vae) if tiny_vae else None
         target = output if output is not None else DEFAULT_OUTPUT_ROOT / loaded.name
-        build_folder(loaded, target, options, log=click.echo)
+        build_folder(loaded, target, options, log=click.echo, tiny_vae=tiny)
     except (BuildError, CheckpointError) as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:

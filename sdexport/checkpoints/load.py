@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sdexport.checkpoints.diffusers_folder import load_diffusers
 from sdexport.checkpoints.errors import CheckpointError
@@ -18,6 +19,8 @@ class LoadedModel:
     weights: str  # "ema", "non-ema" or "only set"
     source_dtype: str  # floating types as stored, e.g. "float16" or "float16+float32"
     notes: list[str] = field(default_factory=list)
+    # The LoRAs merged into the weights since (sdexport.checkpoints.lora.merge_loras): file, sha256, scale.
+    loras: list[dict[str, Any]] = field(default_factory=list)
 
 
 def load_model(source: Path, *, config: Path | None = None, ema: bool | None = None) -> LoadedModel:

@@ -10,13 +10,14 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from sdexport.checkpoints import LoadedModel
 from sdexport.checkpoints.diffusers_layout import DIFFUSERS_VERSION, scheduler_config_to_diffusers
+from sdexport.checkpoints.taesd_files import LoadedTAESD
 from sdexport.export.attention_fusion import fuse_attention_in_file
 from sdexport.export.errors import BuildError
 from sdexport.export.fp16 import convert_to_fp16
@@ -25,14 +26,26 @@ from sdexport.export.inspect_folder import format_size
 from sdexport.export.manifest import FORMAT_VERSION, graph_signature, source_sha256, versions, write_manifest
 from sdexport.export.onnx_export import DEFAULT_OPSET, MIN_OPSET, export_graph
 from sdexport.export.quantize import quantize_int8
-from sdexport.export.specs import COMPONENTS, LATENT_SIZE_MULTIPLE, VALIDATION_SIZES, ComponentSpec
+from sdexport.export.specs import (
+    COMPONENTS,
+    LATENT_SIZE_MULTIPLE,
+    VALIDATION_SIZES,
+    ComponentSpec,
+    tiny_vae_components,
+)
 from sdexport.export.tokenizer_files import write_tokenizer
 from sdexport.export.validate import VALIDATION_SEED, Check, check_signature, validate_graph
 from sdrun.defaults import MANIFEST_KEY as GENERATION_DEFAULTS_KEY
+from sdrun.defaults import GenerationDefaults
+from sdrun.errors import SdrunError
 from sdrun.folder import LATENT_MULTIPLE_KEY
 
 PRECISIONS = ("fp32", "fp16")
 QUANTIZATIONS = ("none", "int8", "int8-compact")
+# What runs the graphs: onnxruntime (its CPU and CUDA providers run the fused attention), or onnxruntime's
+# OpenVINO provider, which cannot run com.microsoft.MultiHeadAttention (those nodes fall back to the CPU
+# provider and split the graph) and fuses plain attention into its own SDPA: no fusion for it.
+TARGETS = ("onnxruntime", "openvino")
 SCHEDULER_DIR = "scheduler"
 TOKENIZER_DIR = "tokenizer"
 
@@ -44,6 +57,9 @@ class BuildOptions:
     quantize: str = "none"  # int8, int8-compact: for CPUs (sdexport.export.quantize)
     validate: bool = True
     force: bool = False
+    target: str = "onnxruntime"  # openvino: plain attention, fp32 only (TARGETS)
+    # Generation defaults written into the folder over the model config's: sampler, steps, guidance_scale.
+    generation_defaults: dict[str, Any] = field(default_factory=dict)
 
     def check(self) -> None:
         if self.precision not in PRECISIONS:
@@ -52,8 +68,23 @@ class BuildOptions:
             raise BuildError(f"quantization {self.quantize!r}: choose one of {', '.join(QUANTIZATIONS)}")
         if self.precision == "fp16" and self.quantize != "none":
             raise BuildError("fp16 is for CUDA and int8 for CPUs: choose --precision fp16 or --quantize int8")
+        if self.target not in TARGETS:
+            raise BuildError(f"target {self.target!r}: choose one of {', '.join(TARGETS)}")
+        if self.target == "openvino" and (self.precision, self.quantize) != ("fp32", "none"):
+            # onnxruntime-openvino 1.24.1 crashes (segfault) on DynamicQuantizeMatMul; OpenVINO picks
+            # bfloat16 itself from an fp32 graph.
+            raise BuildError("--target openvino builds fp32 graphs (OpenVINO chooses bf16 at run time): "
+                             "drop --precision and --quantize")
         if self.opset < MIN_OPSET:
             raise BuildError(f"opset {self.opset} is older than these graphs need: give --opset {MIN_OPSET}+")
+        self._check_generation_defaults()
+
+    def _check_generation_defaults(self) -> None:
+        """Refuse defaults that sdrun would refuse when it opens the folder (by sdrun's own check)."""
+        try:
+            GenerationDefaults.from_manifest({GENERATION_DEFAULTS_KEY: self.generation_defaults})
+        except SdrunError as error:
+            raise BuildError(f"--default-*: {error}") from None
 
     def component_precision(self, spec: ComponentSpec) -> str:
         """fp32, fp16 or int8: what this component's graph holds under these options."""
@@ -70,9 +101,14 @@ def check_target(target: Path, force: bool) -> None:
 
 
 def build_folder(
-    loaded: LoadedModel, target: Path, options: BuildOptions, log: Callable[[str], None] = print
+    loaded: LoadedModel,
+    target: Path,
+    options: BuildOptions,
+    log: Callable[[str], None] = print,
+    tiny_vae: LoadedTAESD | None = None,
 ) -> dict[str, Any]:
-    """Export, check and write the model folder of `loaded` at `target`; returns the manifest written."""
+    """Export, check and write the model folder of `loaded` at `target`, with `tiny_vae`'s graphs beside
+    the full VAE's when given; returns the manifest written."""
     options.check()
     check_target(target, options.force)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -80,7 +116,7 @@ def build_folder(
     staging = _sibling(target, "building")
     staging.mkdir()
     try:
-        manifest = _write_folder(loaded, staging, options, log)
+        manifest = _write_folder(loaded, staging, options, log, tiny_vae)
         _move_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -94,15 +130,20 @@ def build_folder(
 
 
 def _write_folder(
-    loaded: LoadedModel, folder: Path, options: BuildOptions, log: Callable[[str], None]
+    loaded: LoadedModel,
+    folder: Path,
+    options: BuildOptions,
+    log: Callable[[str], None],
+    tiny_vae: LoadedTAESD | None,
 ) -> dict[str, Any]:
     loaded.model.float().eval()
     config = loaded.model.config
+    specs = COMPONENTS + (_tiny_vae_specs(tiny_vae, loaded) if tiny_vae else ())
     # Made first: a model that diffusers' configs cannot describe fails before the slow exports.
-    configs = {spec.name: _json(spec.diffusers_config(config)) for spec in COMPONENTS}
+    configs = {spec.name: _json(spec.diffusers_config(config)) for spec in specs}
     log(f"Building {loaded.name} from {loaded.source} ({loaded.kind} checkpoint, weights: {loaded.weights})")
     components = {}
-    for spec in COMPONENTS:
+    for spec in specs:
         components[spec.name] = _build_component(spec, loaded, folder, options, log)
         (folder / spec.name / "config.json").write_text(configs[spec.name], encoding="utf-8")
 
@@ -130,8 +171,10 @@ def _write_folder(
         "opset": options.opset,
         "precision": options.precision,
         "quantization": options.quantize,
+        "target": options.target,
         LATENT_MULTIPLE_KEY: LATENT_SIZE_MULTIPLE,
-        GENERATION_DEFAULTS_KEY: config.generation_defaults,
+        GENERATION_DEFAULTS_KEY: {**config.generation_defaults, **options.generation_defaults},
+        "loras": loaded.loras,
         "validation": {
             "enabled": options.validate,
             "provider": "CPUExecutionProvider",
@@ -140,7 +183,25 @@ def _write_folder(
         },
         "components": components,
     }
+    if tiny_vae:
+        manifest["tiny_vae"] = {
+            "layout": tiny_vae.layout,
+            "files": [{"name": path.name, "sha256": source_sha256(path)} for path in tiny_vae.sources],
+        }
     return write_manifest(folder, manifest)
+
+
+def _tiny_vae_specs(tiny_vae: LoadedTAESD, loaded: LoadedModel) -> tuple[ComponentSpec, ...]:
+    """The tiny VAE's graphs, once it is known to speak this model's latents."""
+    tiny, full = tiny_vae.model.config, loaded.model.config.vae
+    if (tiny.latent_channels, tiny.downsampling) != (full.embed_dim, full.downsampling):
+        raise BuildError(
+            f"the tiny VAE takes {tiny.latent_channels}-channel latents at 1/{tiny.downsampling} scale, "
+            f"this model's are {full.embed_dim}-channel at 1/{full.downsampling}: use the taesd_ "
+            "(SD 1.x) weights, not those for SD3 or FLUX"
+        )
+    tiny_vae.model.float().eval()
+    return tiny_vae_components(tiny_vae.model)
 
 
 def _build_component(
@@ -154,7 +215,7 @@ def _build_component(
     started = time.perf_counter()
     if precision == "fp32":
         graph = export_graph(spec, module, config, out, options.opset)
-        fused = fuse_attention_in_file(graph)
+        fused = fuse_attention_in_file(graph) if options.target == "onnxruntime" else 0
     else:
         scratch = folder / ".float32" / spec.name
         float32 = export_graph(spec, module, config, scratch, options.opset)
@@ -186,7 +247,7 @@ def _build_component(
         if worst
         else "not validated"
     )
-    log(f"  {spec.name:<13} {precision}  exported {export_seconds:5.1f} s, {checked}, {format_size(size)}")
+    log(f"  {spec.name:<16} {precision}  exported {export_seconds:5.1f} s, {checked}, {format_size(size)}")
     return {
         "graph": graph.relative_to(folder).as_posix(),
         "external_data": (out / EXTERNAL_DATA_FILE).is_file(),

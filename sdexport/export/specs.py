@@ -19,7 +19,10 @@ from sdexport.checkpoints.diffusers_layout import (
     unet_config_to_diffusers,
     vae_config_to_diffusers,
 )
+from sdexport.checkpoints.taesd_files import taesd_config_to_diffusers
 from sdexport.models import StableDiffusion, StableDiffusionConfig
+from sdexport.models.taesd import TAESD
+from sdrun.folder import TINY_VAE_DECODER, TINY_VAE_ENCODER
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,32 @@ class VAEDecoderGraph(nn.Module):
 
     def forward(self, latent_sample: Tensor) -> Tensor:
         return self.vae.decode(latent_sample)
+
+
+class TinyVAEDecoderGraph(nn.Module):
+    """vae_decoder's contract on TAESD: the latent already divided by the full VAE's scaling factor ->
+    image in about [-1, 1]. TAESD decodes the diffusion model's latents (times the factor) to [0, 1]."""
+
+    def __init__(self, taesd: TAESD, scaling_factor: float):
+        super().__init__()
+        self.decoder = taesd.decoder
+        self.scaling_factor = scaling_factor
+
+    def forward(self, latent_sample: Tensor) -> Tensor:
+        return self.decoder(latent_sample * self.scaling_factor) * 2 - 1
+
+
+class TinyVAEEncoderGraph(nn.Module):
+    """Image in [-1, 1] -> the latent in vae_decoder's units (divided by the scaling factor). TAESD's
+    encoder takes [0, 1] and gives the diffusion model's latents: one point, not a distribution."""
+
+    def __init__(self, taesd: TAESD, scaling_factor: float):
+        super().__init__()
+        self.encoder = taesd.encoder
+        self.scaling_factor = scaling_factor
+
+    def forward(self, sample: Tensor) -> Tensor:
+        return self.encoder((sample + 1) / 2) / self.scaling_factor
 
 
 def _text_encoder_inputs(config: StableDiffusionConfig) -> tuple[TensorSpec, ...]:
@@ -234,6 +263,44 @@ COMPONENTS: tuple[ComponentSpec, ...] = (
         tolerances={"fp32": _FP32},
     ),
 )
+
+
+# What a tiny VAE graph's config.json says about its inputs and outputs (key "sdexport_graph_io").
+TINY_VAE_GRAPH_IO = (
+    "TAESD (madebyollin/taesd) under the full VAE's contract: latent_sample is the diffusion model's latent "
+    "divided by scaling_factor, as vae_decoder takes it, and images are in [-1, 1]; TAESD's own latents "
+    "(times scaling_factor) and [0, 1] pixels are converted inside the graph"
+)
+
+
+def tiny_vae_components(taesd: TAESD) -> tuple[ComponentSpec, ...]:
+    """The specs of `taesd`'s graphs, beside the full VAE's: its decoder, and its encoder when it has one.
+    They take and give what vae_decoder and (for the latent mean) vae_encoder do, so the runtime treats
+    the two VAEs alike; their config.json carries the full VAE's scaling_factor for the same reason."""
+
+    def diffusers_config(config: StableDiffusionConfig) -> dict[str, Any]:
+        tiny = taesd_config_to_diffusers(taesd.config)
+        return {**tiny, "scaling_factor": config.vae.scaling_factor, "sdexport_graph_io": TINY_VAE_GRAPH_IO}
+
+    decoder = ComponentSpec(
+        name=TINY_VAE_DECODER,
+        inputs=_vae_decoder_inputs,
+        outputs=("sample",),
+        wrap=lambda model: TinyVAEDecoderGraph(taesd, model.config.vae.scaling_factor),
+        make_inputs=_latent,
+        diffusers_config=diffusers_config,
+        tolerances={"fp32": _FP32},
+    )
+    encoder = ComponentSpec(
+        name=TINY_VAE_ENCODER,
+        inputs=_vae_encoder_inputs,
+        outputs=("latent_sample",),
+        wrap=lambda model: TinyVAEEncoderGraph(taesd, model.config.vae.scaling_factor),
+        make_inputs=_image,
+        diffusers_config=diffusers_config,
+        tolerances={"fp32": _FP32},
+    )
+    return (decoder, encoder) if taesd.encoder is not None else (decoder,)
 
 
 def component(name: str) -> ComponentSpec:
