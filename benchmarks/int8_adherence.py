@@ -2,6 +2,7 @@
 sdrun from model folders of one checkpoint, judged from the pixels (sdexport.tiny.shapes.judge).
 
     python benchmarks/int8_adherence.py FOLDER [FOLDER ...] [--seeds 1] [--steps 25] [--guidance 5]
+        [--provider cpu]
 
 Prints, per folder, the share of pictures whose shape, colour and background the judge reads as
 captioned (the measure the training run reports), and the time sdrun took.
@@ -17,8 +18,8 @@ from sdexport.tiny.shapes import all_scenes, judge
 from sdrun.pipeline import Pipeline
 
 
-def adherence(folder: Path, seeds: int, steps: int, guidance: float) -> tuple[float, float]:
-    pipeline = Pipeline.load(folder, "cpu")
+def adherence(folder: Path, seeds: int, steps: int, guidance: float, provider: str) -> tuple[float, float]:
+    pipeline = Pipeline.load(folder, provider)
     scenes = all_scenes()
     right = 0
     started = time.perf_counter()
@@ -43,9 +44,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=1, help="pictures per caption")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--provider", default="cpu", help="as sdrun --provider")
     args = parser.parse_args()
     for folder in args.folders:
-        share, seconds = adherence(folder, args.seeds, args.steps, args.guidance)
+        share, seconds = adherence(folder, args.seeds, args.steps, args.guidance, args.provider)
         print(f"{folder}: adherence {100 * share:.1f} % ({seconds:.0f} s)", flush=True)
 
 

@@ -1,1 +1,35 @@
-"""sdrun: Stable Diffusion on onnxruntime and numpy alone (no torch)."""
+"""sdrun: Stable Diffusion on onnxruntime and numpy alone (no torch).
+
+    from sdrun import Pipeline
+
+    with Pipeline.load("exported/tiny-shapes") as pipe:
+        result = pipe.generate("a red cube", seed=1)
+        result.images[0].save("cube.png")
+
+Every error sdrun reports is an `SdrunError` (one line, with the fix); see sdrun.errors for the kinds.
+"""
+
+from sdrun.errors import GraphOutputError, ModelFolderError, ProviderError, SdrunError, SettingsError
+from sdrun.limits import Limits
+from sdrun.memory import MemoryPolicy
+from sdrun.pipeline import GeneratedImage, NegativePromptIgnoredWarning, Pipeline, Result
+from sdrun.progress import Progress
+from sdrun.samplers import SAMPLERS
+from sdrun.settings import ImageSettings
+
+__all__ = [
+    "SAMPLERS",
+    "GeneratedImage",
+    "GraphOutputError",
+    "ImageSettings",
+    "Limits",
+    "MemoryPolicy",
+    "ModelFolderError",
+    "NegativePromptIgnoredWarning",
+    "Pipeline",
+    "Progress",
+    "ProviderError",
+    "Result",
+    "SdrunError",
+    "SettingsError",
+]

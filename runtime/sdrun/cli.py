@@ -46,6 +46,7 @@ def main() -> None:
       sdrun "a prompt" [OPTIONS]       same as: sdrun generate "a prompt" [OPTIONS]
       sdrun --from-png IMAGE [OPTIONS] make IMAGE again from the settings it carries
       sdrun bench DIR [OPTIONS]        time and memory of each stage of a generation
+      sdrun serve [DIR ...] [OPTIONS]  HTTP server: OpenAI Images and AUTOMATIC1111 APIs
 
     See `sdrun generate --help` for the options.
     """
@@ -142,7 +143,9 @@ def _open_pipeline(
     type=click.Choice(PROVIDER_CHOICES),
     default="auto",
     show_default=True,
-    help="onnxruntime execution provider; auto takes CUDA when available.",
+    help="onnxruntime execution provider; auto takes CUDA when available, else OpenVINO "
+    "(onnxruntime-openvino) for a `sdexport build --target openvino` folder, else the CPU. OpenVINO "
+    "computes in bfloat16 where the CPU has it; SDRUN_OPENVINO_PRECISION=bf16|f32 forces either.",
 )
 @click.option(
     "--from-png",
@@ -297,6 +300,75 @@ def bench(
     if json_path is not None:
         write_json(report, json_path)
         click.echo(f"Wrote {json_path}")
+
+
+@main.command()
+@click.argument("folders", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback).")
+@click.option("--port", type=click.IntRange(1, 65535), default=7860, show_default=True)
+@click.option(
+    "--queue",
+    "queue_depth",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Requests that may wait per model besides the one running; more get 429 with Retry-After.",
+)
+@click.option(
+    "--api-key",
+    envvar="SDRUN_API_KEY",
+    help="Ask every route but /health for `Authorization: Bearer KEY` (or set SDRUN_API_KEY).",
+)
+@click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto", show_default=True)
+@click.option("--low-memory", is_flag=True, help="Each model loaded for its stage only (generate --help).")
+@click.option("--max-pixels", type=click.IntRange(min=64), default=DEFAULT_MAX_PIXELS, show_default=True)
+@click.option("--skip-checksums", is_flag=True, help="Check only file sizes against each folder's manifest.")
+@click.option("--ray", "use_ray", is_flag=True, help="Deploy on Ray Serve (pip install '.[ray]').")
+@click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True, help="With --ray.")
+@_reported
+def serve(
+    folders: tuple[Path, ...],
+    host: str,
+    port: int,
+    queue_depth: int,
+    api_key: str | None,
+    provider: str,
+    low_memory: bool,
+    max_pixels: int,
+    skip_checksums: bool,
+    use_ray: bool,
+    replicas: int,
+) -> None:
+    """Serve the model FOLDERS (default: the embedded model's) over HTTP: the OpenAI Images API under
+    /v1 and the AUTOMATIC1111 API under /sdapi/v1 (docs/api.md)."""
+    if replicas > 1 and not use_ray:
+        raise click.UsageError("--replicas needs --ray (one process serves one replica)")
+    try:
+        from sdrun.serve.config import ServeConfig, serve_limits
+
+        if use_ray:
+            from sdrun.serve.ray_deploy import serve_forever
+        else:
+            from sdrun.serve.server import serve_forever
+    except ModuleNotFoundError as error:
+        extra = "ray" if use_ray else "serve"
+        raise click.ClickException(
+            f"the server needs {error.name}, which is not installed: pip install '.[{extra}]'"
+        ) from None
+    config = ServeConfig(
+        # Absolute, so that Ray's replicas (whatever their working directory) find the same folders.
+        folders=tuple(folder.resolve() for folder in folders or (DEFAULT_MODEL_DIR,)),
+        queue_depth=queue_depth,
+        api_key=api_key,
+        provider=provider,
+        low_memory=low_memory,
+        verify_checksums=not skip_checksums,
+        limits=serve_limits(max_pixels),
+    )
+    if use_ray:
+        serve_forever(config, replicas, host, port)
+    else:
+        serve_forever(config, host, port)
 
 
 def _settings_from_options(

@@ -7,12 +7,14 @@ then one draw (latent shape) for each step that re-injects noise, after that ste
 do: sdrun.samplers). All draws are float32 standard normals.
 """
 
+import functools
 import math
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -29,6 +31,7 @@ from sdrun.folder import (
     open_model_folder,
 )
 from sdrun.graphs import Graph
+from sdrun.guidance_embedding import guidance_input, guidance_scale_embedding
 from sdrun.images import fit_within, from_pixels, load_rgb, open_image, oriented_size, to_pixels
 from sdrun.limits import DEFAULT_LIMITS, MAX_GUIDANCE, MAX_PROMPT_CHARACTERS, Limits
 from sdrun.memory import (
@@ -39,6 +42,7 @@ from sdrun.memory import (
     Sessions,
     set_mmap_threshold,
 )
+from sdrun.progress import Progress, ProgressCallback
 from sdrun.providers import ProviderRequest, create_session, provider_name, requested_providers
 from sdrun.samplers import first_step, make_sampler, sample
 from sdrun.samplers.prediction import Model
@@ -94,7 +98,8 @@ class Result:
 
 
 class NegativePromptIgnoredWarning(UserWarning):
-    """A negative prompt was given where guidance is off (scale 1), so it has no effect."""
+    """A negative prompt was given where it has no effect: guidance off (scale 1), or an LCM UNet (which
+    takes the guidance scale as an input and has no unconditional pass)."""
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,26 @@ def _check_prompt(text: object, name: str) -> str:
     return text
 
 
+_Arguments = ParamSpec("_Arguments")
+_Item = TypeVar("_Item")
+
+
+def _serialized(
+    method: "Callable[Concatenate[Pipeline, _Arguments], Iterator[_Item]]",
+) -> "Callable[Concatenate[Pipeline, _Arguments], Iterator[_Item]]":
+    """A generator method run under the pipeline's lock, from its first item until it is exhausted or
+    closed; refused once the pipeline is closed."""
+
+    @functools.wraps(method)
+    def run(pipeline: "Pipeline", *args: _Arguments.args, **kwargs: _Arguments.kwargs) -> Iterator[_Item]:
+        with pipeline._lock:
+            if pipeline.closed:
+                raise SdrunError("this pipeline is closed: load the model folder again to generate")
+            yield from method(pipeline, *args, **kwargs)
+
+    return run
+
+
 class Pipeline:
     """Sessions for one model folder, and generation with them. Create with `Pipeline.load`.
 
@@ -141,6 +166,13 @@ class Pipeline:
     default keeps the three text-to-image sessions open from load; the low-memory policy opens each for
     its stage of a generation and releases it after (see sdrun.memory). `sessions` holds the open ones.
     Each graph's inputs are read when it is first opened.
+
+    Threads: `generate` and `generate_each` are serialized by a lock of the pipeline, so one pipeline may
+    be shared by several threads: calls run one after the other (a `generate_each` holds the lock from
+    its first image until it is exhausted or closed), each gives the images it would give alone, and the
+    low-memory policy still has at most one network open at a time. The stage methods (`encode_prompt`,
+    `denoise`, `decode`, ...) take no lock: call them from one thread. `close()` (or leaving a `with`
+    block) releases every session; a closed pipeline refuses to generate.
     """
 
     def __init__(
@@ -165,6 +197,9 @@ class Pipeline:
         if memory.mmap_threshold is not None:
             set_mmap_threshold(memory.mmap_threshold)
         self.provider: str | None = None  # set when the first session opens
+        # Reentrant, so that a thread interleaving two of its own generate_each calls is not deadlocked.
+        self._lock = threading.RLock()
+        self.closed = False
 
         self.limits = limits
         decoder_config = folder.config("vae_decoder")
@@ -183,7 +218,25 @@ class Pipeline:
         self.vae_factor = vae_factor
         self.size_multiple = vae_factor * latent_multiple
         sample_size = whole_number(unet_config, "sample_size", "unet/config.json", 1, MAX_SAMPLE_SIZE, None)
+        # An LCM-distilled UNet takes the guidance scale as an input (sdrun.guidance_embedding): one pass a
+        # step, no negative prompt. Read from the config so that it is known before the UNet opens.
+        self.guidance_embedding_dim = whole_number(
+            unet_config, "time_cond_proj_dim", "unet/config.json", 4, 2**16, None
+        )
         self.default_size = sample_size * vae_factor if sample_size is not None else FALLBACK_SIZE
+
+    def close(self) -> None:
+        """Release every session now (waiting for a generation in progress to end); idempotent."""
+        with self._lock:
+            self.closed = True
+            for component in self.sessions.open_graphs:
+                self.sessions.release(component)
+
+    def __enter__(self) -> "Pipeline":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     @classmethod
     def load(
@@ -201,9 +254,10 @@ class Pipeline:
         require_manifest: bool = False,
         vae: str | None = None,
     ) -> "Pipeline":
-        """Open and check `folder`, then create sessions on `provider` ("auto", "cpu" or "cuda").
+        """Open and check `folder`, then create sessions on `provider` ("auto", "cpu", "cuda" or "openvino").
 
-        "auto" takes CUDA when this onnxruntime offers it and it starts, else the CPU; `provider` on
+        "auto" takes CUDA when this onnxruntime offers it and it starts, else OpenVINO for a folder that runs
+        whole on it (sdrun.providers), else the CPU; `provider` on
         the result says which. `low_memory` trades time for peak memory (sdrun.memory: sessions opened
         per stage, guidance passes one after the other, tiled VAE decoding, int8-weight friendly order);
         `fast` trades peak memory for time (onnxruntime's memory arena kept: see MemoryPolicy).
@@ -222,7 +276,7 @@ class Pipeline:
         model = open_model_folder(
             folder, verify_checksums=verify_checksums, require_manifest=require_manifest
         )
-        providers = requested_providers(provider)
+        providers = requested_providers(provider, model.manifest)
         try:
             tokenizer = CLIPTokenizer.from_folder(model.tokenizer_dir)
             schedule = NoiseSchedule.from_config(model.scheduler_config())
@@ -253,7 +307,9 @@ class Pipeline:
             self._sample = graph.input_of_rank(4)
             self._timestep = graph.input_of_rank(0, 1)
             self._context = graph.input_of_rank(3)
-            graph.check_inputs([self._sample, self._timestep, self._context])
+            self._timestep_cond = guidance_input(graph, self.guidance_embedding_dim)
+            known = [self._sample, self._timestep, self._context, self._timestep_cond]
+            graph.check_inputs([node for node in known if node is not None])
         elif component == self.vae_decoder:
             self._latent_sample = graph.input_of_rank(4)
         return graph
@@ -273,8 +329,9 @@ class Pipeline:
         return self._sample.shape[0] == 1
 
     def encode_prompt(self, prompt: str, negative_prompt: str, guidance_scale: float) -> PromptEmbeddings:
-        """Text encoder states of both prompts in one call; the negative one is skipped at guidance 1."""
-        with_negative = guidance_scale != 1.0
+        """Text encoder states of both prompts in one call; the negative one is skipped at guidance 1 and
+        under an LCM UNet (whose guidance is an input, not an unconditional pass)."""
+        with_negative = guidance_scale != 1.0 and self.guidance_embedding_dim is None
         prompts = [prompt, negative_prompt] if with_negative else [prompt]
         ids = self.tokenizer.encode(prompts)
         with self.sessions.use("text_encoder") as text_encoder:
@@ -297,18 +354,32 @@ class Pipeline:
         # The clamp of diffusers' DiagonalGaussianDistribution keeps exp() finite.
         return LatentDistribution(mean, np.exp(0.5 * np.clip(logvar, -30.0, 20.0)))
 
-    def _unet(self, latents: np.ndarray, timestep: float, context: np.ndarray) -> np.ndarray:
+    def _unet(
+        self, latents: np.ndarray, timestep: float, context: np.ndarray, guidance: np.ndarray | None = None
+    ) -> np.ndarray:
+        """One UNet call; `guidance`: an LCM UNet's guidance-scale embedding, one row per latent."""
         unet = self.sessions.get("unet")
         node = self._timestep
         batch = latents.shape[0]
         shape = () if node.rank == 0 else (node.shape[0] if isinstance(node.shape[0], int) else batch,)
         feeds = {self._sample: latents, self._timestep: np.full(shape, timestep), self._context: context}
+        if guidance is not None:
+            feeds[self._timestep_cond] = guidance
         return unet.run(feeds, shape=latents.shape)
 
     def guided_model(self, embeddings: PromptEmbeddings, guidance_scale: float) -> Model:
         """model(x, t) for the samplers: classifier-free guidance, eps_u + s (eps_c - eps_u)
-        (Ho & Salimans 2022, eq. 6), or the conditional prediction alone when there is no negative."""
+        (Ho & Salimans 2022, eq. 6), or the conditional prediction alone when there is no negative; an
+        LCM UNet is given the guidance scale as its embedding instead, in one pass."""
         cond, uncond = embeddings.conditional, embeddings.unconditional
+        if self.guidance_embedding_dim is not None:
+            guidance = guidance_scale_embedding(guidance_scale, 1, self.guidance_embedding_dim)
+
+            def embedded(x: np.ndarray, t: float) -> np.ndarray:
+                batch = len(x)
+                return self._unet(x, t, np.repeat(cond, batch, axis=0), np.repeat(guidance, batch, axis=0))
+
+            return embedded
         sequential = self.sequential_guidance
 
         def model(x: np.ndarray, t: float) -> np.ndarray:
@@ -392,15 +463,47 @@ class Pipeline:
                 )
         self.limits.check_size(int(width), int(height))
 
-    def generate(self, prompt: str, negative_prompt: str = "", **settings: Any) -> Result:
-        """Text-to-image, or image-to-image when `init_image` is given: `generate_each`'s images, kept."""
+    def generate(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        *,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        sampler: str | None = None,
+        seed: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_images: int = 1,
+        init_image: Image.Image | str | Path | None = None,
+        strength: float | None = None,
+        callback: StepCallback | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> Result:
+        """Text-to-image, or image-to-image when `init_image` is given: the images of `generate_each`
+        (which says what each setting does), all kept in the Result."""
         images, made, stopped = [], [], False
-        for generated in self.generate_each(prompt, negative_prompt, **settings):
+        for generated in self.generate_each(
+            prompt,
+            negative_prompt,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            sampler=sampler,
+            seed=seed,
+            height=height,
+            width=width,
+            num_images=num_images,
+            init_image=init_image,
+            strength=strength,
+            callback=callback,
+            progress=progress,
+        ):
             images.append(generated.image)
             made.append(generated.settings)
             stopped = generated.stopped
         return Result(images, made, stopped)
 
+    @_serialized
     def generate_each(
         self,
         prompt: str,
@@ -416,6 +519,7 @@ class Pipeline:
         init_image: Image.Image | str | Path | None = None,
         strength: float | None = None,
         callback: StepCallback | None = None,
+        progress: ProgressCallback | None = None,
     ) -> Iterator[GeneratedImage]:
         """Text-to-image, or image-to-image when `init_image` is given; each image is yielded as soon as
         it is decoded, so that a caller can write it and let it go.
@@ -424,8 +528,9 @@ class Pipeline:
         runs. The size defaults to the UNet's sample size in pixels for text-to-image; for image-to-image,
         to the init image's size, scaled down (aspect kept) to the model's pixel count when larger, and
         rounded down to the model's multiple; an init image of another size than the one asked for is
-        resized. `callback(step, total, latents)` counts steps over all images. Steps, guidance scale,
-        sampler and strength not given are the model folder's (`self.defaults`).
+        resized. `callback(step, total, latents)` counts steps over all images; `progress(Progress)`
+        says which image and step (sdrun.progress) without the latents; either returning True stops the
+        run. Steps, guidance scale, sampler and strength not given are the model folder's (`self.defaults`).
         """
         defaults = self.defaults
         prompt = _check_prompt(prompt, "prompt")
@@ -437,9 +542,10 @@ class Pipeline:
             -MAX_GUIDANCE,
             MAX_GUIDANCE,
         )
-        if guidance_scale == 1.0 and negative_prompt:
+        if negative_prompt and (guidance_scale == 1.0 or self.guidance_embedding_dim is not None):
+            where = "under an LCM UNet" if self.guidance_embedding_dim is not None else "at guidance 1"
             warnings.warn(
-                "the negative prompt is ignored at guidance 1 (one UNet pass a step, with no unconditional "
+                f"the negative prompt is ignored {where} (one UNet pass a step, with no unconditional "
                 "prediction to steer away from)",
                 NegativePromptIgnoredWarning,
                 stacklevel=2,
@@ -475,6 +581,7 @@ class Pipeline:
             seed,
             num_images,
             callback,
+            progress,
             steps=steps,
             guidance_scale=guidance_scale,
             sampler=sampler,
@@ -514,6 +621,7 @@ class Pipeline:
         seed: int,
         num_images: int,
         callback: StepCallback | None,
+        progress: ProgressCallback | None,
         **sampling: Any,
     ) -> Iterator[tuple[np.ndarray, bool]]:
         """(latents, stopped) of image i from default_rng(seed + i), in the order the module docstring
@@ -529,7 +637,9 @@ class Pipeline:
 
             def on_step(step: int, total: int, latents: np.ndarray, index: int = index) -> bool:
                 nonlocal stopped
-                stopped = bool(callback and callback(index * total + step, num_images * total, latents))
+                asked = callback is not None and callback(index * total + step, num_images * total, latents)
+                told = progress is not None and progress(Progress(index, num_images, step + 1, total))
+                stopped = bool(asked) or bool(told)
                 return stopped
 
             with self.sessions.use("unet"):

@@ -31,6 +31,9 @@ _WEIGHT_FILES = tuple(
     for suffix in (".safetensors", ".bin")
     for stem in ("diffusion_pytorch_model", "model", "pytorch_model")
 )
+# The settings an LCM-distilled UNet (time_cond_proj_dim) is sampled at: its own sampler and steps, and
+# LatentConsistencyModelPipeline's default guidance scale (that of LCM_Dreamshaper_v7), fed as its embedding.
+LCM_UNET_DEFAULTS = {"sampler": "lcm", "steps": 4, "guidance_scale": 8.5}
 
 
 def is_diffusers_folder(folder: Path) -> bool:
@@ -93,11 +96,13 @@ def read_diffusers_config(folder: Path) -> tuple[StableDiffusionConfig, list[str
         schedule = {}
         notes.append("no scheduler/scheduler_config.json: SD 1.x training schedule assumed")
     unet = read_json(folder / "unet" / "config.json")
+    unet_config = unet_config_from_diffusers(unet)
     config = StableDiffusionConfig(
-        unet=unet_config_from_diffusers(unet),
+        unet=unet_config,
         vae=vae_config_from_diffusers(read_json(folder / "vae" / "config.json")),
         text_encoder=text_encoder_config_from_diffusers(read_json(folder / "text_encoder" / "config.json")),
         sample_size=int(unet.get("sample_size", StableDiffusionConfig.sample_size)),
+        generation_defaults=dict(LCM_UNET_DEFAULTS) if unet_config.time_cond_proj_dim else {},
         **schedule,
     )
     return config, notes

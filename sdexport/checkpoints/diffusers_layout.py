@@ -70,6 +70,8 @@ def _unet_module_map(config: UNetConfig) -> dict[str, str]:
         "conv_norm_out": "out.0",
         "conv_out": "out.2",
     }
+    if config.time_cond_proj_dim:
+        table["time_embedding.cond_proj"] = "time_embed_cond_proj"
     levels = len(config.channel_mult)
     block = 1
     for level in range(levels):
@@ -197,7 +199,6 @@ _UNET_FIXED: dict[str, Any] = {
     "resnet_skip_time_act": False,
     "resnet_time_scale_shift": "default",
     "reverse_transformer_layers_per_block": None,
-    "time_cond_proj_dim": None,
     "time_embedding_act_fn": None,
     "time_embedding_dim": None,
     "time_embedding_type": "positional",
@@ -278,6 +279,7 @@ def unet_config_to_diffusers(config: UNetConfig, sample_size: int = 64) -> dict[
         "num_attention_heads": None,
         "out_channels": config.out_channels,
         "sample_size": sample_size,
+        "time_cond_proj_dim": config.time_cond_proj_dim,
         "transformer_layers_per_block": config.transformer_depth,
         "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attends)],
         "upcast_attention": False,
@@ -303,6 +305,9 @@ def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
     if any(c % base for c in channels):
         raise CheckpointError(f"{name}: block_out_channels {channels} are not multiples of the first")
     heads = config.get("num_attention_heads") or config.get("attention_head_dim", 8)
+    cond_dim = config.get("time_cond_proj_dim")
+    if cond_dim is not None and (isinstance(cond_dim, bool) or not isinstance(cond_dim, int) or cond_dim < 1):
+        raise CheckpointError(f"{name}: time_cond_proj_dim {cond_dim!r} is not a positive whole number")
     return UNetConfig(
         in_channels=config.get("in_channels", 4),
         out_channels=config.get("out_channels", 4),
@@ -318,6 +323,7 @@ def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
         ),
         context_dim=config.get("cross_attention_dim", 1280),
         norm_groups=config.get("norm_num_groups", 32),
+        time_cond_proj_dim=cond_dim,
     )
 
 

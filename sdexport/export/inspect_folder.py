@@ -7,6 +7,7 @@ from sdexport.export.errors import BuildError
 from sdexport.export.graph_files import GRAPH_FILE
 from sdexport.export.manifest import graph_signature, read_manifest
 from sdexport.export.specs import COMPONENTS
+from sdrun.folder import TINY_VAE_DECODER, TINY_VAE_ENCODER
 
 
 def describe_folder(folder: Path) -> str:
@@ -33,6 +34,11 @@ def _describe(folder: Path, manifest: dict[str, Any]) -> str:
             lines += _component(spec.name, graph, components.get(spec.name, {}))
         else:
             lines.append(f"  {spec.name}: none")
+    # The optional TAESD graphs (`sdexport build --tiny-vae`), shown when the folder has them.
+    for name in (TINY_VAE_DECODER, TINY_VAE_ENCODER):
+        graph = folder / name / GRAPH_FILE
+        if graph.is_file():
+            lines += _component(name, graph, components.get(name, {}))
     files = [path for path in folder.rglob("*") if path.is_file()]
     lines.append(f"  {len(files)} files, {format_size(sum(path.stat().st_size for path in files))} in all")
     return "\n".join(lines)
@@ -52,7 +58,7 @@ def _summary(manifest: dict[str, Any]) -> list[str]:
             for lora in manifest.get("loras", [])
         ),
         f"  precision {manifest.get('precision')}, quantization {manifest.get('quantization')}, "
-        f"opset {manifest.get('opset')}",
+        f"opset {manifest.get('opset')}, target {manifest.get('target', 'onnxruntime')}",
         f"  {tools}",
     ]
 

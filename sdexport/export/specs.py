@@ -23,6 +23,7 @@ from sdexport.checkpoints.taesd_files import taesd_config_to_diffusers
 from sdexport.models import StableDiffusion, StableDiffusionConfig
 from sdexport.models.taesd import TAESD
 from sdrun.folder import TINY_VAE_DECODER, TINY_VAE_ENCODER
+from sdrun.guidance_embedding import GUIDANCE_INPUT, guidance_scale_embedding
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,14 @@ class UNetGraph(nn.Module):
         super().__init__()
         self.unet = model.unet
 
-    def forward(self, sample: Tensor, timestep: Tensor, encoder_hidden_states: Tensor) -> Tensor:
-        return self.unet(sample, timestep, encoder_hidden_states)
+    def forward(
+        self,
+        sample: Tensor,
+        timestep: Tensor,
+        encoder_hidden_states: Tensor,
+        timestep_cond: Tensor | None = None,
+    ) -> Tensor:
+        return self.unet(sample, timestep, encoder_hidden_states, timestep_cond)
 
 
 class VAEEncoderGraph(nn.Module):
@@ -168,12 +175,16 @@ def _prompt_ids(config: StableDiffusionConfig, sizes: Sizes, generator: torch.Ge
 
 def _unet_inputs(config: StableDiffusionConfig) -> tuple[TensorSpec, ...]:
     c = config.unet
-    return (
+    inputs = (
         TensorSpec("sample", "float32", ("batch", c.in_channels, "height", "width")),
         # A scalar, as optimum exports it; every image of the batch is at the same step.
         TensorSpec("timestep", "float32", ()),
         TensorSpec("encoder_hidden_states", "float32", ("batch", "sequence", c.context_dim)),
     )
+    if not c.time_cond_proj_dim:
+        return inputs
+    # An LCM UNet's guidance-scale embedding, one row per image (sdrun.guidance_embedding).
+    return (*inputs, TensorSpec(GUIDANCE_INPUT, "float32", ("batch", c.time_cond_proj_dim)))
 
 
 def _unet_example(
@@ -182,11 +193,17 @@ def _unet_example(
     c = config.unet
     length = config.text_encoder.max_position_embeddings
     timestep = torch.randint(0, config.num_train_timesteps, (), generator=generator).float()
-    return {
+    inputs = {
         "sample": torch.randn(sizes.batch, c.in_channels, sizes.height, sizes.width, generator=generator),
         "timestep": timestep,
         "encoder_hidden_states": torch.randn(sizes.batch, length, c.context_dim, generator=generator),
     }
+    if c.time_cond_proj_dim:
+        # The embedding of a guidance scale as people set it (1 to 15), as sdrun computes it.
+        scale = 1 + 14 * float(torch.rand((), generator=generator))
+        embedding = guidance_scale_embedding(scale, sizes.batch, c.time_cond_proj_dim)
+        inputs[GUIDANCE_INPUT] = torch.from_numpy(embedding)
+    return inputs
 
 
 def _vae_encoder_inputs(config: StableDiffusionConfig) -> tuple[TensorSpec, ...]:

@@ -28,6 +28,9 @@ class UNetConfig:
     transformer_depth: int = 1
     context_dim: int = 768
     norm_groups: int = 32
+    # LCM-distilled UNets (Luo et al. 2023, sec. 4.2): the width of the guidance-scale embedding that
+    # conditions the timestep embedding; None for SD 1.x, which has no such input.
+    time_cond_proj_dim: int | None = None
 
 
 def timestep_embedding(timesteps: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -189,6 +192,10 @@ class UNetModel(nn.Module):
         mc, groups = config.model_channels, config.norm_groups
         emb_dim = mc * 4
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        # Projects the guidance embedding onto the sinusoidal timestep embedding, before time_embed.
+        self.time_embed_cond_proj = (
+            nn.Linear(config.time_cond_proj_dim, mc, bias=False) if config.time_cond_proj_dim else None
+        )
 
         def transformer(ch: int) -> SpatialTransformer:
             return SpatialTransformer(
@@ -233,10 +240,22 @@ class UNetModel(nn.Module):
             nn.GroupNorm(groups, ch), nn.SiLU(), nn.Conv2d(mc, config.out_channels, 3, padding=1)
         )
 
-    def forward(self, sample: Tensor, timestep: Tensor | float, context: Tensor) -> Tensor:
-        """Noise prediction eps(x_t, t, c); latents [B, C, h, w], t scalar or [B], context [B, L, D]."""
+    def forward(
+        self, sample: Tensor, timestep: Tensor | float, context: Tensor, timestep_cond: Tensor | None = None
+    ) -> Tensor:
+        """Noise prediction eps(x_t, t, c); latents [B, C, h, w], t scalar or [B], context [B, L, D].
+
+        `timestep_cond` [B, time_cond_proj_dim]: an LCM UNet's guidance-scale embedding (Luo et al. 2023,
+        sec. 4.2: the w-conditioned model takes the guidance scale w as an input instead of being run
+        twice); without it such a UNet runs with no guidance term, as diffusers' does.
+        """
         timesteps = torch.as_tensor(timestep, device=sample.device).reshape(-1).expand(sample.shape[0])
-        emb = self.time_embed(timestep_embedding(timesteps, self.config.model_channels).to(sample.dtype))
+        t_emb = timestep_embedding(timesteps, self.config.model_channels).to(sample.dtype)
+        if timestep_cond is not None:
+            if self.time_embed_cond_proj is None:
+                raise ValueError("timestep_cond given to a UNet without time_cond_proj_dim")
+            t_emb = t_emb + self.time_embed_cond_proj(timestep_cond.to(sample.dtype))
+        emb = self.time_embed(t_emb)
 
         skips = []
         h = sample

@@ -1,5 +1,6 @@
 """`sdexport inspect`: what a folder holds, read from its graphs and manifest; --verify catches damage."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -68,3 +69,16 @@ def test_inspect_on_a_damaged_manifest_is_one_line(built: Built, tmp_path: Path)
         result = CliRunner().invoke(main, ["inspect", str(copy)])
         assert result.exit_code == 1, result.output
         assert result.output.count("\n") == 1 and message in result.output, result.output
+
+
+def test_inspect_shows_the_build_target(built: Built, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["inspect", str(built.folder)])
+    assert "opset 18, target onnxruntime" in result.output, result.output
+    copy = tmp_path / "copy"
+    shutil.copytree(built.folder, copy)
+    manifest = json.loads((copy / "sdexport_manifest.json").read_text())
+    manifest["target"] = "openvino"
+    (copy / "sdexport_manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["inspect", str(copy)])
+    assert result.exit_code == 0 and "opset 18, target openvino" in result.output, result.output
+    assert "vae_decoder_tiny" not in result.output  # optional graphs are shown only when present

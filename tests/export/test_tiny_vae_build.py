@@ -8,12 +8,14 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from click.testing import CliRunner
 from export_helpers import Built
 from safetensors.torch import save_file
 from taesd_reference import madebyollin_state_dicts, random_autoencoder_tiny, save_madebyollin_files
 
 from sdexport.checkpoints import LoadedModel
 from sdexport.checkpoints.taesd_files import load_taesd
+from sdexport.cli import main
 from sdexport.export.errors import BuildError
 from sdexport.export.folder import BuildOptions, build_folder
 from sdrun.folder import sha256_of
@@ -99,3 +101,12 @@ def test_taesd_for_other_latents_is_refused_before_exporting(
     with pytest.raises(BuildError, match="16-channel latents"):
         build_folder(tiny_loaded, tmp_path / "out", BuildOptions(), log=lambda line: None, tiny_vae=tiny)
     assert not (tmp_path / "out").exists()
+
+
+def test_inspect_shows_the_tiny_graphs(built_tiny: Built) -> None:
+    result = CliRunner().invoke(main, ["inspect", str(built_tiny.folder)])
+    assert result.exit_code == 0, result.output
+    for component in ("vae_decoder_tiny", "vae_encoder_tiny"):
+        assert f"  {component}  fp32  " in result.output
+    assert "-> latent_sample: float32 [batch, 4, " in result.output  # the tiny encoder's output
+    assert result.output.count("validated (") == 6

@@ -1,0 +1,166 @@
+"""sdrun on onnxruntime's OpenVINO provider, against its CPU provider and against OpenVINO itself.
+
+    python benchmarks/openvino_compare.py [--work build/bench] [--size 512] [--repeats 3] [--only NAME ...]
+        [--openvino-python /path/to/venv-with-openvino/bin/python] [--out build/bench/openvino.json]
+
+Folders, from benchmarks/prepare.py's random SD 1.5 weights (`--weights-only`):
+    <work>/sdrun-fp32            sdexport build sd15-random.safetensors  (fused attention)
+    <work>/sdrun-fp32-openvino   sdexport build sd15-random.safetensors --target openvino
+
+Each run is a fresh process, one after the other:
+- `sdrun bench --no-full` (stages: session creation, text encoding, the guided UNet step at batch 2, VAE
+  decode; peaks per stage) on the CPU provider with the main .venv's onnxruntime (default and --fast), and
+  on the OpenVINO provider with .venv/openvino's onnxruntime-openvino, in bf16 and f32
+  (SDRUN_OPENVINO_PRECISION), first with an empty compiled-model cache (cold: a new one per invocation)
+  and then with the cache that run filled (cached); and bf16 on the fused folder, whose attention runs
+  on the CPU provider between pieces;
+- OpenVINO itself (the `openvino` package in --openvino-python's environment) on the same UNet graph as
+  the OpenVINO provider: read the ONNX file, compile for the CPU with the same precision hint, run the
+  same guided step (batch 2).
+The child's own peak resident memory comes from wait4 (benchmarks/child.py).
+"""
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from child import run_child
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN_SDRUN = ROOT / ".venv" / "bin" / "sdrun"
+OPENVINO_SDRUN = ROOT / ".venv" / "openvino" / "bin" / "sdrun"
+UNET_TIMESTEP = 500.0  # as sdrun bench's UNet step
+
+
+def _sdrun_runs(work: Path, cache: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """name -> (command without --json, extra environment)."""
+    fused, plain = str(work / "sdrun-fp32"), str(work / "sdrun-fp32-openvino")
+    ov_env = {"XDG_CACHE_HOME": str(cache)}
+    runs = {
+        "sdrun, CPU provider (default)": ([str(MAIN_SDRUN), "bench", fused], {}),
+        "sdrun, CPU provider, --fast": ([str(MAIN_SDRUN), "bench", fused, "--fast"], {}),
+    }
+    for precision in ("bf16", "f32"):
+        env = {**ov_env, "SDRUN_OPENVINO_PRECISION": precision}
+        command = [str(OPENVINO_SDRUN), "bench", plain, "--provider", "openvino"]
+        # The cache is empty when the run invocation starts; OpenVINO keys entries by graph and precision.
+        runs[f"sdrun, OpenVINO provider, {precision}, cold cache"] = (command, env)
+        runs[f"sdrun, OpenVINO provider, {precision}, cached"] = (command, env)
+    runs["sdrun, OpenVINO provider, bf16, fused-attention folder"] = (
+        [str(OPENVINO_SDRUN), "bench", fused, "--provider", "openvino"],
+        {**ov_env, "SDRUN_OPENVINO_PRECISION": "bf16"},
+    )
+    return runs
+
+
+def run_sdrun(command: list[str], env: dict[str, str], size: int, repeats: int) -> dict:
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "report.json"
+        flags = ["--size", str(size), "--repeats", str(repeats), "--no-full", "--json", str(report)]
+        run = run_child([*command, *flags], env={**os.environ, **env})
+        if run.returncode != 0:
+            return {"failed": run.output[-2000:]}
+        result = json.loads(report.read_text())
+    result["peak_mb"] = run.peak_mb
+    return result
+
+
+def openvino_child(graph: str, precision: str, size: int, repeats: int) -> None:
+    """OpenVINO alone on `graph`: compile for the CPU, then the guided UNet step at batch 2."""
+    import numpy as np
+    import openvino as ov
+
+    core = ov.Core()
+    started = time.perf_counter()
+    compiled = core.compile_model(core.read_model(graph), "CPU", {"INFERENCE_PRECISION_HINT": precision})
+    created = time.perf_counter() - started
+    inputs = {node.get_any_name(): node for node in compiled.inputs}
+    rng = np.random.default_rng(0)
+    context_dim = inputs["encoder_hidden_states"].get_partial_shape()[2].get_length()
+    feeds = {
+        "sample": rng.standard_normal((2, 4, size // 8, size // 8), dtype=np.float32),
+        "timestep": np.array(UNET_TIMESTEP, dtype=np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, context_dim), dtype=np.float32),
+    }
+    request = compiled.create_infer_request()
+    started = time.perf_counter()
+    request.infer(feeds)
+    first = time.perf_counter() - started
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        request.infer(feeds)
+        times.append(time.perf_counter() - started)
+    print(json.dumps({"create_seconds": created, "first_call": first, "step_seconds": times}))
+
+
+def run_openvino(python: str, graph: Path, precision: str, size: int, repeats: int) -> dict:
+    command = [python, __file__, "--child", str(graph), precision, "--size", str(size)]
+    command += ["--repeats", str(repeats)]
+    run = run_child(command)
+    if run.returncode != 0:
+        return {"failed": run.output[-2000:]}
+    result = json.loads(run.output.strip().splitlines()[-1])
+    result["peak_mb"] = run.peak_mb
+    return result
+
+
+def summary(result: dict) -> str:
+    if "failed" in result:
+        return "failed: " + result["failed"].strip().splitlines()[-1]
+    if "stages" not in result:  # OpenVINO alone
+        steps = result["step_seconds"]
+        return (
+            f"compile {result['create_seconds']:.1f} s, UNet step {min(steps):.2f}-"
+            f"{statistics.median(steps):.2f} s, peak {result['peak_mb']:.0f} MiB"
+        )
+    stages = {stage["name"]: stage for stage in result["stages"]}
+    step = stages["UNet step, guidance (batch 2)"]["seconds"]
+    decode = stages["VAE decode (1 image)"]["seconds"]
+    return (
+        f"sessions {stages['create sessions']['seconds'][0]:.1f} s, UNet step {min(step):.2f}-"
+        f"{statistics.median(step):.2f} s, VAE decode {min(decode):.2f} s, peak {result['peak_mb']:.0f} MiB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--work", type=Path, default=ROOT / "build" / "bench")
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", nargs="+", help="these runs alone (names as printed)")
+    parser.add_argument("--openvino-python", help="a Python with the openvino package, for OpenVINO alone")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--child", nargs=2, metavar=("GRAPH", "PRECISION"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        openvino_child(args.child[0], args.child[1], args.size, args.repeats)
+        return
+    out = args.out or args.work / f"openvino-{args.size}.json"
+    results = json.loads(out.read_text()) if out.is_file() else {}
+    with tempfile.TemporaryDirectory(prefix="sdrun-ov-cache-") as cache:
+        runs = _sdrun_runs(args.work, Path(cache))
+        jobs = {name: (run_sdrun, (*job, args.size, args.repeats)) for name, job in runs.items()}
+        if args.openvino_python:
+            graph = args.work / "sdrun-fp32-openvino" / "unet" / "model.onnx"
+            for precision in ("bf16", "f32"):
+                jobs[f"OpenVINO itself, {precision}"] = (
+                    run_openvino, (args.openvino_python, graph, precision, args.size, args.repeats)
+                )
+        for name, (function, job_args) in jobs.items():
+            if args.only and name not in args.only:
+                continue
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            results[name] = {**function(*job_args), "when": when}
+            print(f"{name:<55} {summary(results[name])}", flush=True)
+            out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""The AUTOMATIC1111 web UI's API (/sdapi/v1), as Open WebUI, SillyTavern and Krita's plugins call it.
+
+txt2img and img2img answer `images` (base64 PNGs, each with its `parameters` chunk), `parameters` (the
+request as given) and `info` (a JSON text with the seeds and the settings used). Progress and interrupt
+concern the running jobs; `sd_model_checkpoint` (options, or a request's override_settings) picks among
+the served folders. Sampler names are A1111's labels ("DPM++ 2M" with scheduler "Karras", or the older
+"DPM++ 2M Karras"), mapped both ways.
+"""
+
+import json
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Request
+
+from sdrun.errors import SettingsError
+from sdrun.pipeline import GeneratedImage
+from sdrun.png_info import SAMPLER_LABELS, format_parameters
+from sdrun.serve.dependencies import run_job, served_models
+from sdrun.serve.encoding import image_from_base64, png_base64
+from sdrun.serve.jobs import Models
+from sdrun.serve.samplers import a1111_samplers, sampler_for
+from sdrun.serve.schemas import (
+    A1111ImagesResponse,
+    A1111Img2ImgRequest,
+    A1111Model,
+    A1111Progress,
+    A1111Sampler,
+    A1111State,
+    A1111Txt2ImgRequest,
+)
+
+router = APIRouter(prefix="/sdapi/v1")
+ServedModels = Annotated[Models, Depends(served_models)]
+CHECKPOINT_OPTION = "sd_model_checkpoint"
+
+
+def _model(body: A1111Txt2ImgRequest) -> str | None:
+    override = (body.override_settings or {}).get(CHECKPOINT_OPTION)
+    if override is not None and not isinstance(override, str):
+        raise SettingsError(
+            f"override_settings.{CHECKPOINT_OPTION} must be a model title (GET /sdapi/v1/sd-models)"
+        )
+    return override
+
+
+def _settings(body: A1111Txt2ImgRequest) -> dict[str, Any]:
+    """`generate_each` keyword arguments; what the body leaves out, the library takes from the model."""
+    sampler = body.sampler_name or body.sampler_index
+    return {
+        "prompt": body.prompt,
+        "negative_prompt": body.negative_prompt,
+        "seed": None if body.seed is None or body.seed == -1 else body.seed,
+        "steps": body.steps,
+        "guidance_scale": body.cfg_scale,
+        "sampler": sampler_for(sampler, body.scheduler),
+        "width": body.width,
+        "height": body.height,
+        "num_images": body.batch_size * body.n_iter,
+    }
+
+
+def _response(
+    body: A1111Txt2ImgRequest, images: list[GeneratedImage], interrupted: bool
+) -> A1111ImagesResponse:
+    made = [item.settings for item in images]
+    first = made[0]
+    label, schedule = SAMPLER_LABELS.get(first.sampler, (first.sampler, "Uniform"))
+    info = {
+        "prompt": first.prompt,
+        "all_prompts": [settings.prompt for settings in made],
+        "negative_prompt": first.negative_prompt,
+        "all_negative_prompts": [settings.negative_prompt for settings in made],
+        "seed": first.seed,
+        "all_seeds": [settings.seed for settings in made],
+        "subseed": -1,
+        "all_subseeds": [-1] * len(made),
+        "width": first.width,
+        "height": first.height,
+        "sampler_name": label,
+        "scheduler": schedule,
+        "cfg_scale": first.guidance_scale,
+        "steps": first.steps,
+        "batch_size": body.batch_size,
+        "n_iter": body.n_iter,
+        "denoising_strength": first.strength,
+        "sd_model_name": first.model,
+        "infotexts": [format_parameters(settings) for settings in made],
+        "interrupted": interrupted,
+        "index_of_first_image": 0,
+        "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
+    }
+    return A1111ImagesResponse(
+        images=[png_base64(item.image, item.settings) for item in images],
+        parameters=body.model_dump(exclude={"init_images"}),
+        info=json.dumps(info),
+    )
+
+
+@router.post("/txt2img")
+async def txt2img(body: A1111Txt2ImgRequest, request: Request, models: ServedModels) -> A1111ImagesResponse:
+    images, interrupted = await run_job(request, models, _model(body), _settings(body))
+    return _response(body, images, interrupted)
+
+
+@router.post("/img2img")
+async def img2img(body: A1111Img2ImgRequest, request: Request, models: ServedModels) -> A1111ImagesResponse:
+    model = _model(body)
+    limit = models.get(model).pipeline.limits.max_init_pixels
+    settings = {
+        **_settings(body),
+        "init_image": image_from_base64(body.init_images[0], "init_images[0]", limit),
+        "strength": body.denoising_strength,
+    }
+    images, interrupted = await run_job(request, models, model, settings)
+    return _response(body, images, interrupted)
+
+
+@router.get("/progress")
+async def progress(models: ServedModels) -> A1111Progress:
+    """The running job of the current model (A1111 runs one at a time); zeros when it is idle."""
+    worker = models.get(None)
+    job = worker.running
+    done = job.progress if job is not None else None
+    fraction = done.fraction if done is not None else 0.0
+    elapsed = time.perf_counter() - job.started if job is not None and job.started is not None else 0.0
+    eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
+    state = A1111State(
+        interrupted=bool(job and job.interrupted),
+        job=f"{worker.name}" if job is not None else "",
+        job_count=models.job_count(),
+        job_timestamp=time.strftime("%Y%m%d%H%M%S"),
+        job_no=done.image if done is not None else 0,
+        sampling_step=done.step if done is not None else 0,
+        sampling_steps=done.steps if done is not None else 0,
+    )
+    return A1111Progress(progress=fraction, eta_relative=eta, state=state)
+
+
+@router.post("/interrupt")
+async def interrupt(models: ServedModels) -> dict:
+    """Stop the running jobs at their next step; each answers with the images made so far."""
+    models.interrupt()
+    return {}
+
+
+@router.get("/sd-models")
+async def sd_models(models: ServedModels) -> list[A1111Model]:
+    return [
+        A1111Model(title=name, model_name=name, filename=str(worker.pipeline.folder.path))
+        for name, worker in models.workers.items()
+    ]
+
+
+@router.get("/samplers")
+async def samplers() -> list[A1111Sampler]:
+    return [A1111Sampler(**sampler) for sampler in a1111_samplers()]
+
+
+@router.get("/options")
+async def get_options(models: ServedModels) -> dict[str, Any]:
+    return {CHECKPOINT_OPTION: models.current, "samples_format": "png"}
+
+
+@router.post("/options")
+async def set_options(models: ServedModels, options: Annotated[dict[str, Any], Body()]) -> None:
+    """Switch `sd_model_checkpoint` among the served folders; other options are accepted and ignored."""
+    checkpoint = options.get(CHECKPOINT_OPTION)
+    if checkpoint is not None:
+        if not isinstance(checkpoint, str):
+            raise SettingsError(f"{CHECKPOINT_OPTION} must be a model title (GET /sdapi/v1/sd-models)")
+        models.select(checkpoint)

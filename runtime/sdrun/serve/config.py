@@ -1,0 +1,43 @@
+"""What one `sdrun serve` process serves, and the bounds it puts on a request."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sdrun.limits import DEFAULT_MAX_PIXELS, Limits
+
+# A request asks for at most this many images (OpenAI's n, A1111's batch_size x n_iter) and steps:
+# generous for SD 1.x, and small enough that one request cannot hold a queue for hours.
+MAX_IMAGES_PER_REQUEST = 16
+MAX_STEPS_PER_REQUEST = 150
+# An init image's pixels before decoding (4096x4096); a base64 PNG of a 2048x2048 photo is about 8 MB.
+MAX_INIT_PIXELS = 4096 * 4096
+MAX_BODY_BYTES = 20 * 1024 * 1024
+DEFAULT_QUEUE_DEPTH = 4
+
+
+def serve_limits(max_pixels: int = DEFAULT_MAX_PIXELS) -> Limits:
+    """The pipeline limits of a served model: the library checks them with the settings, before any work."""
+    return Limits(
+        max_pixels=max_pixels,
+        max_init_pixels=MAX_INIT_PIXELS,
+        max_images=MAX_IMAGES_PER_REQUEST,
+        max_steps=MAX_STEPS_PER_REQUEST,
+    )
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything a server (or each Ray Serve replica) needs to load its models: plain, picklable values.
+
+    `queue_depth` jobs may wait per model besides the one running; `api_key`, when set, is asked of every
+    route but GET /health as `Authorization: Bearer KEY`.
+    """
+
+    folders: tuple[Path, ...]
+    queue_depth: int = DEFAULT_QUEUE_DEPTH
+    api_key: str | None = None
+    provider: str = "auto"
+    low_memory: bool = False
+    verify_checksums: bool = True
+    limits: Limits = field(default_factory=serve_limits)
+    max_body_bytes: int = MAX_BODY_BYTES

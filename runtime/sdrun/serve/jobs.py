@@ -1,0 +1,185 @@
+"""One bounded queue per model, and the thread that runs its jobs one at a time.
+
+A request becomes a `Job` (the `Pipeline.generate_each` keyword arguments); `ModelWorker.submit` queues it
+or, when `queue_depth` jobs already wait, refuses it at once with `QueueFullError` (HTTP 429), so that a
+burst never hangs connections. The worker runs each job with a progress hook that records where it is
+(for A1111's progress route) and returns True once the job is cancelled, which stops the sampler at its
+next step: a client that disconnects, or `interrupt()`, costs at most one more step.
+"""
+
+import asyncio
+import concurrent.futures
+import logging
+import math
+import queue
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sdrun.errors import SdrunError, SettingsError
+from sdrun.pipeline import GeneratedImage, Pipeline
+from sdrun.progress import Progress
+
+log = logging.getLogger("sdrun.serve")
+# How often a waiting request looks whether its client is still there.
+DISCONNECT_POLL_SECONDS = 0.2
+# Retry-After before any job has been timed.
+FIRST_JOB_SECONDS_GUESS = 5.0
+
+
+class QueueFullError(Exception):
+    """The model's queue is full; `retry_after` estimates the seconds until a place frees."""
+
+    def __init__(self, model: str, retry_after: int) -> None:
+        super().__init__(f"the queue of model {model!r} is full: retry in about {retry_after} s")
+        self.retry_after = retry_after
+
+
+class ServerStoppingError(SdrunError):
+    """The server shut down before the job ran."""
+
+
+class ClientDisconnectedError(Exception):
+    """The client went away while its job waited or ran; the job was cancelled."""
+
+
+@dataclass
+class Job:
+    """One request's generation: its settings, its result, and where it is."""
+
+    settings: dict[str, Any]
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    interrupted: bool = False
+    progress: Progress | None = None
+    started: float | None = None
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def on_progress(self, progress: Progress) -> bool:
+        """The pipeline's progress hook: remember where the job is; True (stop) once cancelled."""
+        self.progress = progress
+        return self.cancelled.is_set()
+
+
+class ModelWorker:
+    """A loaded pipeline, its queue of at most `depth` waiting jobs, and the thread that runs them."""
+
+    def __init__(
+        self, name: str, pipeline: Pipeline, depth: int, on_done: Callable[[int, float], None] | None = None
+    ) -> None:
+        if depth < 1:  # a queue.Queue of size 0 would be unbounded
+            raise ValueError(f"the queue depth must be at least 1, not {depth}")
+        self.name = name
+        self.pipeline = pipeline
+        self._queue: queue.Queue[Job | None] = queue.Queue(maxsize=depth)
+        self._on_done = on_done
+        self.running: Job | None = None
+        self._seconds_per_job: float | None = None
+        self._thread = threading.Thread(target=self._run, name=f"sdrun-serve-{name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.qsize()
+
+    def submit(self, settings: dict[str, Any]) -> Job:
+        job = Job(settings)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            raise QueueFullError(self.name, self._retry_after()) from None
+        return job
+
+    def interrupt(self) -> None:
+        """Stop the running job at its next step; it answers with the images made so far."""
+        job = self.running
+        if job is not None:
+            job.interrupted = True
+            job.cancel()
+
+    def stop(self) -> None:
+        """Refuse the waiting jobs, stop the running one, and end the thread."""
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.future.set_exception(ServerStoppingError("the server is shutting down: try again later"))
+        self.interrupt()
+        self._queue.put(None)
+        self._thread.join()
+        self.pipeline.close()
+
+    def _retry_after(self) -> int:
+        per_job = self._seconds_per_job or FIRST_JOB_SECONDS_GUESS
+        return max(1, math.ceil(per_job * (self.waiting + 1)))
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            if job.cancelled.is_set() or not job.future.set_running_or_notify_cancel():
+                job.future.cancel()
+                continue
+            self.running, job.started = job, time.perf_counter()
+            try:
+                images = list(self.pipeline.generate_each(**job.settings, progress=job.on_progress))
+            except Exception as error:  # every failure goes back to the request, which maps it to a status
+                job.future.set_exception(error)
+            else:
+                seconds = time.perf_counter() - job.started
+                self._seconds_per_job = seconds
+                if self._on_done is not None:
+                    self._on_done(len(images), seconds)
+                job.future.set_result(images)
+            finally:
+                self.running = None
+
+
+async def finished(job: Job, disconnected: Callable[[], Awaitable[bool]]) -> list[GeneratedImage]:
+    """The job's images, once made; cancels the job and raises ClientDisconnectedError if the client
+    goes away first."""
+    future = asyncio.wrap_future(job.future)
+    while True:
+        done, _ = await asyncio.wait({future}, timeout=DISCONNECT_POLL_SECONDS)
+        if done:
+            return future.result()
+        if await disconnected():
+            job.cancel()
+            raise ClientDisconnectedError
+
+
+class Models:
+    """The served models by name, each with its worker; `current` is the one a request naming none gets
+    (A1111's `sd_model_checkpoint`)."""
+
+    def __init__(self, workers: Iterable[ModelWorker]) -> None:
+        self.workers = {worker.name: worker for worker in workers}
+        self.current = next(iter(self.workers))
+
+    def get(self, name: str | None) -> ModelWorker:
+        if name is None:
+            return self.workers[self.current]
+        worker = self.workers.get(name)
+        if worker is None:
+            raise SettingsError(
+                f"model {name[:100]!r} is not served here: choose one of {', '.join(self.workers)}"
+            )
+        return worker
+
+    def select(self, name: str) -> None:
+        self.current = self.get(name).name
+
+    def job_count(self) -> int:
+        return sum(worker.waiting + (worker.running is not None) for worker in self.workers.values())
+
+    def interrupt(self) -> None:
+        for worker in self.workers.values():
+            worker.interrupt()
+
+    def stop(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()

@@ -1,0 +1,135 @@
+"""Request and response bodies of the two APIs, validated once (pydantic) before a route runs.
+
+JSON bodies are strict (a number is not a string, a bool is not a number) and ignore fields they do not
+know, as clients of both APIs send many (OpenAI's quality and style, A1111's restore_faces, ...). Fields a
+request leaves out are None here and take the model folder's generation defaults in the library, so the
+same prompt and seed give the same picture through either API, the CLI and the library.
+"""
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sdrun.limits import MAX_GUIDANCE, MAX_PROMPT_CHARACTERS
+from sdrun.serve.config import MAX_IMAGES_PER_REQUEST, MAX_STEPS_PER_REQUEST
+
+MAX_SEED = 2**32 - 1
+MAX_SIDE = 8192  # the pixel limit (sdrun.limits) bounds the area; this only bounds each number
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class OpenAISettings(_Strict):
+    """The fields of both OpenAI requests: OpenAI's, then ours (which the openai client sends as
+    `extra_body`)."""
+
+    prompt: str = Field(max_length=MAX_PROMPT_CHARACTERS)
+    model: str | None = None
+    n: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST)
+    size: str | None = Field(None, max_length=40, description='"WIDTHxHEIGHT" or "auto" (the model\'s)')
+    response_format: Literal["b64_json", "url"] | None = None
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS)
+    seed: int | None = Field(None, ge=0, le=MAX_SEED)
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS_PER_REQUEST)
+    guidance_scale: float | None = Field(None, ge=-MAX_GUIDANCE, le=MAX_GUIDANCE)
+    sampler: str | None = Field(None, max_length=60, description="sdrun's name or A1111's label")
+
+
+class OpenAIGenerationRequest(OpenAISettings):
+    """POST /v1/images/generations."""
+
+
+class OpenAIEditRequest(OpenAISettings):
+    """POST /v1/images/edits: the form fields besides the image. Forms carry text, so numbers are parsed."""
+
+    model_config = ConfigDict(strict=False, extra="ignore")
+    strength: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class OpenAIImage(BaseModel):
+    b64_json: str
+    revised_prompt: str | None = None
+
+
+class OpenAIImagesResponse(BaseModel):
+    created: int
+    data: list[OpenAIImage]
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "sdrun"
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
+
+
+class A1111Txt2ImgRequest(_Strict):
+    """POST /sdapi/v1/txt2img (the fields sdrun uses; A1111's others are accepted and ignored)."""
+
+    prompt: str = Field(max_length=MAX_PROMPT_CHARACTERS)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS)
+    seed: int | None = Field(-1, ge=-1, le=MAX_SEED, description="-1: random")
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS_PER_REQUEST)
+    cfg_scale: float | None = Field(None, ge=-MAX_GUIDANCE, le=MAX_GUIDANCE)
+    width: int | None = Field(None, ge=1, le=MAX_SIDE)
+    height: int | None = Field(None, ge=1, le=MAX_SIDE)
+    sampler_name: str | None = Field(None, max_length=60)
+    sampler_index: str | None = Field(None, max_length=60, description="older clients' sampler_name")
+    scheduler: str | None = Field(None, max_length=40)
+    batch_size: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST)
+    n_iter: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST)
+    override_settings: dict[str, Any] | None = None
+
+
+class A1111Img2ImgRequest(A1111Txt2ImgRequest):
+    """POST /sdapi/v1/img2img: one init image, base64 (a data URL too)."""
+
+    init_images: list[str] = Field(min_length=1, max_length=1)
+    denoising_strength: float | None = Field(None, ge=0.0, le=1.0)
+
+
+class A1111ImagesResponse(BaseModel):
+    images: list[str]
+    parameters: dict[str, Any]
+    info: str
+
+
+class A1111State(BaseModel):
+    skipped: bool = False
+    interrupted: bool
+    job: str
+    job_count: int
+    job_timestamp: str
+    job_no: int
+    sampling_step: int
+    sampling_steps: int
+
+
+class A1111Progress(BaseModel):
+    progress: float
+    eta_relative: float
+    state: A1111State
+    current_image: str | None = None
+    textinfo: str | None = None
+
+
+class A1111Model(BaseModel):
+    title: str
+    model_name: str
+    hash: str | None = None
+    sha256: str | None = None
+    filename: str
+    config: str | None = None
+
+
+class A1111Sampler(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, str]

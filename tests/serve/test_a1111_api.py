@@ -1,0 +1,179 @@
+"""The AUTOMATIC1111 API as Open WebUI and SillyTavern call it, with plain HTTP: options, models,
+samplers, txt2img and img2img (PNGs with their parameters, info with the seeds), progress and interrupt."""
+
+import base64
+import io
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from serve_helpers import PROMPT, decode, png_parameters
+
+from sdrun.pipeline import Pipeline
+from sdrun.png_info import parse_parameters
+from sdrun.serve.config import ServeConfig
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+
+def test_the_client_handshake(client, served_folder: Path) -> None:
+    options = client.get("/sdapi/v1/options").json()
+    assert options["sd_model_checkpoint"] == served_folder.name
+    models = client.get("/sdapi/v1/sd-models").json()
+    assert [model["title"] for model in models] == [served_folder.name]
+    samplers = {sampler["name"]: sampler["aliases"] for sampler in client.get("/sdapi/v1/samplers").json()}
+    assert {"Euler a", "DPM++ 2M", "DDIM", "LCM"} <= set(samplers)
+    assert "dpmpp_2m_karras" in samplers["DPM++ 2M"]
+    assert (
+        client.post("/sdapi/v1/options", json={"sd_model_checkpoint": served_folder.name}).status_code == 200
+    )
+    refused = client.post("/sdapi/v1/options", json={"sd_model_checkpoint": "v1-5-pruned.safetensors"})
+    assert refused.status_code == 400 and "not served here" in refused.json()["detail"]
+
+
+def test_txt2img_gives_the_librarys_images_with_their_seeds(
+    client, library_pixels: Callable[..., np.ndarray]
+) -> None:
+    body = {
+        "prompt": PROMPT,
+        "seed": 40,
+        "steps": 3,
+        "cfg_scale": 5,
+        "sampler_name": "DPM++ 2M",
+        "scheduler": "Karras",
+        "batch_size": 2,
+        "n_iter": 1,
+        "restore_faces": False,  # one of the many fields clients send that sdrun has no use for
+    }
+    answer = client.post("/sdapi/v1/txt2img", json=body)
+    assert answer.status_code == 200, answer.text
+    made = answer.json()
+    info = json.loads(made["info"])
+    assert (
+        info["all_seeds"] == [40, 41] and info["sampler_name"] == "DPM++ 2M" and info["scheduler"] == "Karras"
+    )
+    assert made["parameters"]["seed"] == 40 and len(made["images"]) == 2
+    for index, image in enumerate(made["images"]):
+        settings = parse_parameters(png_parameters(image))
+        assert (settings.seed, settings.sampler, settings.guidance_scale) == (
+            40 + index,
+            "dpmpp_2m_karras",
+            5.0,
+        )
+        expected = library_pixels(40 + index, steps=3, guidance_scale=5.0, sampler="dpmpp_2m_karras")
+        np.testing.assert_array_equal(decode(image), expected)
+
+
+def test_omitted_fields_take_the_models_defaults_and_seed_minus_one_is_random(
+    client, library_pixels: Callable[..., np.ndarray]
+) -> None:
+    made = client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "seed": 9}).json()
+    np.testing.assert_array_equal(decode(made["images"][0]), library_pixels(9))
+    info = json.loads(made["info"])  # the folder's defaults (conftest.GENERATION_DEFAULTS), A1111's names
+    assert (info["sampler_name"], info["scheduler"], info["steps"], info["cfg_scale"]) == (
+        "DPM++ 2M",
+        "Uniform",
+        7,
+        3,
+    )
+    seeds = {
+        json.loads(client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "steps": 1}).json()["info"])[
+            "seed"
+        ]
+        for _ in range(2)
+    }
+    assert len(seeds) == 2
+
+
+def test_img2img_from_a_data_url(client, reference: Pipeline) -> None:
+    start = Image.new("RGB", (64, 64), (30, 30, 200))
+    buffer = io.BytesIO()
+    start.save(buffer, format="PNG")
+    data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    body = {"prompt": PROMPT, "init_images": [data_url], "seed": 3, "steps": 4, "denoising_strength": 0.6}
+    made = client.post("/sdapi/v1/img2img", json=body).json()
+    expected = reference.generate(PROMPT, seed=3, steps=4, strength=0.6, init_image=start).images[0]
+    np.testing.assert_array_equal(decode(made["images"][0]), np.asarray(expected))
+    assert json.loads(made["info"])["denoising_strength"] == 0.6
+
+
+def test_sampler_names_map_both_ways_and_unknown_ones_are_refused(client) -> None:
+    for name, scheduler, sdrun_name in [
+        ("Euler a", None, "euler_a"),
+        ("DPM++ 2M", None, "dpmpp_2m_karras"),  # no scheduler is Automatic, which is Karras for DPM++ 2M
+        ("DPM++ 2M Karras", None, "dpmpp_2m_karras"),  # the label before web UI 1.9
+        ("DPM++ 2M", "automatic", "dpmpp_2m_karras"),  # Automatic is Karras for DPM++ 2M
+        ("DPM++ 2M", "uniform", "dpmpp_2m"),
+        ("Euler", "sgm_uniform", "euler_trailing"),
+    ]:
+        body = {"prompt": PROMPT, "seed": 1, "steps": 2, "sampler_name": name, "scheduler": scheduler}
+        made = client.post("/sdapi/v1/txt2img", json=body).json()
+        assert parse_parameters(png_parameters(made["images"][0])).sampler == sdrun_name, name
+    for name in ["DPM++ SDE", "Heun", "Euler a Karras"]:
+        refused = client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "sampler_name": name})
+        assert refused.status_code == 400 and "unknown sampler" in refused.json()["detail"], name
+
+
+def test_progress_while_a_job_runs_then_interrupt(server_url: str) -> None:
+    long_job = {"prompt": PROMPT, "seed": 2, "steps": 150, "batch_size": 4}
+    answer: dict = {}
+
+    def run() -> None:
+        started = time.monotonic()
+        answer["response"] = httpx.post(f"{server_url}/sdapi/v1/txt2img", json=long_job, timeout=60)
+        answer["seconds"] = time.monotonic() - started
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while True:
+        progress = httpx.get(f"{server_url}/sdapi/v1/progress").json()
+        if progress["state"]["sampling_step"] >= 2:
+            break
+        assert time.monotonic() < deadline, progress
+        time.sleep(0.02)
+    assert progress["state"]["job_count"] == 1 and progress["state"]["sampling_steps"] == 150
+    assert 0 < progress["progress"] < 1 and progress["eta_relative"] > 0
+    assert httpx.post(f"{server_url}/sdapi/v1/interrupt").status_code == 200
+    thread.join(30)
+    made = answer["response"].json()
+    info = json.loads(made["info"])
+    # Stopped at the next step: the image in progress is decoded from where it got, no later one starts.
+    assert info["interrupted"] and len(made["images"]) == 1 and answer["seconds"] < 10
+    assert httpx.get(f"{server_url}/sdapi/v1/progress").json()["state"]["job_count"] == 0
+
+
+def test_sd_model_checkpoint_switches_among_the_served_folders(served_folder: Path, tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from sdrun.serve.app import create_app
+
+    other = Path(shutil.copytree(served_folder, tmp_path / "other-model"))
+    config = ServeConfig(folders=(served_folder, other), provider="cpu")
+    body = {"prompt": PROMPT, "seed": 1, "steps": 1}
+    with TestClient(create_app(config)) as two:
+        assert [model["title"] for model in two.get("/sdapi/v1/sd-models").json()] == [
+            served_folder.name,
+            other.name,
+        ]
+
+        def model_used(**extra: object) -> str:
+            made = two.post("/sdapi/v1/txt2img", json={**body, **extra}).json()
+            return json.loads(made["info"])["sd_model_name"]
+
+        assert model_used() == served_folder.name
+        assert two.post("/sdapi/v1/options", json={"sd_model_checkpoint": other.name}).status_code == 200
+        assert two.get("/sdapi/v1/options").json()["sd_model_checkpoint"] == other.name
+        assert model_used() == other.name
+        assert model_used(override_settings={"sd_model_checkpoint": served_folder.name}) == served_folder.name
+        refused = two.post(
+            "/sdapi/v1/txt2img", json={**body, "override_settings": {"sd_model_checkpoint": "x"}}
+        )
+        assert refused.status_code == 400 and "not served here" in refused.json()["detail"]
