@@ -1,9 +1,12 @@
-"""Draw the README's grid: one prompt per cell, the picture sdrun made for it below its caption.
+r"""Draw the README's grid: one prompt per column, one model folder per row (each at its own default
+settings, with the seconds per picture it took), the prompt above each column.
 
-    .venv/bin/python scripts/make_grid.py exported/tiny-shapes docs/tiny-shapes-grid.png
+    .venv/bin/python scripts/make_grid.py docs/tiny-shapes-grid.png \
+        exported/tiny-shapes exported/tiny-shapes-lcm
 """
 
 import sys
+import time
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -20,9 +23,9 @@ PROMPTS = [
     "a large blue triangle on a yellow background",
     "a small red square on a white background",
 ]
-CELL = 192
+CELL = 128
 CAPTION = 34
-COLUMNS = 4
+LABEL = 150
 
 
 def caption_lines(prompt: str) -> list[str]:
@@ -31,21 +34,40 @@ def caption_lines(prompt: str) -> list[str]:
     return [shape, "on " + background]
 
 
-def main(model: Path, out: Path, seed: int = 1) -> None:
-    pipeline = Pipeline.load(model, provider="cpu")
-    rows = -(-len(PROMPTS) // COLUMNS)
-    grid = Image.new("RGB", (COLUMNS * CELL, rows * (CELL + CAPTION)), "white")
+def main(out: Path, models: list[Path], seed: int = 1) -> None:
+    grid = Image.new("RGB", (LABEL + len(PROMPTS) * CELL, CAPTION + len(models) * CELL), "white")
     draw = ImageDraw.Draw(grid)
-    for index, prompt in enumerate(PROMPTS):
-        image = pipeline.generate(prompt, seed=seed + index).images[0]
-        x, y = (index % COLUMNS) * CELL, (index // COLUMNS) * (CELL + CAPTION)
+    for column, prompt in enumerate(PROMPTS):
         for line_number, line in enumerate(caption_lines(prompt)):
-            draw.text((x + 6, y + 3 + 15 * line_number), line, fill="black")
-        grid.paste(image.resize((CELL - 8, CELL - 8), Image.Resampling.NEAREST), (x + 4, y + CAPTION))
+            draw.text((LABEL + column * CELL + 4, 3 + 15 * line_number), line, fill="black")
+    for row, model in enumerate(models):
+        pipeline = Pipeline.load(model, provider="cpu")
+        pipeline.generate(PROMPTS[0], seed=seed)  # warm
+        started = time.perf_counter()
+        images = [
+            pipeline.generate(prompt, seed=seed + index).images[0] for index, prompt in enumerate(PROMPTS)
+        ]
+        seconds = (time.perf_counter() - started) / len(PROMPTS)
+        defaults = pipeline.defaults
+        y = CAPTION + row * CELL
+        label = [
+            model.name,
+            f"{defaults.sampler}, {defaults.steps} steps",
+            f"guidance {defaults.guidance_scale:g}",
+            f"{pipeline.vae} VAE decoder",
+            f"{seconds * 1000:.0f} ms a picture",
+        ]
+        for line_number, line in enumerate(label):
+            draw.text((4, y + 8 + 15 * line_number), line, fill="black")
+        for column, image in enumerate(images):
+            grid.paste(
+                image.resize((CELL - 8, CELL - 8), Image.Resampling.NEAREST),
+                (LABEL + column * CELL + 4, y + 4),
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)
     print(f"Wrote {out}")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), [Path(arg) for arg in sys.argv[2:]])

@@ -1,5 +1,6 @@
 """`sdexport build` (checkpoint -> checked ONNX model folder) and `sdexport inspect` (what a folder holds)."""
 
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import click
@@ -19,13 +20,22 @@ from sdexport.export.folder import (
 from sdexport.export.inspect_folder import describe_folder
 from sdexport.export.manifest import read_manifest
 from sdexport.export.onnx_export import DEFAULT_OPSET
+from sdexport.tiny.distill import LORA_FILE, TAESD_FILE
+from sdrun.defaults import VAE_CHOICES
 from sdrun.errors import SdrunError
 from sdrun.folder import check_manifest
 from sdrun.samplers import SAMPLERS
 
 # The model shipped inside the package (trained by `python -m sdexport.tiny.train`), its config file
-# `tiny-shapes.yaml` beside it; `sdexport build` with no SOURCE builds it.
-EMBEDDED_CHECKPOINT = Path(__file__).parent / "embedded" / "tiny-shapes.safetensors"
+# `tiny-shapes.yaml` beside it, and its few-step student (an LCM-LoRA and a tiny decoder, distilled by
+# `python -m sdexport.tiny.distill`); `sdexport build` with no SOURCE builds both.
+EMBEDDED_DIR = Path(__file__).parent / "embedded"
+EMBEDDED_CHECKPOINT = EMBEDDED_DIR / "tiny-shapes.safetensors"
+STUDENT_LORA = EMBEDDED_DIR / LORA_FILE
+STUDENT_TINY_VAE = EMBEDDED_DIR / TAESD_FILE
+STUDENT_SUFFIX = "-lcm"
+# What the student was distilled for: the teacher's guidance is in its weights, so one UNet pass a step.
+STUDENT_DEFAULTS = {"sampler": "lcm", "steps": 4, "guidance_scale": 1.0, "vae": "tiny"}
 DEFAULT_OUTPUT_ROOT = Path("exported")
 
 
@@ -46,40 +56,81 @@ def _lora_specs(_: click.Context, __: click.Parameter, values: tuple[str, ...]) 
 @click.argument("source", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Model folder [exported/<name>].")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
-              help="fp16 is for onnxruntime's CUDA provider (inputs and outputs stay float32).")
-@click.option("--quantize", type=click.Choice(QUANTIZATIONS), default="none", show_default=True,
-              help="For CPUs. int8: dynamic int8 matrix products (the fastest). int8-compact: "
-                   "convolution weights stored in int8 as well (a third of the size; the one for "
-                   "`sdrun --low-memory`).")
-@click.option("--target", type=click.Choice(TARGETS), default="onnxruntime", show_default=True,
-              help="openvino: for `sdrun --provider openvino` (plain attention, which OpenVINO fuses itself, "
-                   "instead of onnxruntime's MultiHeadAttention; fp32 only).")
-@click.option("--ema/--no-ema", default=None,
-              help="Use the EMA (--ema) or trained (--no-ema) UNet weights [EMA when complete].")
-@click.option("--config", "config_file", type=click.Path(path_type=Path),
-              help="Model config file (v1-inference.yaml layout) of a single-file checkpoint.")
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default="fp32",
+    show_default=True,
+    help="fp16 is for onnxruntime's CUDA provider (inputs and outputs stay float32).",
+)
+@click.option(
+    "--quantize",
+    type=click.Choice(QUANTIZATIONS),
+    default="none",
+    show_default=True,
+    help="For CPUs. int8: dynamic int8 matrix products (the fastest). int8-compact: "
+    "convolution weights stored in int8 as well (a third of the size; the one for "
+    "`sdrun --low-memory`).",
+)
+@click.option(
+    "--target",
+    "build_target",
+    type=click.Choice(TARGETS),
+    default="onnxruntime",
+    show_default=True,
+    help="openvino: for `sdrun --provider openvino` (plain attention, which OpenVINO fuses itself, "
+    "instead of onnxruntime's MultiHeadAttention; fp32 only).",
+)
+@click.option(
+    "--ema/--no-ema",
+    default=None,
+    help="Use the EMA (--ema) or trained (--no-ema) UNet weights [EMA when complete].",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    help="Model config file (v1-inference.yaml layout) of a single-file checkpoint.",
+)
 @click.option("--force", is_flag=True, help="Replace an existing model folder.")
 @click.option("--skip-validation", is_flag=True, help="Do not check the graphs against PyTorch.")
-@click.option("--tiny-vae", "tiny_vae", multiple=True, type=click.Path(path_type=Path),
-              help="Add TAESD beside the full VAE (vae_decoder_tiny/, vae_encoder_tiny/; `sdrun --vae "
-                   "tiny`): madebyollin's taesd_decoder file, repeated for taesd_encoder, or a diffusers "
-                   "AutoencoderTiny folder.")
-@click.option("--lora", "loras", multiple=True, metavar="FILE[:SCALE]", callback=_lora_specs,
-              help="Merge a LoRA into the weights before export, at SCALE [1.0]; repeat for several. "
-                   "kohya/AUTOMATIC1111 .safetensors (lora_unet_*, lora_te_*, LoCon included) or "
-                   "diffusers/peft files (LCM-LoRA, Hyper-SD, TCD). The graphs keep their size and speed.")
-@click.option("--default-sampler", help=f"The folder's default sampler in sdrun ({', '.join(SAMPLERS)}), "
-                                        "over the model config's.")
+@click.option(
+    "--tiny-vae",
+    "tiny_vae",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Add TAESD beside the full VAE (vae_decoder_tiny/, vae_encoder_tiny/; `sdrun --vae "
+    "tiny`): madebyollin's taesd_decoder file, repeated for taesd_encoder, or a diffusers "
+    "AutoencoderTiny folder.",
+)
+@click.option(
+    "--lora",
+    "loras",
+    multiple=True,
+    metavar="FILE[:SCALE]",
+    callback=_lora_specs,
+    help="Merge a LoRA into the weights before export, at SCALE [1.0]; repeat for several. "
+    "kohya/AUTOMATIC1111 .safetensors (lora_unet_*, lora_te_*, LoCon included) or "
+    "diffusers/peft files (LCM-LoRA, Hyper-SD, TCD). The graphs keep their size and speed.",
+)
+@click.option(
+    "--default-sampler",
+    help=f"The folder's default sampler in sdrun ({', '.join(SAMPLERS)}), over the model config's.",
+)
 @click.option("--default-steps", type=int, help="The folder's default number of steps in sdrun.")
 @click.option("--default-guidance", type=float, help="The folder's default guidance scale in sdrun.")
+@click.option(
+    "--default-vae",
+    type=click.Choice(VAE_CHOICES),
+    help="The folder's default decoder in sdrun (tiny needs --tiny-vae).",
+)
 def build(
     source: Path | None,
     output: Path | None,
     opset: int,
     precision: str,
     quantize: str,
-    target: str,
+    build_target: str,
     ema: bool | None,
     config_file: Path | None,
     force: bool,
@@ -89,10 +140,13 @@ def build(
     default_sampler: str | None,
     default_steps: int | None,
     default_guidance: float | None,
+    default_vae: str | None,
 ) -> None:
     """Export SOURCE (a .ckpt/.safetensors file or a diffusers folder) to an ONNX model folder.
 
-    Without SOURCE, builds the tiny model embedded in the package into exported/tiny-shapes.
+    Without SOURCE, builds the tiny model embedded in the package into exported/tiny-shapes (or -o), and
+    its few-step student (the model with its LCM-LoRA baked in and its tiny decoder, sampled with lcm at 4
+    steps, guidance 1) beside it, into exported/tiny-shapes-lcm.
 
     A few-step LoRA wants its settings as the folder's defaults, so that `sdrun PROMPT --model DIR` is
     right without flags; for an LCM-LoRA, for example:
@@ -100,7 +154,12 @@ def build(
     \b
       --lora lcm-lora-sdv1-5.safetensors --default-sampler lcm --default-steps 4 --default-guidance 1
     """
-    given = {"sampler": default_sampler, "steps": default_steps, "guidance_scale": default_guidance}
+    given = {
+        "sampler": default_sampler,
+        "steps": default_steps,
+        "guidance_scale": default_guidance,
+        "vae": default_vae,
+    }
     defaults = {name: value for name, value in given.items() if value is not None}
     options = BuildOptions(
         opset,
@@ -108,32 +167,66 @@ def build(
         quantize,
         validate=not skip_validation,
         force=force,
-        target=target,
+        target=build_target,
         generation_defaults=defaults,
     )
+    builds = [_Build(source, output, options, loras, tiny_vae)]
     if source is None:
         if not EMBEDDED_CHECKPOINT.is_file():
             raise click.ClickException(
                 f"the embedded model {EMBEDDED_CHECKPOINT} is missing (train it with "
                 "`python -m sdexport.tiny.train --out sdexport/embedded`); or give a SOURCE checkpoint"
             )
-        source = EMBEDDED_CHECKPOINT
+        builds = [_Build(EMBEDDED_CHECKPOINT, output, options, loras, tiny_vae)]
+        if not (loras or tiny_vae or defaults) and STUDENT_LORA.is_file() and STUDENT_TINY_VAE.is_file():
+            builds.append(_student_build(output, options))
     try:
-        options.check()
-        if output is not None:
-            check_target(output, force)
-        loaded = load_model(source, config=config_file, ema=ema)
-        loaded.loras = merge_loras(loaded.model, loras)
-        for lora in loaded.loras:
-            click.echo(f"Merged LoRA {lora['file']} at scale {lora['scale']} ({lora['layers']} layers)")
-        tiny = load_taesd(tiny_vae) if tiny_vae else None
-        target = output if output is not None else DEFAULT_OUTPUT_ROOT / loaded.name
-        build_folder(loaded, target, options, log=click.echo, tiny_vae=tiny)
+        for planned in builds:  # every option and target checked before the slow work starts
+            planned.options.check()
+            if planned.output is not None:
+                check_target(planned.output, force)
+        for planned in builds:
+            planned.run(config_file, ema)
     except (BuildError, CheckpointError) as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
         click.echo("Interrupted: nothing was written; an earlier folder is left as it was.", err=True)
         raise SystemExit(130) from None
+
+
+@dataclass(frozen=True)
+class _Build:
+    """One folder to build: SOURCE with its LoRAs merged and its tiny VAE beside, under `name_suffix`."""
+
+    source: Path
+    output: Path | None
+    options: BuildOptions
+    loras: list[LoraSpec]
+    tiny_vae: tuple[Path, ...]
+    name_suffix: str = ""
+
+    def run(self, config_file: Path | None, ema: bool | None) -> None:
+        loaded = load_model(self.source, config=config_file, ema=ema)
+        loaded.name += self.name_suffix
+        loaded.loras = merge_loras(loaded.model, self.loras)
+        for lora in loaded.loras:
+            click.echo(f"Merged LoRA {lora['file']} at scale {lora['scale']} ({lora['layers']} layers)")
+        tiny = load_taesd(self.tiny_vae) if self.tiny_vae else None
+        target = self.output if self.output is not None else DEFAULT_OUTPUT_ROOT / loaded.name
+        build_folder(loaded, target, self.options, log=click.echo, tiny_vae=tiny)
+
+
+def _student_build(output: Path | None, options: BuildOptions) -> _Build:
+    """The embedded model's few-step student, beside the teacher's folder."""
+    student_output = None if output is None else output.with_name(output.name + STUDENT_SUFFIX)
+    return _Build(
+        EMBEDDED_CHECKPOINT,
+        student_output,
+        replace(options, generation_defaults=STUDENT_DEFAULTS),
+        [parse_lora_option(str(STUDENT_LORA))],
+        (STUDENT_TINY_VAE,),
+        STUDENT_SUFFIX,
+    )
 
 
 @main.command()

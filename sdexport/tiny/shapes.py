@@ -1,9 +1,11 @@
 """The tiny model's world: one shape on a plain background, its caption grammar, and a judge of pixels.
 
 The judge reads only pixels: the background colour from a ring along the border, the shape's mask
-(pixels far from the background), its colour (the palette colour nearest the mask's median), its outline
-through a rotation-invariant measure (area over the area of the circle around the centroid holding the mask:
-1 for a circle, 2/pi for a square, 3*sqrt(3)/(4*pi) for an equilateral triangle), and its size from its area.
+(pixels far from the background), its colour (the palette colour nearest the mask's median), its size from
+its area, and its outline by best-fit templates: the ideal circle, square and equilateral triangle of the
+mask's area, centred on its centroid and turned to fit best, are each laid over the mask, and the one of
+highest intersection over union wins; below MIN_TEMPLATE_IOU the mask is no shape at all ("blob"), so
+that an oval is not a triangle and a blob is not a square.
 """
 
 import itertools
@@ -27,8 +29,14 @@ SHAPES = ("circle", "square", "triangle")
 SIZES = ("small", "large")
 # Shape area in pixels of a 64x64 image; the gap between the ranges is what the judge splits on.
 AREA_RANGES = {"small": (260.0, 400.0), "large": (720.0, 1050.0)}
-# Area over the area of the enclosing centroid circle: circle 1, square 0.64, triangle 0.41.
-SHAPE_THRESHOLDS = (0.54, 0.78)
+# The least overlap with the best template for a mask to count as that shape. Drawn shapes fit theirs
+# at 0.9 or more (small ones, with their antialiased edges, at 0.86 or more); the same-area circle and
+# square, centred, overlap at about 0.83, and a circle and a triangle at about 0.7.
+MIN_TEMPLATE_IOU = 0.8
+# Turns tried for each template: the square repeats every 90 degrees, the triangle every 120.
+_TEMPLATE_TURNS = {"square": (4, np.radians(np.arange(0.0, 90.0, 3.0))),
+                   "triangle": (3, np.radians(np.arange(0.0, 120.0, 3.0)))}
+_TEMPLATE_SUBSAMPLES = 4
 IMAGE_SIZE = 64
 # Pixels between a shape and the picture's edge, at least; the judge reads the background from a ring
 # of BORDER_RING pixels along the edge (its median, so a shape reaching into the ring does not matter).
@@ -139,19 +147,52 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Judgement:
-    """What the judge saw; `shape` is 'none' when nothing stands out from the background."""
+    """What the judge saw; `shape` is 'none' when nothing stands out from the background, 'blob' when
+    what stands out fits no template; `fit` is the best template's intersection over union."""
 
     size: str
     color: str
     shape: str
     background: str
     area: float
-    roundness: float
+    fit: float
 
     def matches(self, scene: Scene, check_size: bool = False) -> bool:
         """Right shape, colour and background (and size when asked)."""
         same = (self.shape, self.color, self.background) == (scene.shape, scene.color, scene.background)
         return same and (not check_size or self.size == scene.size)
+
+
+def template_fits(mask: np.ndarray) -> dict[str, float]:
+    """Intersection over union of the mask with the best-turned circle, square and triangle of its area
+    centred on its centroid (each template's pixel coverage from 4x4 samples a pixel)."""
+    ys, xs = np.nonzero(mask)
+    area = float(mask.sum())
+    offsets = (np.arange(_TEMPLATE_SUBSAMPLES) + 0.5) / _TEMPLATE_SUBSAMPLES - 0.5
+    grid_y = np.arange(mask.shape[0])[:, None] + offsets[None, :]
+    grid_x = np.arange(mask.shape[1])[:, None] + offsets[None, :]
+    # Sample points relative to the centroid, as [H, S, W, S].
+    dy = (grid_y - ys.mean())[:, :, None, None]
+    dx = (grid_x - xs.mean())[None, None, :, :]
+    target = mask.astype(np.float64)
+
+    def iou(inside: np.ndarray) -> float:
+        coverage = inside.mean(axis=(1, 3))
+        return float(np.minimum(coverage, target).sum() / np.maximum(coverage, target).sum())
+
+    fits = {"circle": iou(dy**2 + dx**2 <= area / math.pi)}
+    for shape, (corners, turns) in _TEMPLATE_TURNS.items():
+        # A regular polygon of this area is the intersection of half-planes at its inradius.
+        inradius = math.sqrt(area / (corners * math.tan(math.pi / corners)))
+        best = 0.0
+        for turn in turns:
+            inside = np.ones(np.broadcast_shapes(dy.shape, dx.shape), dtype=bool)
+            for k in range(corners):
+                normal = turn + 2 * math.pi * k / corners
+                inside &= dx * math.cos(normal) + dy * math.sin(normal) <= inradius
+            best = max(best, iou(inside))
+        fits[shape] = best
+    return fits
 
 
 def judge(image: np.ndarray) -> Judgement:
@@ -172,17 +213,10 @@ def judge(image: np.ndarray) -> Judgement:
     color = np.median(pixels[_largest_component(rough)], axis=0)
     # Half way between the two colours counts antialiased edge pixels as often in as out: an unbiased area.
     mask = _largest_component(distance > 0.5 * np.linalg.norm(color - background))
-    ys, xs = np.nonzero(mask)
-    area = float(mask.sum())
-    reach = float(np.sqrt((ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2).max()) + 0.5
-    roundness = area / (math.pi * reach**2)
-    if roundness < SHAPE_THRESHOLDS[0]:
-        shape = "triangle"
-    elif roundness < SHAPE_THRESHOLDS[1]:
-        shape = "square"
-    else:
-        shape = "circle"
-    area_64 = area * (IMAGE_SIZE * IMAGE_SIZE) / (height * width)
+    fits = template_fits(mask)
+    best = max(fits, key=fits.__getitem__)
+    shape = best if fits[best] >= MIN_TEMPLATE_IOU else "blob"
+    area_64 = float(mask.sum()) * (IMAGE_SIZE * IMAGE_SIZE) / (height * width)
     size_split = math.sqrt(AREA_RANGES["small"][1] * AREA_RANGES["large"][0])
     size = "small" if area_64 < size_split else "large"
-    return Judgement(size, nearest_color(color), shape, nearest_color(background), area_64, roundness)
+    return Judgement(size, nearest_color(color), shape, nearest_color(background), area_64, fits[best])

@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sdexport.cli import EMBEDDED_CHECKPOINT, main
+from sdexport.cli import EMBEDDED_CHECKPOINT, STUDENT_SUFFIX, main
 from sdexport.tiny.shapes import IMAGE_SIZE, Scene, all_scenes, judge
 from sdrun.pipeline import Pipeline
 
 # 60 captions spread over the whole grammar (every third), each with its own seed.
 ADHERENCE_SET: list[tuple[Scene, int]] = [(scene, 1000 + k) for k, scene in enumerate(all_scenes()[::3])]
+# 60 other captions and seeds, never looked at while the model or its training was tuned.
+HELD_OUT_SET: list[tuple[Scene, int]] = [(scene, 20_000 + k) for k, scene in enumerate(all_scenes()[1::3])]
 
 
 def _build(folder: Path, *options: str) -> Path:
@@ -24,7 +26,15 @@ def _build(folder: Path, *options: str) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded model; `sdexport build` puts its few-step student beside it (tiny_student_folder)."""
     return _build(tmp_path_factory.mktemp("tiny") / "tiny-shapes")
+
+
+@pytest.fixture(scope="session")
+def tiny_student_folder(tiny_folder: Path) -> Path:
+    student = tiny_folder.with_name(tiny_folder.name + STUDENT_SUFFIX)
+    assert student.is_dir(), "sdexport build with no SOURCE must build the embedded student beside the model"
+    return student
 
 
 @pytest.fixture(scope="session", params=["int8", "int8-compact"])
@@ -39,16 +49,19 @@ def tiny_pipeline(tiny_folder: Path) -> Pipeline:
     return Pipeline.load(tiny_folder, provider="cpu")
 
 
-def _adherence(pipeline: Pipeline, **settings: object) -> float:
-    """Share of ADHERENCE_SET whose picture the pixel judge reads as the right shape, colour, background."""
+def _adherence(
+    pipeline: Pipeline, prompts: list[tuple[Scene, int]] = ADHERENCE_SET, **settings: object
+) -> float:
+    """Share of `prompts` whose picture the pixel judge reads as the right shape, colour, background."""
     right = 0
-    for scene, seed in ADHERENCE_SET:
+    for scene, seed in prompts:
         result = pipeline.generate(scene.caption, seed=seed, height=IMAGE_SIZE, width=IMAGE_SIZE, **settings)
         right += judge(np.asarray(result.images[0])).matches(scene)
-    return right / len(ADHERENCE_SET)
+    return right / len(prompts)
 
 
 @pytest.fixture(scope="session")
 def adherence() -> Callable[..., float]:
-    """adherence(pipeline, **settings) -> share of the fixed prompt set drawn right (unset: the model's)."""
+    """adherence(pipeline, [prompts], **settings) -> share of the fixed prompt set (or `prompts`) drawn
+    right (settings unset: the model's)."""
     return _adherence

@@ -54,3 +54,15 @@ def test_plain_picture_has_no_shape_and_noise_does_not_change_the_verdict() -> N
     noisy = draw(scene, np.random.default_rng(0)).astype(np.int16)
     noisy += np.random.default_rng(1).integers(-25, 26, size=noisy.shape, dtype=np.int16)
     assert judge(np.clip(noisy, 0, 255).astype(np.uint8)).matches(scene, check_size=True)
+
+
+def test_an_oval_is_not_a_triangle_and_a_blob_is_no_shape() -> None:
+    """Best-fit templates: an elongated oval fits none of the three well enough, nor does a blob."""
+    oval = Image.new("RGB", (256, 256), PALETTE["black"])
+    ImageDraw.Draw(oval).ellipse([40, 100, 216, 156], fill=PALETTE["white"])
+    judged = judge(np.asarray(oval.resize((64, 64), Image.BOX)))
+    assert judged.shape == "blob" and judged.fit < 0.8
+    blob = Image.new("RGB", (256, 256), PALETTE["black"])
+    corners = [(60, 60), (200, 90), (120, 120), (190, 200), (70, 170)]
+    ImageDraw.Draw(blob).polygon(corners, fill=PALETTE["white"])
+    assert judge(np.asarray(blob.resize((64, 64), Image.BOX))).shape == "blob"

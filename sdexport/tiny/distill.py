@@ -1,0 +1,303 @@
+"""Distil the embedded tiny-shapes model into its few-step student:
+`python -m sdexport.tiny.distill --teacher sdexport/embedded --out sdexport/embedded`.
+
+Two networks, each a file beside the teacher's, each read by `sdexport build` as any user's would be
+(`--lcm-steps 0` or `--taesd-steps 0` leaves that one's file as it is):
+- an LCM-LoRA (Luo et al. 2023, "LCM-LoRA: A Universal Stable-Diffusion Acceleration Module"): low-rank
+  adapters (Hu et al. 2021) on the UNet's linear and convolution layers, trained by latent consistency
+  distillation (Luo et al. 2023, "Latent Consistency Models", Algorithm 1): on the 50-step DDIM skeleton
+  of the teacher's schedule, the student's consistency function at t_{n+k} is pulled (pseudo-Huber loss,
+  Song & Dhariwal 2023) towards its own value at t_n of the teacher's guided DDIM step from t_{n+k}, with
+  the boundary-condition scalings that sdrun's `lcm` sampler and diffusers' LCMScheduler use. The
+  teacher's guidance is distilled in: the student samples at guidance 1 (one UNet pass a step). Saved in
+  kohya's layout (`lora_unet_<module>.lora_down/lora_up/alpha`).
+- a tiny decoder (TAESD, madebyollin's architecture, sdexport.models.taesd) trained to reproduce the
+  teacher's VAE decoder from the same latents, saved in madebyollin's layout.
+"""
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import Tensor, nn
+
+from sdexport.checkpoints import load_model
+from sdexport.models.stable_diffusion import StableDiffusion
+from sdexport.models.taesd import TAESDConfig, TAESDDecoder
+from sdexport.tiny.train import (
+    MODEL_NAME,
+    alphas_cumprod,
+    caption_ids,
+    cosine_lr,
+    draw_dataset,
+    encode_posteriors,
+    foreground_weight,
+    shipped_tokenizer,
+)
+
+LORA_FILE = f"{MODEL_NAME}-lcm-lora.safetensors"
+TAESD_FILE = f"{MODEL_NAME}-taesd-decoder.safetensors"
+# LCMScheduler's defaults: the DDIM skeleton of 50 steps, and the scalings' sigma_data and time scale.
+SKELETON_STEPS = 50
+SIGMA_DATA = 0.5
+TIMESTEP_SCALING = 10.0
+HUBER_C = 0.001
+
+
+@dataclasses.dataclass
+class DistillSettings:
+    seed: int = 0
+    images_per_caption: int = 16
+    lora_rank: int = 16
+    lcm_steps: int = 2000
+    lcm_batch: int = 48
+    lcm_lr: float = 1e-3
+    teacher_guidance: float = 4.0
+    taesd_steps: int = 3000
+    taesd_batch: int = 32
+    taesd_lr: float = 1e-3
+    threads: int = 2
+
+
+class LoRA(nn.Module):
+    """W x + (alpha / rank) up(down(x)) over a frozen linear or convolution layer (Hu et al. 2021, eq. 3);
+    `up` starts at zero, so training starts from the teacher. alpha = rank: the scale is 1."""
+
+    def __init__(self, base: nn.Linear | nn.Conv2d, rank: int) -> None:
+        super().__init__()
+        self.base = base.requires_grad_(False)
+        if isinstance(base, nn.Linear):
+            self.down: nn.Module = nn.Linear(base.in_features, rank, bias=False)
+            self.up: nn.Module = nn.Linear(rank, base.out_features, bias=False)
+        else:
+            self.down = nn.Conv2d(
+                base.in_channels, rank, base.kernel_size, base.stride, base.padding, bias=False
+            )
+            self.up = nn.Conv2d(rank, base.out_channels, 1, bias=False)
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.up.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.base(x) + self.up(self.down(x))
+
+
+def add_lora(unet: nn.Module, rank: int) -> dict[str, LoRA]:
+    """Wrap every linear and convolution layer of `unet` in a LoRA, in place; by module name."""
+    targets = [
+        (name, module) for name, module in unet.named_modules() if isinstance(module, nn.Linear | nn.Conv2d)
+    ]
+    adapters = {}
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        adapter = LoRA(module, rank)
+        setattr(unet.get_submodule(parent_name) if parent_name else unet, child, adapter)
+        adapters[name] = adapter
+    return adapters
+
+
+def kohya_state(adapters: dict[str, LoRA], rank: int) -> dict[str, Tensor]:
+    """The adapters in kohya's layout, named by the original checkpoint's module paths."""
+    state = {}
+    for name, adapter in adapters.items():
+        key = "lora_unet_" + name.replace(".", "_")
+        state[f"{key}.lora_down.weight"] = adapter.down.weight.detach().to(torch.float16).contiguous()
+        state[f"{key}.lora_up.weight"] = adapter.up.weight.detach().to(torch.float16).contiguous()
+        state[f"{key}.alpha"] = torch.tensor(float(rank), dtype=torch.float16)
+    return state
+
+
+def boundary_scalings(t: Tensor) -> tuple[Tensor, Tensor]:
+    """c_skip and c_out of the consistency function f(x, t) = c_skip x + c_out x0(x, t) (LCM, eq. 4),
+    with LCMScheduler's sigma_data and time scale: c_skip -> 1 and c_out -> 0 as t -> 0."""
+    scaled = t.float() * TIMESTEP_SCALING
+    c_skip = SIGMA_DATA**2 / (scaled**2 + SIGMA_DATA**2)
+    c_out = scaled / (scaled**2 + SIGMA_DATA**2) ** 0.5
+    return c_skip[:, None, None, None], c_out[:, None, None, None]
+
+
+def predicted_x0(x: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
+    a = alpha_bar[:, None, None, None]
+    return (x - (1 - a).sqrt() * eps) / a.sqrt()
+
+
+def consistency(unet: nn.Module, x: Tensor, t: Tensor, context: Tensor, alpha_bar: Tensor) -> Tensor:
+    c_skip, c_out = boundary_scalings(t)
+    return c_skip * x + c_out * predicted_x0(x, unet(x, t, context), alpha_bar[t])
+
+
+def latent_batches(
+    mean: Tensor, std: Tensor, scale: float, batch: int, steps: int, generator: torch.Generator
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """(indices, scaled posterior samples) for each step."""
+    for _ in range(steps):
+        pick = torch.randint(len(mean), (batch,), generator=generator)
+        yield pick, (mean[pick] + std[pick] * torch.randn(mean[pick].shape, generator=generator)) * scale
+
+
+def distill_lcm(
+    teacher: StableDiffusion,
+    mean: Tensor,
+    std: Tensor,
+    scene_index: np.ndarray,
+    settings: DistillSettings,
+    generator: torch.Generator,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Tensor], list[float]]:
+    """Latent consistency distillation of the teacher's guided DDIM ODE into a LoRA on a copy of its UNet."""
+    config = teacher.config
+    alpha_bar = alphas_cumprod(config)
+    stride = config.num_train_timesteps // SKELETON_STEPS
+    skeleton = torch.arange(1, SKELETON_STEPS + 1) * stride - 1  # 19, 39, ..., 999 as LCMScheduler's
+    caption_tokens, empty_tokens = caption_ids(shipped_tokenizer())
+    with torch.no_grad():
+        contexts = teacher.text_encoder(caption_tokens)[0]
+        empty = teacher.text_encoder(empty_tokens)[0]
+    student = copy.deepcopy(teacher.unet).requires_grad_(False)
+    adapters = add_lora(student, settings.lora_rank)
+    parameters = [
+        p for adapter in adapters.values() for p in (*adapter.down.parameters(), *adapter.up.parameters())
+    ]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.lcm_lr, weight_decay=0.0)
+    scenes = torch.from_numpy(scene_index)
+    w = settings.teacher_guidance
+    losses = []
+    batches = latent_batches(
+        mean, std, config.vae.scaling_factor, settings.lcm_batch, settings.lcm_steps, generator
+    )
+    for step, (pick, latents) in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, settings.lcm_steps, settings.lcm_lr, warmup=50)
+        context = contexts[scenes[pick]]
+        index = torch.randint(SKELETON_STEPS, (len(pick),), generator=generator)
+        start, target_t = skeleton[index], (skeleton[index] - stride).clamp(min=0)
+        noise = torch.randn(latents.shape, generator=generator)
+        a_start = alpha_bar[start][:, None, None, None]
+        noisy = a_start.sqrt() * latents + (1 - a_start).sqrt() * noise
+        prediction = consistency(student, noisy, start, context, alpha_bar)
+        with torch.no_grad():
+            eps_text, eps_empty = teacher.unet(
+                torch.cat([noisy, noisy]),
+                torch.cat([start, start]),
+                torch.cat([context, empty.expand_as(context)]),
+            ).chunk(2)
+            eps = eps_empty + w * (eps_text - eps_empty)
+            a_prev = alpha_bar[target_t][:, None, None, None]
+            x_prev = a_prev.sqrt() * predicted_x0(noisy, eps, alpha_bar[start]) + (1 - a_prev).sqrt() * eps
+            target = consistency(student, x_prev, target_t, context, alpha_bar)
+        loss = (((prediction - target) ** 2 + HUBER_C**2).sqrt() - HUBER_C).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == settings.lcm_steps - 1:
+            log(f"lcm step {step:5d}  loss {np.mean(losses[-100:]):.5f}")
+    return kohya_state(adapters, settings.lora_rank), losses
+
+
+def distill_taesd(
+    teacher: StableDiffusion,
+    mean: Tensor,
+    std: Tensor,
+    settings: DistillSettings,
+    generator: torch.Generator,
+    log: Callable[[str], None],
+) -> tuple[dict[str, Tensor], list[float]]:
+    """A TAESD decoder trained to give, from the diffusion model's latents, what the teacher's VAE decoder
+    gives (in [0, 1]); shape-weighted L1 + L2 as the VAE itself was trained."""
+    scale = teacher.config.vae.scaling_factor
+    decoder = TAESDDecoder(TAESDConfig())
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=settings.taesd_lr, weight_decay=0.0)
+    losses = []
+    batches = latent_batches(mean, std, scale, settings.taesd_batch, settings.taesd_steps, generator)
+    for step, (_, latents) in enumerate(batches):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, settings.taesd_steps, settings.taesd_lr, warmup=50)
+        with torch.no_grad():
+            target = (teacher.vae.decode(latents / scale).clamp(-1, 1) + 1) / 2
+        error = (decoder(latents) - target).abs()
+        loss = (foreground_weight(target * 2 - 1) * (error + error**2)).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == settings.taesd_steps - 1:
+            log(f"taesd step {step:5d}  loss {np.mean(losses[-100:]):.5f}")
+    return {
+        key: value.detach().to(torch.float16).contiguous() for key, value in decoder.state_dict().items()
+    }, losses
+
+
+def distill(
+    teacher_dir: Path, out: Path, settings: DistillSettings, log: Callable[[str], None] = print
+) -> dict:
+    torch.set_num_threads(settings.threads)
+    # A trained model's tiny weights and activations underflow to subnormal floats, which the CPU
+    # computes 4-8x slower (measured on the shipped model): flush them to zero.
+    torch.set_flush_denormal(True)
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    started = time.monotonic()
+    teacher = load_model(teacher_dir / f"{MODEL_NAME}.safetensors").model.float().eval().requires_grad_(False)
+    images, scene_index = draw_dataset(settings.images_per_caption, np.random.default_rng(settings.seed))
+    mean, std = encode_posteriors(teacher, images)
+    out.mkdir(parents=True, exist_ok=True)
+
+    facts_path = out / f"{MODEL_NAME}-student.training.json"
+    # Each part's facts are kept until that part is distilled again.
+    facts = json.loads(facts_path.read_text()) if facts_path.is_file() else {}
+    parts = {"lcm": (settings.lcm_steps, LORA_FILE), "taesd": (settings.taesd_steps, TAESD_FILE)}
+    for part, (steps, file) in parts.items():
+        if not steps:
+            continue
+        part_started = time.monotonic()
+        if part == "lcm":
+            state, losses = distill_lcm(teacher, mean, std, scene_index, settings, generator, log)
+        else:
+            state, losses = distill_taesd(teacher, mean, std, settings, generator, log)
+        save_file(state, out / file)
+        facts[part] = {
+            "settings": dataclasses.asdict(settings),
+            "loss_every_100_steps": _every(losses, 100),
+            "seconds": round(time.monotonic() - part_started, 1),
+            "torch": torch.__version__,
+        }
+        facts_path.write_text(json.dumps(facts, indent=1) + "\n")
+    log(f"distilled in {time.monotonic() - started:.0f} s into {out}")
+    return facts
+
+
+def _every(losses: list[float], n: int) -> list[float]:
+    return [round(float(np.mean(losses[i : i + n])), 6) for i in range(0, len(losses), n)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        default=Path(__file__).parents[1] / "embedded",
+        help="folder of the teacher's tiny-shapes.safetensors",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="folder for the LoRA, the decoder and the facts"
+    )
+    for field in dataclasses.fields(DistillSettings):
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default
+        )
+    args = parser.parse_args()
+    settings = DistillSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DistillSettings)})
+    distill(args.teacher, args.out, settings, log=lambda line: print(line, flush=True))
+
+
+if __name__ == "__main__":
+    main()
