@@ -45,12 +45,14 @@ def inside(root: Path, name: str | Path, what: str = "file") -> Path:
     base = root.resolve()
     try:
         path = (base / text).resolve(strict=True)
-    except FileNotFoundError:
+    except FileNotFoundError as error:
         raise ModelFolderError(
             f"model folder {root} is incomplete: its {what} {text} is missing; export the model folder again"
-        ) from None
+        ) from error
     except (OSError, RuntimeError) as error:  # a symlink loop, a name too long
-        raise ModelFolderError(f"model folder {root}: cannot resolve its {what} {text!r} ({error})") from None
+        raise ModelFolderError(
+            f"model folder {root}: cannot resolve its {what} {text!r} ({error})"
+        ) from error
     if not path.is_relative_to(base):
         raise ModelFolderError(
             f"model folder {root}: its {what} {text} is a link to a file outside the folder; a model "
@@ -67,13 +69,13 @@ def read_text(path: Path, limit: int = MAX_TEXT_FILE_BYTES) -> str:
         with path.open("rb") as file:
             data = file.read(limit + 1)
     except OSError as error:
-        raise ModelFolderError(f"cannot read {path}: {error.strerror or error}") from None
+        raise ModelFolderError(f"cannot read {path}: {error.strerror or error}") from error
     if len(data) > limit:
         raise ModelFolderError(f"{path} is larger than {limit // 2**20} MiB, far more than any model needs")
     try:
         return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ModelFolderError(f"{path} is not UTF-8 text; export the model folder again") from None
+    except UnicodeDecodeError as error:
+        raise ModelFolderError(f"{path} is not UTF-8 text; export the model folder again") from error
 
 
 def parse_json(text: str, where: str) -> Any:
@@ -81,10 +83,10 @@ def parse_json(text: str, where: str) -> Any:
     `where` otherwise (deep nesting included)."""
     try:
         return json.loads(text, parse_float=_finite_float, parse_int=_short_int, parse_constant=_no_constant)
-    except RecursionError:
-        raise ModelFolderError(f"{where} nests too deeply to be a model config") from None
+    except RecursionError as error:
+        raise ModelFolderError(f"{where} nests too deeply to be a model config") from error
     except ValueError as error:  # JSONDecodeError included
-        raise ModelFolderError(f"{where} is not valid JSON ({str(error)[:200]})") from None
+        raise ModelFolderError(f"{where} is not valid JSON ({str(error)[:200]})") from error
 
 
 def read_json(path: Path) -> dict[str, Any]:

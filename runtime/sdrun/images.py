@@ -38,7 +38,7 @@ def open_image(image: Image.Image | str | Path, max_pixels: int) -> Image.Image:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit is lower
                 opened = Image.open(image)
         except _UNREADABLE as error:
-            raise _refuse(image, error) from None
+            raise _refuse(image, error) from error
     pixels = opened.width * opened.height
     if pixels > max_pixels:
         raise SettingsError(
@@ -82,7 +82,7 @@ def load_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:
     except SettingsError:
         raise
     except _UNREADABLE as error:
-        raise _refuse(source, error) from None
+        raise _refuse(source, error) from error
     if rgb.size == size:
         return rgb
     return rgb.resize(size, resample=Image.Resampling.LANCZOS)

@@ -60,11 +60,11 @@ def external_data_references(path: Path) -> list[ExternalData]:
                 _walk(data, 0, len(data), _MODEL, 0, found)
                 return found
     except OSError as error:
-        raise ModelFolderError(f"cannot read {path}: {error.strerror or error}") from None
+        raise ModelFolderError(f"cannot read {path}: {error.strerror or error}") from error
     except _MalformedError as error:
         raise ModelFolderError(
             f"{path} is not an ONNX graph ({error}); export the model folder again"
-        ) from None
+        ) from error
 
 
 # A message is the byte range [start, end) of the mapped file: nothing is copied but names and locations.
@@ -114,8 +114,8 @@ def _whole(text: str, tensor: str) -> int:
 def _text(data: mmap.mmap, span: tuple[int, int]) -> str:
     try:
         return data[span[0] : span[1]].decode("utf-8")
-    except UnicodeDecodeError:
-        raise _MalformedError("a name is not UTF-8 text") from None
+    except UnicodeDecodeError as error:
+        raise _MalformedError("a name is not UTF-8 text") from error
 
 
 def _fields(data: mmap.mmap, start: int, end: int) -> Iterator[tuple[int, int, tuple[int, int] | None]]:

@@ -29,8 +29,8 @@ def output_paths(pattern: str, seeds: list[int]) -> list[Path]:
             path = Path(pattern)
             pattern = str(path.with_name(f"{path.stem}-{{i}}{path.suffix}"))
         paths = [Path(pattern.format(i=index, seed=seed)) for index, seed in enumerate(seeds)]
-    except (KeyError, IndexError, ValueError):
-        raise SettingsError(f"--out {pattern[:80]!r}: a pattern may use only {{i}} and {{seed}}") from None
+    except (KeyError, IndexError, ValueError) as error:
+        raise SettingsError(f"--out {pattern[:80]!r}: a pattern may use only {{i}} and {{seed}}") from error
     for path in paths:
         if len(os.fsencode(path)) > _MAX_PATH_BYTES or any(
             len(os.fsencode(part)) > _MAX_NAME_BYTES for part in path.parts

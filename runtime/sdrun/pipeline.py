@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
+import onnxruntime as ort
 from PIL import Image
 
 from sdrun.config_values import real_number, whole_number, whole_numbers
@@ -31,7 +32,7 @@ from sdrun.folder import (
     open_model_folder,
 )
 from sdrun.graphs import Graph
-from sdrun.guidance_embedding import guidance_input, guidance_scale_embedding
+from sdrun.guidance_embedding import guidance_scale_embedding
 from sdrun.images import fit_within, from_pixels, load_rgb, open_image, oriented_size, to_pixels
 from sdrun.limits import DEFAULT_LIMITS, MAX_GUIDANCE, MAX_PROMPT_CHARACTERS, Limits
 from sdrun.memory import (
@@ -41,6 +42,13 @@ from sdrun.memory import (
     MemoryPolicy,
     Sessions,
     set_mmap_threshold,
+)
+from sdrun.networks import (
+    LatentDistribution,
+    TextEncoderGraph,
+    UNetGraph,
+    VaeDecoderGraph,
+    VaeEncoderGraph,
 )
 from sdrun.progress import Progress, ProgressCallback
 from sdrun.providers import ProviderRequest, create_session, provider_name, requested_providers
@@ -74,17 +82,6 @@ class PromptEmbeddings:
 
 
 @dataclass(frozen=True)
-class LatentDistribution:
-    """The VAE encoder's diagonal Gaussian over latents (Kingma & Welling 2014), before scaling."""
-
-    mean: np.ndarray
-    std: np.ndarray
-
-    def sample(self, noise: np.ndarray) -> np.ndarray:
-        return self.mean + self.std * noise
-
-
-@dataclass(frozen=True)
 class Result:
     """The images of one `generate` call and, per image, the settings that reproduce it.
 
@@ -95,6 +92,24 @@ class Result:
     images: list[Image.Image]
     settings: list[ImageSettings]
     stopped: bool = False
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """The settings of one `generate_each` call as `Pipeline.prepare` checked and completed them; `image`
+    is the opened init image (None for text-to-image, and then `strength` is None too)."""
+
+    prompt: str
+    negative_prompt: str
+    steps: int
+    guidance_scale: float
+    sampler: str
+    seed: int
+    width: int
+    height: int
+    num_images: int
+    image: Image.Image | None
+    strength: float | None
 
 
 class NegativePromptIgnoredWarning(UserWarning):
@@ -141,6 +156,7 @@ def _check_prompt(text: object, name: str) -> str:
 
 _Arguments = ParamSpec("_Arguments")
 _Item = TypeVar("_Item")
+_Network = TypeVar("_Network", bound=Graph)
 
 
 def _serialized(
@@ -165,7 +181,7 @@ class Pipeline:
     Which sessions stay open and how onnxruntime allocates follow the pipeline's `MemoryPolicy`: the
     default keeps the three text-to-image sessions open from load; the low-memory policy opens each for
     its stage of a generation and releases it after (see sdrun.memory). `sessions` holds the open ones.
-    Each graph's inputs are read when it is first opened.
+    Each graph opens as its network's wrapper (sdrun.networks), which reads its inputs then.
 
     Threads: `generate` and `generate_each` are serialized by a lock of the pipeline, so one pipeline may
     be shared by several threads: calls run one after the other (a `generate_each` holds the lock from
@@ -281,7 +297,7 @@ class Pipeline:
             tokenizer = CLIPTokenizer.from_folder(model.tokenizer_dir)
             schedule = NoiseSchedule.from_config(model.scheduler_config())
         except (TokenizerError, ScheduleError) as error:
-            raise ModelFolderError(f"model folder {model.path}: {error}") from None
+            raise ModelFolderError(f"model folder {model.path}: {error}") from error
         if memory is None:
             memory = LOW_MEMORY_POLICY if low_memory else FAST_POLICY if fast else DEFAULT_POLICY
         if sequential_guidance is not None:
@@ -295,23 +311,24 @@ class Pipeline:
         return pipeline
 
     def _open_graph(self, component: str) -> Graph:
-        graph = _load_graph(self.folder, component, self._providers, self.memory)
+        """A session on `component`'s graph, wrapped as the network it is."""
+        session = _create_session(self.folder, component, self._providers, self.memory)
         if self.provider is None:
-            self.provider = provider_name(graph.session)
+            self.provider = provider_name(session)
         if component == "text_encoder":
-            self._input_ids = graph.input_of_rank(2)
-            graph.check_inputs([self._input_ids])
-            hidden = "last_hidden_state"
-            self._hidden_output = hidden if hidden in graph.output_names else None
-        elif component == "unet":
-            self._sample = graph.input_of_rank(4)
-            self._timestep = graph.input_of_rank(0, 1)
-            self._context = graph.input_of_rank(3)
-            self._timestep_cond = guidance_input(graph, self.guidance_embedding_dim)
-            known = [self._sample, self._timestep, self._context, self._timestep_cond]
-            graph.check_inputs([node for node in known if node is not None])
-        elif component == self.vae_decoder:
-            self._latent_sample = graph.input_of_rank(4)
+            return TextEncoderGraph(component, session)
+        if component == "unet":
+            return UNetGraph(component, session, self.guidance_embedding_dim)
+        if component == self.vae_decoder:
+            return VaeDecoderGraph(component, session, self.vae_factor)
+        tiny = component == TINY_VAE_ENCODER
+        return VaeEncoderGraph(component, session, self.latent_channels, self.vae_factor, tiny)
+
+    def _network(self, component: str, kind: type[_Network]) -> _Network:
+        """The open graph of `component` (opened if need be) as the network class it was wrapped in."""
+        graph = self.sessions.get(component)
+        if not isinstance(graph, kind):
+            raise TypeError(f"{component} opened as {type(graph).__name__}, not {kind.__name__}")
         return graph
 
     @property
@@ -325,8 +342,7 @@ class Pipeline:
         one cannot take the pair in one call."""
         if self.memory.sequential_guidance:
             return True
-        self.sessions.get("unet")  # its inputs are read when it opens
-        return self._sample.shape[0] == 1
+        return self._network("unet", UNetGraph).batch_of_one
 
     def encode_prompt(self, prompt: str, negative_prompt: str, guidance_scale: float) -> PromptEmbeddings:
         """Text encoder states of both prompts in one call; the negative one is skipped at guidance 1 and
@@ -334,63 +350,42 @@ class Pipeline:
         with_negative = guidance_scale != 1.0 and self.guidance_embedding_dim is None
         prompts = [prompt, negative_prompt] if with_negative else [prompt]
         ids = self.tokenizer.encode(prompts)
-        with self.sessions.use("text_encoder") as text_encoder:
-            states = text_encoder.run({self._input_ids: ids}, self._hidden_output, shape=(*ids.shape, None))
+        with self.sessions.use("text_encoder"):
+            states = self._network("text_encoder", TextEncoderGraph).encode(ids)
         return PromptEmbeddings(states[:1], states[1:] if with_negative else None)
 
     def encode_image(self, image: Image.Image) -> LatentDistribution:
         """The VAE encoder's latent distribution for an RGB image whose sides are multiples of 8
-        (text-to-image never needs the encoder: it opens on first use). TAESD's encoder gives one latent,
-        a distribution of zero spread: its noise is still drawn, so the draws stay those of the contract."""
-        tiny = self.vae_encoder == TINY_VAE_ENCODER
-        with self.sessions.use(self.vae_encoder) as encoder:
-            pixels = to_pixels(image)
-            latent_side = pixels.shape[2] // self.vae_factor, pixels.shape[3] // self.vae_factor
-            channels = self.latent_channels if tiny else 2 * self.latent_channels
-            parameters = encoder.run({encoder.input_of_rank(4): pixels}, shape=(1, channels, *latent_side))
-        if tiny:
-            return LatentDistribution(parameters, np.zeros_like(parameters))
-        mean, logvar = np.split(parameters, 2, axis=1)
-        # The clamp of diffusers' DiagonalGaussianDistribution keeps exp() finite.
-        return LatentDistribution(mean, np.exp(0.5 * np.clip(logvar, -30.0, 20.0)))
-
-    def _unet(
-        self, latents: np.ndarray, timestep: float, context: np.ndarray, guidance: np.ndarray | None = None
-    ) -> np.ndarray:
-        """One UNet call; `guidance`: an LCM UNet's guidance-scale embedding, one row per latent."""
-        unet = self.sessions.get("unet")
-        node = self._timestep
-        batch = latents.shape[0]
-        shape = () if node.rank == 0 else (node.shape[0] if isinstance(node.shape[0], int) else batch,)
-        feeds = {self._sample: latents, self._timestep: np.full(shape, timestep), self._context: context}
-        if guidance is not None:
-            feeds[self._timestep_cond] = guidance
-        return unet.run(feeds, shape=latents.shape)
+        (text-to-image never needs the encoder: it opens on first use). TAESD's encoder gives a
+        distribution of zero spread: its noise is still drawn, so the draws stay those of the contract."""
+        with self.sessions.use(self.vae_encoder):
+            return self._network(self.vae_encoder, VaeEncoderGraph).encode(to_pixels(image))
 
     def guided_model(self, embeddings: PromptEmbeddings, guidance_scale: float) -> Model:
         """model(x, t) for the samplers: classifier-free guidance, eps_u + s (eps_c - eps_u)
         (Ho & Salimans 2022, eq. 6), or the conditional prediction alone when there is no negative; an
         LCM UNet is given the guidance scale as its embedding instead, in one pass."""
         cond, uncond = embeddings.conditional, embeddings.unconditional
+        unet = self._network("unet", UNetGraph).predict
         if self.guidance_embedding_dim is not None:
             guidance = guidance_scale_embedding(guidance_scale, 1, self.guidance_embedding_dim)
 
             def embedded(x: np.ndarray, t: float) -> np.ndarray:
                 batch = len(x)
-                return self._unet(x, t, np.repeat(cond, batch, axis=0), np.repeat(guidance, batch, axis=0))
+                return unet(x, t, np.repeat(cond, batch, axis=0), np.repeat(guidance, batch, axis=0))
 
             return embedded
         sequential = self.sequential_guidance
 
         def model(x: np.ndarray, t: float) -> np.ndarray:
             if uncond is None:
-                return self._unet(x, t, np.repeat(cond, len(x), axis=0))
+                return unet(x, t, np.repeat(cond, len(x), axis=0))
             if sequential:
-                out_uncond = self._unet(x, t, np.repeat(uncond, len(x), axis=0))
-                out_cond = self._unet(x, t, np.repeat(cond, len(x), axis=0))
+                out_uncond = unet(x, t, np.repeat(uncond, len(x), axis=0))
+                out_cond = unet(x, t, np.repeat(cond, len(x), axis=0))
             else:
                 context = np.concatenate([np.repeat(uncond, len(x), axis=0), np.repeat(cond, len(x), axis=0)])
-                out_uncond, out_cond = np.split(self._unet(np.concatenate([x, x]), t, context), 2)
+                out_uncond, out_cond = np.split(unet(np.concatenate([x, x]), t, context), 2)
             return out_uncond + guidance_scale * (out_cond - out_uncond)
 
         return model
@@ -430,18 +425,13 @@ class Pipeline:
             return [self._decode_one(item[None]) for item in latents]
 
     def _decode_one(self, latent: np.ndarray) -> Image.Image:
-        decoder = self.sessions.get(self.vae_decoder)
+        decoder = self._network(self.vae_decoder, VaeDecoderGraph)
         item = latent / self.latent_scale
-        height, width = item.shape[2] * self.vae_factor, item.shape[3] * self.vae_factor
-
-        def run(tile: np.ndarray) -> np.ndarray:
-            tile_shape = (1, 3, tile.shape[2] * self.vae_factor, tile.shape[3] * self.vae_factor)
-            return decoder.run({self._latent_sample: tile}, shape=tile_shape)
-
         tiled = self.memory.tiled_vae
         if tiled is None:
-            tiled = height * width > AUTO_TILE_PIXELS
-        return from_pixels(decode_tiled(run, item, self.vae_factor) if tiled else run(item))
+            tiled = item.shape[2] * item.shape[3] * self.vae_factor**2 > AUTO_TILE_PIXELS
+        pixels = decode_tiled(decoder.decode, item, self.vae_factor) if tiled else decoder.decode(item)
+        return from_pixels(pixels)
 
     def check_settings(
         self, steps: int, sampler: str, height: int, width: int, strength: float | None
@@ -462,6 +452,74 @@ class Pipeline:
                     f"which this model needs (e.g. {self.default_size})"
                 )
         self.limits.check_size(int(width), int(height))
+
+    def prepare(
+        self,
+        prompt: str,
+        negative_prompt: str = "",
+        *,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+        sampler: str | None = None,
+        seed: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_images: int = 1,
+        init_image: Image.Image | str | Path | None = None,
+        strength: float | None = None,
+    ) -> GenerationRequest:
+        """The settings of a `generate_each` call, checked and completed without running any network:
+        a SettingsError here is the one that call would raise. A server calls it before queueing a job."""
+        defaults = self.defaults
+        prompt = _check_prompt(prompt, "prompt")
+        negative_prompt = _check_prompt(negative_prompt, "negative prompt")
+        steps = _whole(defaults.steps if steps is None else steps, "steps", 1)
+        guidance_scale = _finite(
+            defaults.guidance_scale if guidance_scale is None else guidance_scale,
+            "guidance scale",
+            -MAX_GUIDANCE,
+            MAX_GUIDANCE,
+        )
+        if negative_prompt and (guidance_scale == 1.0 or self.guidance_embedding_dim is not None):
+            where = "under an LCM UNet" if self.guidance_embedding_dim is not None else "at guidance 1"
+            warnings.warn(
+                f"the negative prompt is ignored {where} (one UNet pass a step, with no unconditional "
+                "prediction to steer away from)",
+                NegativePromptIgnoredWarning,
+                stacklevel=2,
+            )
+        sampler = defaults.sampler if sampler is None else sampler
+        strength = _finite(defaults.strength if strength is None else strength, "strength", 0.0, 1.0)
+        num_images = _whole(num_images, "the number of images", 1)
+        self.limits.check_counts(num_images, steps)
+        seed = int(np.random.default_rng().integers(_SEED_RANGE)) if seed is None else _whole(seed, "seed", 0)
+        image = None
+        if init_image is not None:
+            image = open_image(init_image, self.limits.max_init_pixels)
+            fitted = self._init_size(*oriented_size(image))
+            if min(fitted) < self.size_multiple and (width is None or height is None):
+                raise SettingsError(
+                    f"init image is {image.width}x{image.height}, smaller than {self.size_multiple} pixels a "
+                    "side; give a larger image or the width and height to resize it to"
+                )
+            width = fitted[0] if width is None else width
+            height = fitted[1] if height is None else height
+        width = self.default_size if width is None else width
+        height = self.default_size if height is None else height
+        self.check_settings(steps, sampler, height, width, strength if image is not None else None)
+        return GenerationRequest(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            sampler=sampler,
+            seed=seed,
+            width=int(width),
+            height=int(height),
+            num_images=num_images,
+            image=image,
+            strength=strength if image is not None else None,
+        )
 
     def generate(
         self,
@@ -532,60 +590,40 @@ class Pipeline:
         says which image and step (sdrun.progress) without the latents; either returning True stops the
         run. Steps, guidance scale, sampler and strength not given are the model folder's (`self.defaults`).
         """
-        defaults = self.defaults
-        prompt = _check_prompt(prompt, "prompt")
-        negative_prompt = _check_prompt(negative_prompt, "negative prompt")
-        steps = _whole(defaults.steps if steps is None else steps, "steps", 1)
-        guidance_scale = _finite(
-            defaults.guidance_scale if guidance_scale is None else guidance_scale,
-            "guidance scale",
-            -MAX_GUIDANCE,
-            MAX_GUIDANCE,
+        request = self.prepare(
+            prompt,
+            negative_prompt,
+            steps=steps,
+            guidance_scale=guidance_scale,
+            sampler=sampler,
+            seed=seed,
+            height=height,
+            width=width,
+            num_images=num_images,
+            init_image=init_image,
+            strength=strength,
         )
-        if negative_prompt and (guidance_scale == 1.0 or self.guidance_embedding_dim is not None):
-            where = "under an LCM UNet" if self.guidance_embedding_dim is not None else "at guidance 1"
-            warnings.warn(
-                f"the negative prompt is ignored {where} (one UNet pass a step, with no unconditional "
-                "prediction to steer away from)",
-                NegativePromptIgnoredWarning,
-                stacklevel=2,
-            )
-        sampler = defaults.sampler if sampler is None else sampler
-        strength = _finite(defaults.strength if strength is None else strength, "strength", 0.0, 1.0)
-        num_images = _whole(num_images, "the number of images", 1)
-        self.limits.check_counts(num_images, steps)
-        seed = int(np.random.default_rng().integers(_SEED_RANGE)) if seed is None else _whole(seed, "seed", 0)
-        image = None
-        if init_image is not None:
-            image = open_image(init_image, self.limits.max_init_pixels)
-            fitted = self._init_size(*oriented_size(image))
-            if min(fitted) < self.size_multiple and (width is None or height is None):
-                raise SettingsError(
-                    f"init image is {image.width}x{image.height}, smaller than {self.size_multiple} pixels a "
-                    "side; give a larger image or the width and height to resize it to"
-                )
-            width = fitted[0] if width is None else width
-            height = fitted[1] if height is None else height
-        width = self.default_size if width is None else width
-        height = self.default_size if height is None else height
-        self.check_settings(steps, sampler, height, width, strength if image is not None else None)
-        width, height = int(width), int(height)
-
-        embeddings = self.encode_prompt(prompt, negative_prompt, guidance_scale)
-        distribution = self.encode_image(load_rgb(image, (width, height))) if image is not None else None
-        latent_shape = (1, self.latent_channels, height // self.vae_factor, width // self.vae_factor)
+        embeddings = self.encode_prompt(request.prompt, request.negative_prompt, request.guidance_scale)
+        image, size = request.image, (request.width, request.height)
+        distribution = self.encode_image(load_rgb(image, size)) if image is not None else None
+        latent_shape = (
+            1,
+            self.latent_channels,
+            request.height // self.vae_factor,
+            request.width // self.vae_factor,
+        )
         sampled = self._sample_images(
             embeddings,
             distribution,
             latent_shape,
-            seed,
-            num_images,
+            request.seed,
+            request.num_images,
             callback,
             progress,
-            steps=steps,
-            guidance_scale=guidance_scale,
-            sampler=sampler,
-            strength=strength if image is not None else 1.0,
+            steps=request.steps,
+            guidance_scale=request.guidance_scale,
+            sampler=request.sampler,
+            strength=1.0 if request.strength is None else request.strength,
         )
         if not self.memory.keep_sessions:
             # Every image is sampled before any is decoded, so that each session opens once per call;
@@ -595,16 +633,16 @@ class Pipeline:
         with self.sessions.use(self.vae_decoder):
             for index, (latents, stopped) in enumerate(sampled):
                 settings = ImageSettings(
-                    prompt=prompt,
-                    negative_prompt=negative_prompt,
-                    steps=steps,
-                    sampler=sampler,
-                    guidance_scale=guidance_scale,
-                    seed=seed + index,
-                    width=width,
-                    height=height,
+                    prompt=request.prompt,
+                    negative_prompt=request.negative_prompt,
+                    steps=request.steps,
+                    sampler=request.sampler,
+                    guidance_scale=request.guidance_scale,
+                    seed=request.seed + index,
+                    width=request.width,
+                    height=request.height,
                     model=self.folder.name,
-                    strength=strength if image is not None else None,
+                    strength=request.strength,
                 )
                 yield GeneratedImage(self._decode_one(latents), settings, stopped)
 
@@ -672,9 +710,9 @@ def _vae_graphs(folder: ModelFolder, vae: str) -> tuple[str, str]:
     return TINY_VAE_DECODER, encoder
 
 
-def _load_graph(
+def _create_session(
     folder: ModelFolder, component: str, providers: ProviderRequest, memory: MemoryPolicy
-) -> Graph:
+) -> ort.InferenceSession:
     path = folder.graph(component)
     try:
         session = create_session(path, providers, memory.session_options())
@@ -684,5 +722,5 @@ def _load_graph(
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelFolderError(
             f"onnxruntime cannot load {path}: {first_line}; export the model folder again"
-        ) from None
-    return Graph(component, session)
+        ) from error
+    return session

@@ -224,7 +224,7 @@ def save_png(image: Image.Image, path: str | Path, settings: ImageSettings) -> N
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, partial = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".partial", dir=path.parent)
     except OSError as error:
-        raise SettingsError(f"cannot write {path}: {error.strerror or error}") from None
+        raise SettingsError(f"cannot write {path}: {error.strerror or error}") from error
     try:
         with os.fdopen(handle, "wb") as file:
             image.save(file, format="PNG", pnginfo=info)
@@ -232,7 +232,7 @@ def save_png(image: Image.Image, path: str | Path, settings: ImageSettings) -> N
         os.replace(partial, path)
     except OSError as error:
         Path(partial).unlink(missing_ok=True)
-        raise SettingsError(f"cannot write {path}: {error.strerror or error}; nothing was written") from None
+        raise SettingsError(f"cannot write {path}: {error.strerror or error}; nothing was written") from error
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
@@ -277,7 +277,7 @@ def _parameters_chunk(path: Path) -> str | None:
                     return _chunk_text(kind, body)
             return None
     except OSError as error:
-        raise SettingsError(f"cannot read {path}: {error.strerror or error}") from None
+        raise SettingsError(f"cannot read {path}: {error.strerror or error}") from error
 
 
 def _chunk_text(kind: bytes, body: bytes) -> str:
@@ -290,8 +290,8 @@ def _chunk_text(kind: bytes, body: bytes) -> str:
     _translated, _, body = body.partition(b"\0")
     try:
         return (_inflate(body) if compressed else body).decode("utf-8")
-    except UnicodeDecodeError:
-        raise SettingsError("the parameters chunk is not UTF-8 text") from None
+    except UnicodeDecodeError as error:
+        raise SettingsError("the parameters chunk is not UTF-8 text") from error
 
 
 def _inflate(data: bytes) -> bytes:
@@ -301,7 +301,7 @@ def _inflate(data: bytes) -> bytes:
     try:
         text = inflater.decompress(data, limit)
     except zlib.error as error:
-        raise SettingsError(f"the parameters chunk is damaged ({error})") from None
+        raise SettingsError(f"the parameters chunk is damaged ({error})") from error
     if inflater.unconsumed_tail:
         raise SettingsError("the parameters chunk inflates past what sdrun reads: it is not a settings text")
     return text

@@ -103,7 +103,7 @@ class NoiseSchedule:
         except ScheduleError:
             raise
         except ModelFolderError as error:
-            raise ScheduleError(str(error)) from None
+            raise ScheduleError(str(error)) from error
 
     @property
     def num_train_timesteps(self) -> int:

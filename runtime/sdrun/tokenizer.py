@@ -128,8 +128,9 @@ class CLIPTokenizer:
         for prompt in prompts:
             try:
                 prompt.encode("utf-8")
-            except UnicodeEncodeError:  # lone surrogates: what Python makes of non-UTF-8 bytes in argv
-                raise TokenizerError("the prompt is not valid UTF-8 text: write it in UTF-8") from None
+            # Lone surrogates: what Python makes of non-UTF-8 bytes in argv.
+            except UnicodeEncodeError as error:
+                raise TokenizerError("the prompt is not valid UTF-8 text: write it in UTF-8") from error
         room = self.max_length - 2
         input_ids = np.full((len(prompts), self.max_length), self.pad_token_id, dtype=np.int64)
         truncations = []
@@ -158,7 +159,7 @@ def _build_tokenizer(
     except Exception as error:  # tokenizers raises a bare Exception for merges outside the vocabulary
         raise TokenizerError(
             f"vocab.json and merges.txt do not match ({error}): use the pair from one model"
-        ) from None
+        ) from error
     tokenizer = Tokenizer(model)
     tokenizer.normalizer = normalizers.Sequence(
         [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
@@ -183,7 +184,7 @@ def _read_json(path: Path, required: bool) -> dict:
     try:
         content = parse_json(read_text(inside(path.parent, path.name, "tokenizer file")), str(path))
     except ModelFolderError as error:
-        raise TokenizerError(f"{error}: re-export the tokenizer folder") from None
+        raise TokenizerError(f"{error}: re-export the tokenizer folder") from error
     if not isinstance(content, dict):
         raise TokenizerError(f"{path} holds no JSON object: re-export the tokenizer folder")
     return content
@@ -195,7 +196,7 @@ def _read_merges(path: Path) -> list[tuple[str, str]]:
     try:
         lines = read_text(inside(path.parent, path.name, "tokenizer file")).splitlines()
     except ModelFolderError as error:
-        raise TokenizerError(f"{error}: re-export the tokenizer folder") from None
+        raise TokenizerError(f"{error}: re-export the tokenizer folder") from error
     merges = []
     for number, line in enumerate(lines, start=1):
         if not line.strip() or line.startswith("#version"):

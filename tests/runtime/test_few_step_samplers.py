@@ -156,14 +156,15 @@ def test_guidance_one_is_one_unet_pass_a_step(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, name: str, guidance_scale: float, batches: list[int]
 ) -> None:
     """Pipeline.guided_model drops the unconditional batch at guidance 1, whatever the sampler."""
-    unet = pipeline._unet
+    unet = pipeline.sessions.get("unet")
+    predict = unet.predict
     seen: list[int] = []
 
     def recording_unet(latents: np.ndarray, timestep: float, context: np.ndarray) -> np.ndarray:
         seen.append(len(latents))
         assert len(context) == len(latents)
-        return unet(latents, timestep, context)
+        return predict(latents, timestep, context)
 
-    monkeypatch.setattr(pipeline, "_unet", recording_unet)
+    monkeypatch.setattr(unet, "predict", recording_unet)
     pipeline.generate("a small red cube", steps=3, seed=0, sampler=name, guidance_scale=guidance_scale)
     assert seen == batches

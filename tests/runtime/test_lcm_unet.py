@@ -160,19 +160,20 @@ def test_latents_match_latent_consistency_pipeline(
     theirs = _diffusers_latents(reference, steps, guidance, noise, seed)
 
     batches = []
-    unet = pipeline._unet
+    unet = pipeline.sessions.get("unet")
+    predict = unet.predict
 
     def counted(latents, *args):
         batches.append(len(latents))
-        return unet(latents, *args)
+        return predict(latents, *args)
 
-    pipeline._unet = counted
+    unet.predict = counted
     try:
         embeddings = pipeline.encode_prompt(PROMPT, "", guidance)
         rng = np.random.default_rng(seed)
         ours = pipeline.denoise(embeddings, noise, rng, steps=steps, guidance_scale=guidance, sampler="lcm")
     finally:
-        del pipeline._unet
+        del unet.predict
     assert embeddings.unconditional is None
     assert batches == [1] * steps, "one UNet pass of one latent a step"
     assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < LATENT_RTOL

@@ -3,7 +3,8 @@ tile borders on the tiny optimum-exported VAE decoder, and the whole decode when
 
 How close tiles come to the whole decode depends on the decoder: its group norms and mid-block attention
 see one tile, and with random weights that shifts each tile's tone a lot (tens of levels at the tiny
-sizes here), so closeness is checked on the trained tiny-shapes VAE instead."""
+sizes here), so closeness is checked on the trained tiny-shapes VAE instead
+(tests/e2e/test_tiled_vae_closeness.py)."""
 
 from pathlib import Path
 

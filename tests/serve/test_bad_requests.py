@@ -14,6 +14,7 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from sdrun.serve.app import create_app  # noqa: E402
+from sdrun.serve.jobs import ModelWorker  # noqa: E402
 
 GENERATIONS = "/v1/images/generations"
 TXT2IMG = "/sdapi/v1/txt2img"
@@ -119,3 +120,16 @@ def test_an_api_key_guards_every_route_but_health(served_folder: Path) -> None:
             assert guarded.get(path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
         refused = guarded.post(GENERATIONS, json={"prompt": PROMPT})
         assert refused.json()["error"]["type"] == "authentication_error"
+
+
+def test_settings_the_model_cannot_run_are_refused_before_queueing(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The library's own checks (Pipeline.prepare) answer at once, not when the job's turn comes."""
+
+    def never_queued(worker: ModelWorker, settings: dict) -> None:
+        raise AssertionError(f"queued: {settings}")
+
+    monkeypatch.setattr(ModelWorker, "submit", never_queued)
+    _assert_refused(client.post(GENERATIONS, json={"prompt": PROMPT, "size": "60x64"}), 400, "multiple of 8")
+    _assert_refused(client.post(TXT2IMG, json={"prompt": PROMPT, "width": 60}), 400, "multiple of")

@@ -1,6 +1,7 @@
 """The library as apps embed it: top-level imports, py.typed, close() and `with`, the progress hook, and
 the concurrency model (calls serialized by the pipeline's lock)."""
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -9,7 +10,8 @@ import pytest
 from serve_helpers import PROMPT
 
 import sdrun
-from sdrun import Pipeline, Progress, SdrunError, SettingsError
+from sdrun import ModelFolderError, Pipeline, Progress, SdrunError, SettingsError
+from sdrun.folder import MANIFEST_FILE, UnverifiedFolderWarning
 from sdrun.graphs import Graph
 
 
@@ -103,3 +105,20 @@ def test_integer_settings_take_numpy_integers_and_refuse_bools(reference: Pipeli
     assert made.settings[0].seed == 4 and made.settings[0].steps == 2
     with pytest.raises(SettingsError, match="whole number"):
         reference.generate(PROMPT, seed=True, steps=2)
+
+
+def test_library_errors_chain_their_cause(served_folder: Path, reference: Pipeline, tmp_path: Path) -> None:
+    """One line for people, and the underlying exception for programs (`raise ... from error`)."""
+    not_an_image = tmp_path / "photo.png"
+    not_an_image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    with pytest.raises(SettingsError) as unreadable:
+        reference.generate(PROMPT, init_image=not_an_image)
+    assert isinstance(unreadable.value.__cause__, OSError)  # PIL's UnidentifiedImageError
+
+    folder = tmp_path / "folder"
+    shutil.copytree(served_folder, folder)
+    (folder / MANIFEST_FILE).unlink()  # else the manifest's sizes refuse the file before it is parsed
+    (folder / "scheduler" / "scheduler_config.json").write_text('{"num_train_timesteps": 1000,')
+    with pytest.raises(ModelFolderError) as damaged, pytest.warns(UnverifiedFolderWarning):
+        Pipeline.load(folder, provider="cpu")
+    assert isinstance(damaged.value.__cause__, ValueError)  # json's JSONDecodeError

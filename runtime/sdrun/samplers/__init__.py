@@ -120,7 +120,7 @@ def make_sampler(
     try:
         schedule.check_num_steps(num_steps)
     except ScheduleError as error:
-        raise SamplerError(str(error)) from None
+        raise SamplerError(str(error)) from error
     check_strength(strength)
     own_strength = name in STRENGTH_SETS_TIMESTEPS
     if name in DISTILLED:

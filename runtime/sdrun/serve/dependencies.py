@@ -24,6 +24,8 @@ async def run_job(
         f"model={worker.name} size={size} steps={settings.get('steps') or 'default'} "
         f"images={settings.get('num_images', 1)}"
     )
+    # Settings the model cannot run are refused now (400), not when the job's turn comes.
+    worker.pipeline.prepare(**settings)
     job = worker.submit(settings)
     images = await finished(job, request.is_disconnected)
     return images, job.interrupted

@@ -46,6 +46,6 @@ def image_from_base64(text: str, name: str, max_pixels: int) -> Image.Image:
         text = text.partition(",")[2]
     try:
         data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise SettingsError(f"{name} is not base64 image data") from None
+    except (binascii.Error, ValueError) as error:
+        raise SettingsError(f"{name} is not base64 image data") from error
     return image_from_bytes(data, name, max_pixels)
