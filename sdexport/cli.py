@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from sdexport.checkpoints import CheckpointError, load_model
+from sdexport.checkpoints.embeddings import EmbeddingSpec, add_embeddings, parse_embedding_option
 from sdexport.checkpoints.lora import LoraSpec, merge_loras, parse_lora_option
 from sdexport.checkpoints.taesd_files import load_taesd
 from sdexport.export.errors import BuildError
@@ -52,6 +53,14 @@ def _lora_specs(_: click.Context, __: click.Parameter, values: tuple[str, ...]) 
         raise click.BadParameter(str(error)) from None
 
 
+def _embedding_specs(_: click.Context, __: click.Parameter, values: tuple[str, ...]) -> list[EmbeddingSpec]:
+    """The --embedding values read as EmbeddingSpecs, so that a bad one stops the command before any work."""
+    try:
+        return [parse_embedding_option(value) for value in values]
+    except CheckpointError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 @main.command()
 @click.argument("source", required=False, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Model folder [exported/<name>].")
@@ -84,13 +93,20 @@ def _lora_specs(_: click.Context, __: click.Parameter, values: tuple[str, ...]) 
 @click.option(
     "--ema/--no-ema",
     default=None,
-    help="Use the EMA (--ema) or trained (--no-ema) UNet weights [EMA when complete].",
+    help="Use the EMA (--ema) or trained (--no-ema) UNet weights of a full checkpoint [the config's "
+    "use_ema; without one, the trained weights, as AUTOMATIC1111 and diffusers do].",
 )
 @click.option(
     "--config",
     "config_file",
     type=click.Path(path_type=Path),
     help="Model config file (v1-inference.yaml layout) of a single-file checkpoint.",
+)
+@click.option(
+    "--prediction",
+    type=click.Choice(("epsilon", "v_prediction")),
+    help="What the UNet predicts, over the config's [a bare SD 2.x file: v_prediction at 768x768, as "
+    "SD 2.0-v/2.1; epsilon for the 512x512 2.x-base models].",
 )
 @click.option("--force", is_flag=True, help="Replace an existing model folder.")
 @click.option("--skip-validation", is_flag=True, help="Do not check the graphs against PyTorch.")
@@ -114,6 +130,24 @@ def _lora_specs(_: click.Context, __: click.Parameter, values: tuple[str, ...]) 
     "diffusers/peft files (LCM-LoRA, Hyper-SD, TCD). The graphs keep their size and speed.",
 )
 @click.option(
+    "--embedding",
+    "embeddings",
+    multiple=True,
+    metavar="FILE[:TOKEN]",
+    callback=_embedding_specs,
+    help="Add a textual-inversion embedding that prompts name by TOKEN [AUTOMATIC1111 files: the file's "
+    "name; diffusers' learned_embeds: the word stored in it]; repeat for several. AUTOMATIC1111 .pt/"
+    ".safetensors or diffusers .bin/.safetensors; an embedding of n vectors takes n tokens.",
+)
+@click.option(
+    "--clip-skip",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="AUTOMATIC1111's Clip skip, baked into the text encoder: the output of the N-th layer from the "
+    "last (2 for the anime-style SD 1.x models; diffusers' clip_skip=1 is 2 here).",
+)
+@click.option(
     "--default-sampler",
     help=f"The folder's default sampler in sdrun ({', '.join(SAMPLERS)}), over the model config's.",
 )
@@ -133,10 +167,13 @@ def build(
     build_target: str,
     ema: bool | None,
     config_file: Path | None,
+    prediction: str | None,
     force: bool,
     skip_validation: bool,
     tiny_vae: tuple[Path, ...],
     loras: list[LoraSpec],
+    embeddings: list[EmbeddingSpec],
+    clip_skip: int,
     default_sampler: str | None,
     default_steps: int | None,
     default_guidance: float | None,
@@ -169,16 +206,18 @@ def build(
         force=force,
         target=build_target,
         generation_defaults=defaults,
+        clip_skip=clip_skip,
     )
-    builds = [_Build(source, output, options, loras, tiny_vae)]
+    builds = [_Build(source, output, options, loras, tiny_vae, embeddings)]
     if source is None:
         if not EMBEDDED_CHECKPOINT.is_file():
             raise click.ClickException(
                 f"the embedded model {EMBEDDED_CHECKPOINT} is missing (train it with "
                 "`python -m sdexport.tiny.train --out sdexport/embedded`); or give a SOURCE checkpoint"
             )
-        builds = [_Build(EMBEDDED_CHECKPOINT, output, options, loras, tiny_vae)]
-        if not (loras or tiny_vae or defaults) and STUDENT_LORA.is_file() and STUDENT_TINY_VAE.is_file():
+        builds = [_Build(EMBEDDED_CHECKPOINT, output, options, loras, tiny_vae, embeddings)]
+        changed = loras or tiny_vae or defaults or embeddings or clip_skip > 1
+        if not changed and STUDENT_LORA.is_file() and STUDENT_TINY_VAE.is_file():
             builds.append(_student_build(output, options))
     try:
         for planned in builds:  # every option and target checked before the slow work starts
@@ -186,7 +225,7 @@ def build(
             if planned.output is not None:
                 check_target(planned.output, force)
         for planned in builds:
-            planned.run(config_file, ema)
+            planned.run(config_file, ema, prediction)
     except (BuildError, CheckpointError) as error:
         raise click.ClickException(str(error)) from None
     except KeyboardInterrupt:
@@ -203,14 +242,19 @@ class _Build:
     options: BuildOptions
     loras: list[LoraSpec]
     tiny_vae: tuple[Path, ...]
+    embeddings: list[EmbeddingSpec]
     name_suffix: str = ""
 
-    def run(self, config_file: Path | None, ema: bool | None) -> None:
-        loaded = load_model(self.source, config=config_file, ema=ema)
+    def run(self, config_file: Path | None, ema: bool | None, prediction: str | None) -> None:
+        loaded = load_model(self.source, config=config_file, ema=ema, prediction=prediction)
         loaded.name += self.name_suffix
         loaded.loras = merge_loras(loaded.model, self.loras)
         for lora in loaded.loras:
             click.echo(f"Merged LoRA {lora['file']} at scale {lora['scale']} ({lora['layers']} layers)")
+        loaded.embeddings = add_embeddings(loaded.model, self.embeddings)
+        for embedding in loaded.embeddings:
+            vectors = embedding["vectors"]
+            click.echo(f"Added embedding {embedding['file']} as {embedding['token']} ({vectors} vectors)")
         tiny = load_taesd(self.tiny_vae) if self.tiny_vae else None
         target = self.output if self.output is not None else DEFAULT_OUTPUT_ROOT / loaded.name
         build_folder(loaded, target, self.options, log=click.echo, tiny_vae=tiny)
@@ -225,6 +269,7 @@ def _student_build(output: Path | None, options: BuildOptions) -> _Build:
         replace(options, generation_defaults=STUDENT_DEFAULTS),
         [parse_lora_option(str(STUDENT_LORA))],
         (STUDENT_TINY_VAE,),
+        [],
         STUDENT_SUFFIX,
     )
 

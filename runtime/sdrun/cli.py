@@ -13,6 +13,7 @@ import numpy as np
 from sdrun.bench import bench_folder, write_json
 from sdrun.defaults import VAE_CHOICES, GenerationDefaults
 from sdrun.errors import ModelFolderError, SdrunError, SettingsError
+from sdrun.inpaint import DEFAULT_MASK_BLUR, MAX_MASK_BLUR
 from sdrun.limits import DEFAULT_MAX_PIXELS, MAX_IMAGES, Limits
 from sdrun.outputs import check_outputs, output_paths
 from sdrun.pipeline import Pipeline
@@ -139,6 +140,24 @@ def _open_pipeline(
     f"[default: the model's, else {_SD.strength}]",
 )
 @click.option(
+    "--mask",
+    help="Inpainting: repaint the --init-image where this picture is white, keep it where black (its "
+    "alpha channel when it has transparency; resized to the output size). An inpainting model (9-channel "
+    "UNet) sees the mask; any other keeps the init image's latents outside it at every step.",
+)
+@click.option(
+    "--mask-blur",
+    type=click.IntRange(min=0, max=MAX_MASK_BLUR),
+    help=f"Inpainting: blur the mask's edge by this many pixels.  [default: {DEFAULT_MASK_BLUR}]",
+)
+@click.option(
+    "--overlay/--no-overlay",
+    default=True,
+    show_default=True,
+    help="Inpainting: paste the init image's pixels back outside the blurred mask after decoding, so they "
+    "come back unchanged (diffusers leaves them as the VAE decodes them).",
+)
+@click.option(
     "--provider",
     type=click.Choice(PROVIDER_CHOICES),
     default="auto",
@@ -244,6 +263,12 @@ def generate(
         )
         if recorded is not None and recorded.model and recorded.model != pipeline.folder.name:
             click.echo(f"Note: {from_png} was made with model {recorded.model!r}", err=True)
+        if recorded is not None and recorded.clip_skip != pipeline.clip_skip:
+            click.echo(
+                f"Note: {from_png} was made with Clip skip {recorded.clip_skip}, this model folder has "
+                f"{pipeline.clip_skip} (`sdexport build --clip-skip` sets it)",
+                err=True,
+            )
         if low_memory and pipeline.folder.manifest.get("quantization") != "int8-compact":
             click.echo(
                 "Note: a folder built with `sdexport build --quantize int8-compact` needs about a third "
@@ -394,10 +419,21 @@ def _settings_from_options(
         )
         if recorded.strength is not None:
             base["strength"] = recorded.strength
+        if recorded.mask_blur is not None:
+            if overrides["mask"] is None:
+                raise SettingsError(
+                    f"the PNG was inpainted with a mask (mask blur {recorded.mask_blur}); pass that mask "
+                    "with --mask"
+                )
+            base["mask_blur"] = recorded.mask_blur
     elif prompt is None:
         raise SettingsError('give a prompt (sdrun "a prompt") or --from-png IMAGE')
     if init_image is None and overrides["strength"] is not None:
         raise SettingsError("--strength applies to image-to-image only: give --init-image too")
+    if overrides["mask"] is not None and init_image is None:
+        raise SettingsError("--mask marks what to repaint in an init image: give --init-image too")
+    if overrides["mask"] is None and overrides["mask_blur"] is not None:
+        raise SettingsError("--mask-blur applies to inpainting only: give --mask too")
     renamed = {"guidance": "guidance_scale", "negative": "negative_prompt"}
     given = {renamed.get(key, key): value for key, value in overrides.items() if value is not None}
     if prompt is not None:

@@ -26,6 +26,9 @@ MANIFEST_FILE = "sdexport_manifest.json"
 # Manifest key: the multiple that latent sides must be of for the UNet graph (1 when it resizes each
 # upsampling to its skip connection); folders without it get the one their UNet's depth implies.
 LATENT_MULTIPLE_KEY = "latent_size_multiple"
+# Manifest key: the CLIP skip the text encoder graph was built with (`sdexport build --clip-skip`,
+# AUTOMATIC1111's numbering); 1 when absent.
+CLIP_SKIP_KEY = "clip_skip"
 GRAPH_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
 SCHEDULER_CONFIG = "scheduler/scheduler_config.json"

@@ -8,6 +8,7 @@ transparency composited over white (the colour under a transparent pixel is unde
 
 import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,15 +22,16 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError)
 
 
-def _refuse(source: object, error: BaseException) -> SettingsError:
+def _refuse(source: object, error: BaseException, what: str) -> SettingsError:
     if isinstance(error, Image.DecompressionBombError):
-        return SettingsError(f"init image {source} has too many pixels to decode safely: scale it down first")
+        return SettingsError(f"{what} {source} has too many pixels to decode safely: scale it down first")
     reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
-    return SettingsError(f"cannot read init image {source}: {reason}")
+    return SettingsError(f"cannot read {what} {source}: {reason}")
 
 
-def open_image(image: Image.Image | str | Path, max_pixels: int) -> Image.Image:
-    """The image, opened but not decoded, refused when it has more than `max_pixels` pixels."""
+def open_image(image: Image.Image | str | Path, max_pixels: int, what: str = "init image") -> Image.Image:
+    """The image, opened but not decoded, refused when it has more than `max_pixels` pixels; `what` names
+    it in errors."""
     if isinstance(image, Image.Image):
         opened = image
     else:
@@ -38,12 +40,12 @@ def open_image(image: Image.Image | str | Path, max_pixels: int) -> Image.Image:
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit is lower
                 opened = Image.open(image)
         except _UNREADABLE as error:
-            raise _refuse(image, error) from error
+            raise _refuse(image, error, what) from error
     pixels = opened.width * opened.height
     if pixels > max_pixels:
         raise SettingsError(
-            f"the init image is {opened.width}x{opened.height} ({pixels:,} pixels), above "
-            f"the limit of {max_pixels:,} pixels an init image may have: scale it down first"
+            f"the {what} is {opened.width}x{opened.height} ({pixels:,} pixels), above "
+            f"the limit of {max_pixels:,} pixels an {what} may have: scale it down first"
         )
     return opened
 
@@ -70,6 +72,20 @@ def load_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
     A JPEG is decoded at the smallest power-of-two reduction that still covers `size` (PIL's draft mode):
     a 12-megapixel photo never exists at full size in memory."""
+    rgb = decode_upright(image, size, to_rgb)
+    if rgb.size == size:
+        return rgb
+    return rgb.resize(size, resample=Image.Resampling.LANCZOS)
+
+
+def decode_upright(
+    image: Image.Image,
+    size: tuple[int, int],
+    convert: Callable[[Image.Image], Image.Image],
+    what: str = "init image",
+) -> Image.Image:
+    """The opened `image` decoded (in draft mode for a JPEG, covering `size`), upright, then `convert`ed;
+    decoding errors become one-line SettingsErrors naming `what`."""
     source = getattr(image, "filename", "") or "image"
     try:
         with warnings.catch_warnings():
@@ -77,23 +93,19 @@ def load_rgb(image: Image.Image, size: tuple[int, int]) -> Image.Image:
             side = max(size)
             image.draft("RGB", (side, side))
             image.load()
-            upright = ImageOps.exif_transpose(image)
-            rgb = _to_rgb(upright)
+            return convert(ImageOps.exif_transpose(image))
     except SettingsError:
         raise
     except _UNREADABLE as error:
-        raise _refuse(source, error) from error
-    if rgb.size == size:
-        return rgb
-    return rgb.resize(size, resample=Image.Resampling.LANCZOS)
+        raise _refuse(source, error, what) from error
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     if image.mode in _SIXTEEN_BIT_MODES:
         levels = np.asarray(image, dtype=np.float64) / 257.0
         return Image.fromarray(np.clip(levels.round(), 0, 255).astype(np.uint8), mode="L").convert("RGB")
     if image.mode == "F":
-        raise SettingsError("init image has 32-bit float samples: save it with 8 or 16 bits per sample")
+        raise SettingsError("an image has 32-bit float samples: save it with 8 or 16 bits per sample")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -59,14 +59,22 @@ class UNetGraph(Graph):
         return self.sample.shape[0] == 1
 
     def predict(
-        self, latents: np.ndarray, timestep: float, context: np.ndarray, guidance: np.ndarray | None = None
+        self,
+        latents: np.ndarray,
+        timestep: float,
+        context: np.ndarray,
+        guidance: np.ndarray | None = None,
+        conditioning: np.ndarray | None = None,
     ) -> np.ndarray:
-        """One call; `context` and `guidance` (an LCM UNet's embedding) have one row per latent."""
+        """One call; `context` and `guidance` (an LCM UNet's embedding) have one row per latent, and so has
+        an inpainting UNet's `conditioning` (the mask and masked-image latents), which follows the
+        latents' channels in the sample."""
         node = self.timestep
         batch = latents.shape[0]
         # A timestep of rank 1 has the batch's length, or the fixed length the graph declares.
         shape = () if node.rank == 0 else (node.shape[0] if isinstance(node.shape[0], int) else batch,)
-        feeds = {self.sample: latents, self.timestep: np.full(shape, timestep), self.context: context}
+        sample = latents if conditioning is None else np.concatenate([latents, conditioning], axis=1)
+        feeds = {self.sample: sample, self.timestep: np.full(shape, timestep), self.context: context}
         if guidance is not None and self.timestep_cond is not None:
             feeds[self.timestep_cond] = guidance
         return self.run(feeds, shape=latents.shape)

@@ -1,10 +1,16 @@
 """Stable Diffusion 1.x on an exported folder: prompt -> text encoder -> sampled latents -> VAE -> images.
 
 Randomness: image i of a call uses its own generator, `numpy.random.default_rng(seed + i)`, so it is
-the same image as a call for one image with seed + i. Each generator draws, in this order: for
-image-to-image, the VAE latent sample's noise (latent shape); then the starting noise (latent shape);
-then one draw (latent shape) for each step that re-injects noise, after that step's UNet call (which steps
-do: sdrun.samplers). All draws are float32 standard normals.
+the same image as a call for one image with seed + i. Each generator draws, in this order:
+- with an init image, the VAE latent sample's noise (latent shape), unless an inpainting UNet runs at
+  strength 1 (it starts from pure noise and sees the init image only masked);
+- the starting noise (latent shape);
+- when inpainting (a mask given, or any call to an inpainting UNet), the masked image's VAE latent
+  sample's noise (latent shape; drawn but unused under a plain UNet);
+- one draw (latent shape) for each step that re-injects noise, after that step's UNet call (which steps
+  do: sdrun.samplers).
+All draws are float32 standard normals; this is the order of diffusers' StableDiffusionInpaintPipeline
+and StableDiffusionImg2ImgPipeline.
 """
 
 import functools
@@ -24,6 +30,7 @@ from sdrun.config_values import real_number, whole_number, whole_numbers
 from sdrun.defaults import VAE_CHOICES, GenerationDefaults
 from sdrun.errors import GraphOutputError, ModelFolderError, SdrunError, SettingsError
 from sdrun.folder import (
+    CLIP_SKIP_KEY,
     GRAPH_FILE,
     LATENT_MULTIPLE_KEY,
     TINY_VAE_DECODER,
@@ -34,6 +41,7 @@ from sdrun.folder import (
 from sdrun.graphs import Graph
 from sdrun.guidance_embedding import guidance_scale_embedding
 from sdrun.images import fit_within, from_pixels, load_rgb, open_image, oriented_size, to_pixels
+from sdrun.inpaint import DEFAULT_MASK_BLUR, MAX_MASK_BLUR, Mask, load_mask, paste_unmasked
 from sdrun.limits import DEFAULT_LIMITS, MAX_GUIDANCE, MAX_PROMPT_CHARACTERS, Limits
 from sdrun.memory import (
     DEFAULT_POLICY,
@@ -52,7 +60,7 @@ from sdrun.networks import (
 )
 from sdrun.progress import Progress, ProgressCallback
 from sdrun.providers import ProviderRequest, create_session, provider_name, requested_providers
-from sdrun.samplers import first_step, make_sampler, sample
+from sdrun.samplers import KnownLatents, first_step, make_sampler, sample
 from sdrun.samplers.prediction import Model
 from sdrun.schedule import NoiseSchedule, ScheduleError
 from sdrun.settings import ImageSettings
@@ -97,7 +105,8 @@ class Result:
 @dataclass(frozen=True)
 class GenerationRequest:
     """The settings of one `generate_each` call as `Pipeline.prepare` checked and completed them; `image`
-    is the opened init image (None for text-to-image, and then `strength` is None too)."""
+    is the opened init image (None for text-to-image, and then `strength` is None too), `mask` the opened
+    mask (None without one, and then `mask_blur` is None too)."""
 
     prompt: str
     negative_prompt: str
@@ -110,6 +119,9 @@ class GenerationRequest:
     num_images: int
     image: Image.Image | None
     strength: float | None
+    mask: Image.Image | None = None
+    mask_blur: int | None = None
+    overlay: bool = True
 
 
 class NegativePromptIgnoredWarning(UserWarning):
@@ -232,6 +244,8 @@ class Pipeline:
             blocks = whole_numbers(unet_config, "block_out_channels", "unet/config.json", 1, 2**16, 8)
             latent_multiple = 2 ** (len(blocks) - 1)
         self.vae_factor = vae_factor
+        # Baked into the text encoder graph; known here only to be written into each PNG.
+        self.clip_skip = whole_number(folder.manifest, CLIP_SKIP_KEY, "manifest", 1, 64, 1)
         self.size_multiple = vae_factor * latent_multiple
         sample_size = whole_number(unet_config, "sample_size", "unet/config.json", 1, MAX_SAMPLE_SIZE, None)
         # An LCM-distilled UNet takes the guidance scale as an input (sdrun.guidance_embedding): one pass a
@@ -240,6 +254,16 @@ class Pipeline:
             unet_config, "time_cond_proj_dim", "unet/config.json", 4, 2**16, None
         )
         self.default_size = sample_size * vae_factor if sample_size is not None else FALLBACK_SIZE
+        # An inpainting UNet takes the mask and the masked image's latents after the latents' channels.
+        channels = self.latent_channels
+        in_channels = whole_number(unet_config, "in_channels", "unet/config.json", 1, 1024, channels)
+        inpainting_channels = 2 * channels + 1
+        if in_channels not in (channels, inpainting_channels):
+            raise ModelFolderError(
+                f"unet/config.json: in_channels {in_channels} is neither the latent channels ({channels}) "
+                f"nor an inpainting UNet's ({inpainting_channels}); sdrun cannot run this UNet"
+            )
+        self.inpainting = in_channels == inpainting_channels
 
     def close(self) -> None:
         """Release every session now (waiting for a generation in progress to end); idempotent."""
@@ -358,15 +382,29 @@ class Pipeline:
         """The VAE encoder's latent distribution for an RGB image whose sides are multiples of 8
         (text-to-image never needs the encoder: it opens on first use). TAESD's encoder gives a
         distribution of zero spread: its noise is still drawn, so the draws stay those of the contract."""
-        with self.sessions.use(self.vae_encoder):
-            return self._network(self.vae_encoder, VaeEncoderGraph).encode(to_pixels(image))
+        return self.encode_pixels(to_pixels(image))
 
-    def guided_model(self, embeddings: PromptEmbeddings, guidance_scale: float) -> Model:
+    def encode_pixels(self, pixels: np.ndarray) -> LatentDistribution:
+        """`encode_image` for pixels [1, 3, H, W] in [-1, 1] (a masked image is not 8-bit)."""
+        with self.sessions.use(self.vae_encoder):
+            return self._network(self.vae_encoder, VaeEncoderGraph).encode(pixels)
+
+    def guided_model(
+        self, embeddings: PromptEmbeddings, guidance_scale: float, conditioning: np.ndarray | None = None
+    ) -> Model:
         """model(x, t) for the samplers: classifier-free guidance, eps_u + s (eps_c - eps_u)
         (Ho & Salimans 2022, eq. 6), or the conditional prediction alone when there is no negative; an
-        LCM UNet is given the guidance scale as its embedding instead, in one pass."""
+        LCM UNet is given the guidance scale as its embedding instead, in one pass. An inpainting UNet's
+        `conditioning` (mask and masked-image latents, [1, 5, h, w]) goes with every latent it sees."""
         cond, uncond = embeddings.conditional, embeddings.unconditional
-        unet = self._network("unet", UNetGraph).predict
+        predict = self._network("unet", UNetGraph).predict
+
+        def unet(
+            x: np.ndarray, t: float, context: np.ndarray, guidance: np.ndarray | None = None
+        ) -> np.ndarray:
+            extra = None if conditioning is None else np.repeat(conditioning, len(x), axis=0)
+            return predict(x, t, context, guidance, extra)
+
         if self.guidance_embedding_dim is not None:
             guidance = guidance_scale_embedding(guidance_scale, 1, self.guidance_embedding_dim)
 
@@ -401,11 +439,26 @@ class Pipeline:
         sampler: str,
         init_latents: np.ndarray | None = None,
         strength: float = 1.0,
+        mask: np.ndarray | None = None,
+        masked_latents: np.ndarray | None = None,
         callback: StepCallback | None = None,
     ) -> np.ndarray:
-        """Sample latents from `noise` (or, with `init_latents`, from those noised to `strength`)."""
+        """Sample latents from `noise` (or, with `init_latents`, from those noised to `strength`).
+
+        With a `mask` (latent size, 1 where to repaint), inpainting as diffusers'
+        StableDiffusionInpaintPipeline does it: at strength 1 from pure noise; an inpainting UNet sees the
+        mask and `masked_latents` beside the latents, a plain one has `init_latents` pasted back outside the
+        mask after every step."""
+        known, conditioning = None, None
+        if mask is not None:
+            if self.inpainting:
+                conditioning = np.concatenate([mask, masked_latents], axis=1)
+            else:
+                known = KnownLatents(init_latents, mask)
+            if strength == 1.0:
+                init_latents = None
         with self.sessions.use("unet"):
-            model = self.guided_model(embeddings, guidance_scale)
+            model = self.guided_model(embeddings, guidance_scale, conditioning)
             return sample(
                 sampler,
                 model,
@@ -416,6 +469,7 @@ class Pipeline:
                 init_latents=init_latents,
                 strength=strength,
                 callback=callback,
+                known=known,
             )
 
     def decode(self, latents: np.ndarray) -> list[Image.Image]:
@@ -467,9 +521,19 @@ class Pipeline:
         num_images: int = 1,
         init_image: Image.Image | str | Path | None = None,
         strength: float | None = None,
+        mask: Image.Image | str | Path | None = None,
+        mask_blur: int = DEFAULT_MASK_BLUR,
+        overlay: bool = True,
     ) -> GenerationRequest:
         """The settings of a `generate_each` call, checked and completed without running any network:
         a SettingsError here is the one that call would raise. A server calls it before queueing a job."""
+        if mask is not None and init_image is None:
+            raise SettingsError("a mask marks what to repaint in an init image: give the init image too")
+        if not isinstance(overlay, bool):
+            raise SettingsError(f"overlay must be True or False, not {overlay!r}")
+        mask_blur = _whole(mask_blur, "mask blur", 0)
+        if mask_blur > MAX_MASK_BLUR:
+            raise SettingsError(f"mask blur {mask_blur} is out of range: give 0 to {MAX_MASK_BLUR} pixels")
         defaults = self.defaults
         prompt = _check_prompt(prompt, "prompt")
         negative_prompt = _check_prompt(negative_prompt, "negative prompt")
@@ -504,6 +568,7 @@ class Pipeline:
                 )
             width = fitted[0] if width is None else width
             height = fitted[1] if height is None else height
+        opened_mask = None if mask is None else open_image(mask, self.limits.max_init_pixels, "mask")
         width = self.default_size if width is None else width
         height = self.default_size if height is None else height
         self.check_settings(steps, sampler, height, width, strength if image is not None else None)
@@ -519,6 +584,9 @@ class Pipeline:
             num_images=num_images,
             image=image,
             strength=strength if image is not None else None,
+            mask=opened_mask,
+            mask_blur=mask_blur if opened_mask is not None else None,
+            overlay=overlay,
         )
 
     def generate(
@@ -535,11 +603,14 @@ class Pipeline:
         num_images: int = 1,
         init_image: Image.Image | str | Path | None = None,
         strength: float | None = None,
+        mask: Image.Image | str | Path | None = None,
+        mask_blur: int = DEFAULT_MASK_BLUR,
+        overlay: bool = True,
         callback: StepCallback | None = None,
         progress: ProgressCallback | None = None,
     ) -> Result:
-        """Text-to-image, or image-to-image when `init_image` is given: the images of `generate_each`
-        (which says what each setting does), all kept in the Result."""
+        """Text-to-image, image-to-image when `init_image` is given, inpainting with a `mask` too: the
+        images of `generate_each` (which says what each setting does), all kept in the Result."""
         images, made, stopped = [], [], False
         for generated in self.generate_each(
             prompt,
@@ -553,6 +624,9 @@ class Pipeline:
             num_images=num_images,
             init_image=init_image,
             strength=strength,
+            mask=mask,
+            mask_blur=mask_blur,
+            overlay=overlay,
             callback=callback,
             progress=progress,
         ):
@@ -576,6 +650,9 @@ class Pipeline:
         num_images: int = 1,
         init_image: Image.Image | str | Path | None = None,
         strength: float | None = None,
+        mask: Image.Image | str | Path | None = None,
+        mask_blur: int = DEFAULT_MASK_BLUR,
+        overlay: bool = True,
         callback: StepCallback | None = None,
         progress: ProgressCallback | None = None,
     ) -> Iterator[GeneratedImage]:
@@ -589,6 +666,13 @@ class Pipeline:
         resized. `callback(step, total, latents)` counts steps over all images; `progress(Progress)`
         says which image and step (sdrun.progress) without the latents; either returning True stops the
         run. Steps, guidance scale, sampler and strength not given are the model folder's (`self.defaults`).
+
+        Inpainting: `mask` (white = repaint; its alpha channel if it has transparency) is resized to the
+        image size and blurred by `mask_blur` pixels (sdrun.inpaint); an inpainting UNet (9 input channels)
+        is given it and the masked image, a plain UNet keeps the init image's latents outside it (both as
+        diffusers' StableDiffusionInpaintPipeline). With `overlay` the init image's pixels are pasted back
+        outside the blurred mask after decoding (as AUTOMATIC1111 does; diffusers leaves them as decoded).
+        An inpainting UNet without a mask repaints the whole image.
         """
         request = self.prepare(
             prompt,
@@ -602,10 +686,23 @@ class Pipeline:
             num_images=num_images,
             init_image=init_image,
             strength=strength,
+            mask=mask,
+            mask_blur=mask_blur,
+            overlay=overlay,
         )
         embeddings = self.encode_prompt(request.prompt, request.negative_prompt, request.guidance_scale)
-        image, size = request.image, (request.width, request.height)
-        distribution = self.encode_image(load_rgb(image, size)) if image is not None else None
+        size = (request.width, request.height)
+        init = load_rgb(request.image, size) if request.image is not None else None
+        mask = load_mask(request.mask, size, request.mask_blur or 0) if request.mask is not None else None
+        if mask is None and self.inpainting:
+            mask = Mask.everywhere(size)
+        # An inpainting UNet at full strength starts from pure noise and sees the init image only masked.
+        init_unused = self.inpainting and request.strength == 1.0
+        distribution = self.encode_image(init) if init is not None and not init_unused else None
+        masked_distribution = None
+        if self.inpainting and mask is not None:
+            pixels = to_pixels(init) if init is not None else np.zeros((1, 3, size[1], size[0]), np.float32)
+            masked_distribution = self.encode_pixels(mask.masked(pixels))
         latent_shape = (
             1,
             self.latent_channels,
@@ -615,6 +712,8 @@ class Pipeline:
         sampled = self._sample_images(
             embeddings,
             distribution,
+            masked_distribution,
+            None if mask is None else mask.latent(self.vae_factor),
             latent_shape,
             request.seed,
             request.num_images,
@@ -643,8 +742,13 @@ class Pipeline:
                     height=request.height,
                     model=self.folder.name,
                     strength=request.strength,
+                    mask_blur=request.mask_blur,
+                    clip_skip=self.clip_skip,
                 )
-                yield GeneratedImage(self._decode_one(latents), settings, stopped)
+                picture = self._decode_one(latents)
+                if request.overlay and request.mask is not None and init is not None and mask is not None:
+                    picture = paste_unmasked(picture, init, mask)
+                yield GeneratedImage(picture, settings, stopped)
 
     def _init_size(self, width: int, height: int) -> tuple[int, int]:
         """An init image's size scaled down, aspect kept, to the model's pixel count when larger, and
@@ -655,6 +759,8 @@ class Pipeline:
         self,
         embeddings: PromptEmbeddings,
         distribution: LatentDistribution | None,
+        masked_distribution: LatentDistribution | None,
+        latent_mask: np.ndarray | None,
         latent_shape: tuple[int, ...],
         seed: int,
         num_images: int,
@@ -671,6 +777,12 @@ class Pipeline:
                 init_latents = distribution.sample(rng.standard_normal(latent_shape, dtype=np.float32))
                 init_latents = init_latents * self.latent_scale
             noise = rng.standard_normal(latent_shape, dtype=np.float32)
+            masked_latents = None
+            if latent_mask is not None:
+                # Drawn under a plain UNet too, which has no use for it, as diffusers draws it.
+                masked_noise = rng.standard_normal(latent_shape, dtype=np.float32)
+                if masked_distribution is not None:
+                    masked_latents = masked_distribution.sample(masked_noise) * self.latent_scale
             stopped = False
 
             def on_step(step: int, total: int, latents: np.ndarray, index: int = index) -> bool:
@@ -682,7 +794,14 @@ class Pipeline:
 
             with self.sessions.use("unet"):
                 latents = self.denoise(
-                    embeddings, noise, rng, init_latents=init_latents, callback=on_step, **sampling
+                    embeddings,
+                    noise,
+                    rng,
+                    init_latents=init_latents,
+                    mask=latent_mask,
+                    masked_latents=masked_latents,
+                    callback=on_step,
+                    **sampling,
                 )
             if not np.isfinite(latents).all():
                 raise GraphOutputError(

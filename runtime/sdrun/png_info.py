@@ -95,6 +95,8 @@ def format_parameters(settings: ImageSettings) -> str:
         "Size": f"{settings.width}x{settings.height}",
         "Model": settings.model or None,
         "Denoising strength": None if settings.strength is None else _number(settings.strength),
+        "Mask blur": settings.mask_blur,
+        "Clip skip": settings.clip_skip if settings.clip_skip > 1 else None,
     }
     line = ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items() if value is not None)
     negative = f"\n{NEGATIVE_PREFIX} {settings.negative_prompt}" if settings.negative_prompt else ""
@@ -209,6 +211,8 @@ def parse_parameters(text: str) -> ImageSettings:
         height=int(size.group(2)),
         model=pairs.get("Model", ""),
         strength=_float(pairs, "Denoising strength") if "Denoising strength" in pairs else None,
+        mask_blur=_integer(pairs, "Mask blur") if "Mask blur" in pairs else None,
+        clip_skip=_integer(pairs, "Clip skip") if "Clip skip" in pairs else 1,
     )
 
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 class ImageSettings:
     """Everything `Pipeline.generate` needs to make this one image again (given the same model folder).
 
-    `strength` is None for text-to-image; for image-to-image the init image itself is not recorded.
+    `strength` is None for text-to-image; for image-to-image the init image itself is not recorded, nor
+    is an inpainting mask: `mask_blur` is None without one.
     """
 
     prompt: str
@@ -20,3 +21,6 @@ class ImageSettings:
     height: int
     model: str = ""
     strength: float | None = None
+    mask_blur: int | None = None
+    # The model folder's CLIP skip (fixed when it was built), recorded as the web UI records it.
+    clip_skip: int = 1

@@ -3,6 +3,10 @@
 The pipeline is the one of transformers' CLIPTokenizerFast: NFC, whitespace runs collapsed to one space,
 lower case; CLIP's word regex; GPT-2's byte-to-unicode map; BPE with "</w>" closing each word. A prompt
 becomes [start, ids..., end, pad...], cut to the model's context length (77 for SD 1.x).
+
+Added tokens (tokenizer_config.json's `added_tokens_decoder`, where transformers keeps them: the words of
+textual-inversion embeddings) are whole words. A multi-vector embedding's word WORD stands for all of its
+tokens WORD, WORD_1, WORD_2, ..., as in diffusers' `maybe_convert_prompt`.
 """
 
 import warnings
@@ -76,6 +80,7 @@ class CLIPTokenizer:
         merges: list[tuple[str, str]],
         special_tokens: dict[str, str] | None = None,
         max_length: int = CLIP_CONTEXT_LENGTH,
+        added_tokens: dict[str, int] | None = None,
     ) -> None:
         tokens = {**DEFAULT_SPECIAL_TOKENS, **(special_tokens or {})}
         missing = sorted({content for content in tokens.values() if content not in vocab})
@@ -83,7 +88,7 @@ class CLIPTokenizer:
             raise TokenizerError(f"special tokens {missing} are not in the vocabulary: check vocab.json")
         if not merges:
             raise TokenizerError("merges.txt has no merges: use the tokenizer folder the model came with")
-        if len(vocab) > MAX_VOCABULARY:
+        if len(vocab) + len(added_tokens or {}) > MAX_VOCABULARY:
             raise TokenizerError(f"vocab.json has {len(vocab)} tokens, more than a CLIP tokenizer's")
         if not all(
             isinstance(token_id, int) and not isinstance(token_id, bool) for token_id in vocab.values()
@@ -92,11 +97,12 @@ class CLIPTokenizer:
         if max_length < 2:
             raise TokenizerError(f"max_length {max_length} leaves no room for the start and end tokens")
         self.max_length = max_length
-        self.vocab_size = len(vocab)
         self.bos_token_id = vocab[tokens["bos_token"]]
         self.eos_token_id = vocab[tokens["eos_token"]]
         self.pad_token_id = vocab[tokens["pad_token"]]
         self._tokenizer = _build_tokenizer(vocab, merges, tokens)
+        self._expansions = _add_words(self._tokenizer, added_tokens or {})
+        self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
 
     @classmethod
     def from_folder(cls, folder: Path) -> "CLIPTokenizer":
@@ -115,11 +121,12 @@ class CLIPTokenizer:
         for source in (special_map, config):  # tokenizer_config.json wins where both name a token
             given = {key: source[key] for key in DEFAULT_SPECIAL_TOKENS if source.get(key) is not None}
             special_tokens.update({key: _token_content(value) for key, value in given.items()})
+        added_tokens = _added_words(config.get("added_tokens_decoder") or {})
         max_length = config.get("model_max_length")
         # transformers writes a huge sentinel (1e30) when a tokenizer has no length of its own.
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length > 1_000_000:
             max_length = CLIP_CONTEXT_LENGTH
-        return cls(vocab, merges, special_tokens, max_length)
+        return cls(vocab, merges, special_tokens, max_length, added_tokens)
 
     def tokenize(self, prompts: Sequence[str]) -> TokenizedPrompts:
         """Token ids of each prompt, and what each over-long prompt lost (no warning: the caller reports)."""
@@ -136,12 +143,26 @@ class CLIPTokenizer:
         truncations = []
         encodings = self._tokenizer.encode_batch(list(prompts), add_special_tokens=False)
         for index, (prompt, encoding) in enumerate(zip(prompts, encodings, strict=True)):
-            ids = encoding.ids[:room]
+            all_ids, offsets = self._expand(encoding.ids, encoding.offsets)
+            ids = all_ids[:room]
             input_ids[index, : len(ids) + 2] = [self.bos_token_id, *ids, self.eos_token_id]
-            if len(encoding.ids) > room:
-                dropped_from = encoding.offsets[room][0]
-                truncations.append(Truncation(index, len(encoding.ids) - room, prompt[dropped_from:].strip()))
+            if len(all_ids) > room:
+                dropped_from = offsets[room][0]
+                truncations.append(Truncation(index, len(all_ids) - room, prompt[dropped_from:].strip()))
         return TokenizedPrompts(input_ids, truncations)
+
+    def _expand(
+        self, ids: list[int], offsets: list[tuple[int, int]]
+    ) -> tuple[list[int], list[tuple[int, int]]]:
+        """Each multi-vector word's id replaced by its tokens' ids, each of them at the word's offsets."""
+        if not self._expansions:
+            return ids, offsets
+        expanded_ids, expanded_offsets = [], []
+        for token_id, offset in zip(ids, offsets, strict=True):
+            tokens = self._expansions.get(token_id, (token_id,))
+            expanded_ids += tokens
+            expanded_offsets += [offset] * len(tokens)
+        return expanded_ids, expanded_offsets
 
     def encode(self, prompts: Sequence[str]) -> np.ndarray:
         """int64 [n, max_length] input_ids; warns (PromptTruncatedWarning) for each prompt that was cut."""
@@ -174,6 +195,45 @@ def _build_tokenizer(
     specials = dict.fromkeys(tokens.values())
     tokenizer.add_special_tokens([AddedToken(content, normalized=True) for content in specials])
     return tokenizer
+
+
+def _added_words(decoder: object) -> dict[str, int]:
+    """The non-special entries of `added_tokens_decoder` ({id: AddedToken dict}) as content -> id."""
+    if not isinstance(decoder, dict):
+        raise TokenizerError("tokenizer_config.json's added_tokens_decoder is not a table: re-export it")
+    words = {}
+    for key, entry in decoder.items():
+        if not isinstance(entry, dict) or entry.get("special") is not False:
+            continue
+        content = _token_content(entry)
+        if not key.isdigit() or not content.strip():
+            raise TokenizerError(
+                f"added token {content[:40]!r} has id {key[:20]!r}: fix tokenizer_config.json"
+            )
+        words[content] = int(key)
+    return words
+
+
+def _add_words(tokenizer: Tokenizer, words: dict[str, int]) -> dict[int, tuple[int, ...]]:
+    """Add `words` (content -> id) to `tokenizer` as whole, lower-cased words; returns the ids that stand
+    for several (a word followed by WORD_1, WORD_2, ... among them) and the ids they stand for."""
+    ordered = sorted(words.items(), key=lambda item: item[1])
+    tokenizer.add_tokens([AddedToken(content, normalized=True) for content, _ in ordered])
+    for content, token_id in ordered:
+        if tokenizer.token_to_id(content) != token_id:
+            raise TokenizerError(
+                f"added token {content[:40]!r} has id {token_id}, which does not follow vocab.json's ids: "
+                "re-export the tokenizer folder"
+            )
+    expansions = {}
+    for content, token_id in ordered:
+        tokens, count = [token_id], 1
+        while f"{content}_{count}" in words:
+            tokens.append(words[f"{content}_{count}"])
+            count += 1
+        if len(tokens) > 1:
+            expansions[token_id] = tuple(tokens)
+    return expansions
 
 
 def _read_json(path: Path, required: bool) -> dict:

@@ -1,10 +1,10 @@
 """The model config file: YAML in the layout of the original `v1-inference.yaml`, so that file itself works.
 
-Read: `model.params` (schedule, `scale_factor`, `parameterization`), `unet_config.params`,
-`first_stage_config.params` (with `ddconfig`). Extensions for what the original leaves implicit:
-`norm_groups` in `unet_config.params` and `ddconfig` (the original fixes 32), and the text encoder's
-sizes in `cond_stage_config.params` (vocab_size, max_length, hidden_size or width, layers, heads,
-intermediate_size, layer_norm_eps), and a top-level `generation_defaults:` section (the settings the
+Read: `model.params` (schedule, `scale_factor`, `parameterization`; `use_ema` by `read_use_ema`),
+`unet_config.params`, `first_stage_config.params` (with `ddconfig`). Extensions for what the original
+leaves implicit: `norm_groups` in `unet_config.params` and `ddconfig` (the original fixes 32), and the
+text encoder's sizes in `cond_stage_config.params` (vocab_size, max_length, hidden_size or width, layers,
+heads, intermediate_size, layer_norm_eps), and a top-level `generation_defaults:` section (the settings the
 model is meant to be sampled at; see sdrun.defaults). A key that is absent takes the SD 1.x value.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 import yaml
 
 from sdexport.checkpoints.errors import CheckpointError
-from sdexport.checkpoints.family import unsupported
-from sdexport.models import CLIPTextConfig, StableDiffusionConfig, UNetConfig, VAEConfig
+from sdexport.checkpoints.family import INPAINTING_IN_CHANNELS, unsupported
+from sdexport.models import CLIPTextConfig, OpenCLIPTextConfig, StableDiffusionConfig, UNetConfig, VAEConfig
 from sdrun.defaults import MANIFEST_KEY as GENERATION_DEFAULTS_KEY
 from sdrun.defaults import GenerationDefaults
 from sdrun.errors import SdrunError
@@ -25,10 +25,15 @@ _SCHEDULES = {"linear": "scaled_linear", "sqrt_linear": "linear", "cosine": "squ
 _PARAMETERIZATIONS = {"eps": "epsilon", "v": "v_prediction"}
 _TARGETS = {
     "model": "ldm.models.diffusion.ddpm.LatentDiffusion",
+    "inpainting_model": "ldm.models.diffusion.ddpm.LatentInpaintDiffusion",
     "unet": "ldm.modules.diffusionmodules.openaimodel.UNetModel",
     "vae": "ldm.models.autoencoder.AutoencoderKL",
     "text": "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
+    "open_clip": "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
 }
+# The official v2-inference-v.yaml of the 768-pixel SD 2.x v-prediction models says image_size 64 (the
+# original does not use it at inference): with parameterization v, that value is read as their 96.
+_SD2_V_IMAGE_SIZES = {64: 96}
 
 
 def find_config(checkpoint: Path, explicit: Path | None) -> Path | None:
@@ -91,8 +96,8 @@ class _Section:
         return tuple(value)
 
 
-def read_config_yaml(path: Path) -> StableDiffusionConfig:
-    """StableDiffusionConfig from a config file in the `v1-inference.yaml` layout (see the module doc)."""
+def _read_document(path: Path) -> tuple[dict[str, Any], _Section]:
+    """The YAML document of a config file and its `model.params` section."""
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
@@ -102,7 +107,21 @@ def read_config_yaml(path: Path) -> StableDiffusionConfig:
     model = document.get("model") if isinstance(document, dict) else None
     if not isinstance(model, dict) or "params" not in model:
         raise CheckpointError(f"config {path} has no model.params (expected the layout of v1-inference.yaml)")
-    params = _Section(path, "model.params", model["params"])
+    return document, _Section(path, "model.params", model["params"])
+
+
+def read_use_ema(path: Path) -> bool | None:
+    """`model.params.use_ema`: whether the model is sampled with its EMA UNet weights; None if not said."""
+    _, params = _read_document(path)
+    value = params.raw("use_ema")
+    if value is not None and not isinstance(value, bool):
+        raise CheckpointError(f"config {path}: model.params.use_ema must be true or false, got {value!r}")
+    return value
+
+
+def read_config_yaml(path: Path) -> StableDiffusionConfig:
+    """StableDiffusionConfig from a config file in the `v1-inference.yaml` layout (see the module doc)."""
+    document, params = _read_document(path)
     if params.has("network_config") or params.has("conditioner_config"):
         raise unsupported(f"config {path} is in the SDXL (sgm) layout")
     defaults = StableDiffusionConfig()
@@ -112,16 +131,21 @@ def read_config_yaml(path: Path) -> StableDiffusionConfig:
     parameterization = params.raw("parameterization", "eps")
     if parameterization not in _PARAMETERIZATIONS:
         raise CheckpointError(f"config {path}: parameterization {parameterization!r} is not 'eps' or 'v'")
+    unet = _read_unet(params.child("unet_config").child("params"))
+    text_encoder = _read_text_encoder(params.child("cond_stage_config"), unet)
+    sample_size = params.get_int("image_size", defaults.sample_size)
+    if isinstance(text_encoder, OpenCLIPTextConfig) and parameterization == "v":
+        sample_size = _SD2_V_IMAGE_SIZES.get(sample_size, sample_size)
     return StableDiffusionConfig(
-        unet=_read_unet(params.child("unet_config").child("params")),
+        unet=unet,
         vae=_read_vae(params.child("first_stage_config").child("params"), params),
-        text_encoder=_read_text_encoder(params.child("cond_stage_config")),
+        text_encoder=text_encoder,
         beta_start=params.get_float("linear_start", defaults.beta_start),
         beta_end=params.get_float("linear_end", defaults.beta_end),
         beta_schedule=_SCHEDULES[schedule],
         num_train_timesteps=params.get_int("timesteps", defaults.num_train_timesteps),
         prediction_type=_PARAMETERIZATIONS[parameterization],
-        sample_size=params.get_int("image_size", defaults.sample_size),
+        sample_size=sample_size,
         generation_defaults=_read_generation_defaults(path, document.get("generation_defaults")),
     )
 
@@ -139,8 +163,9 @@ def _read_generation_defaults(path: Path, section: object) -> dict[str, Any]:
 
 def _read_unet(unet: _Section) -> UNetConfig:
     where = f"config {unet.path}"
-    if unet.raw("use_linear_in_transformer") or unet.raw("num_head_channels", -1) != -1:
-        raise unsupported(f"{where} describes a SD 2.x UNet (use_linear_in_transformer / num_head_channels)")
+    linear = unet.raw("use_linear_in_transformer", False)
+    if not isinstance(linear, bool):
+        raise CheckpointError(f"{where}: use_linear_in_transformer must be true or false, got {linear!r}")
     if unet.raw("num_classes") is not None or unet.raw("adm_in_channels") is not None:
         raise unsupported(f"{where} describes a class-conditioned UNet (SDXL: num_classes / adm_in_channels)")
     d = UNetConfig()
@@ -155,6 +180,11 @@ def _read_unet(unet: _Section) -> UNetConfig:
         transformer_depth=unet.get_int("transformer_depth", d.transformer_depth),
         context_dim=unet.get_int("context_dim", d.context_dim),
         norm_groups=unet.get_int("norm_groups", d.norm_groups),
+        # -1, the original's default, means heads of model width / num_heads channels.
+        num_head_channels=(
+            None if unet.raw("num_head_channels", -1) == -1 else unet.get_int("num_head_channels", 64)
+        ),
+        use_linear_in_transformer=linear,
     )
 
 
@@ -178,10 +208,11 @@ def _read_vae(vae: _Section, model: _Section) -> VAEConfig:
     )
 
 
-def _read_text_encoder(cond: _Section) -> CLIPTextConfig:
+def _read_text_encoder(cond: _Section, unet: UNetConfig) -> CLIPTextConfig | OpenCLIPTextConfig:
+    """CLIP ViT-L, or OpenCLIP when the target names it or, without a target, for a SD 2.x UNet."""
     target = str(cond.raw("target", ""))
-    if "OpenCLIP" in target:
-        raise unsupported(f"config {cond.path} uses {target} (SD 2.x)")
+    if "OpenCLIP" in target or (not target and unet.use_linear_in_transformer):
+        return _read_open_clip(cond, named=bool(target))
     text = cond.child("params")
     if text.raw("layer", "last") != "last":
         raise CheckpointError(
@@ -204,9 +235,61 @@ def _read_text_encoder(cond: _Section) -> CLIPTextConfig:
     )
 
 
+def _read_open_clip(cond: _Section, named: bool) -> OpenCLIPTextConfig:
+    """FrozenOpenCLIPEmbedder's params (`layer`, its default "last" when the target is named; `arch`),
+    and the sizes in open_clip's names (vocab_size, max_length, width, heads, layers, layer_norm_eps)."""
+    text = cond.child("params")
+    layer = text.raw("layer", "last" if named else "penultimate")
+    if layer != "penultimate":
+        raise CheckpointError(
+            f"config {cond.path}: cond_stage_config layer {layer!r} is not supported "
+            "(SD 2.x uses 'penultimate'; write layer: penultimate)"
+        )
+    if text.raw("arch", "ViT-H-14") != "ViT-H-14":
+        raise unsupported(
+            f"config {cond.path}: an OpenCLIP text encoder {text.raw('arch')!r} (SD 2.x: ViT-H-14)"
+        )
+    if text.get_int("layers", 2) < 2:
+        raise CheckpointError(f"config {cond.path}: cond_stage_config layers must be 2 or more (penultimate)")
+    d = OpenCLIPTextConfig()
+    return OpenCLIPTextConfig(
+        vocab_size=text.get_int("vocab_size", d.vocab_size),
+        context_length=text.get_int("max_length", d.context_length),
+        width=text.get_int("width", d.width),
+        heads=text.get_int("heads", d.heads),
+        layers=text.get_int("layers", d.layers),
+        layer_norm_eps=text.get_float("layer_norm_eps", d.layer_norm_eps),
+    )
+
+
+def _text_encoder_section(text: CLIPTextConfig | OpenCLIPTextConfig) -> dict[str, Any]:
+    if isinstance(text, OpenCLIPTextConfig):
+        params: dict[str, Any] = {
+            "layer": "penultimate",
+            "vocab_size": text.vocab_size,
+            "max_length": text.context_length,
+            "width": text.width,
+            "heads": text.heads,
+            "layers": text.layers,
+            "layer_norm_eps": text.layer_norm_eps,
+        }
+        return {"target": _TARGETS["open_clip"], "params": params}
+    params = {
+        "vocab_size": text.vocab_size,
+        "max_length": text.max_position_embeddings,
+        "hidden_size": text.hidden_size,
+        "intermediate_size": text.intermediate_size,
+        "layers": text.num_hidden_layers,
+        "heads": text.num_attention_heads,
+        "layer_norm_eps": text.layer_norm_eps,
+    }
+    return {"target": _TARGETS["text"], "params": params}
+
+
 def config_to_yaml_dict(config: StableDiffusionConfig) -> dict[str, Any]:
     """`config` as the `v1-inference.yaml` document (with the extensions that differ from SD 1.x written)."""
     unet, vae, text = config.unet, config.vae, config.text_encoder
+    inpainting = unet.in_channels == INPAINTING_IN_CHANNELS
     schedules = {diffusers: original for original, diffusers in _SCHEDULES.items()}
     parameterizations = {diffusers: original for original, diffusers in _PARAMETERIZATIONS.items()}
     if config.beta_schedule not in schedules or config.prediction_type not in parameterizations:
@@ -226,6 +309,11 @@ def config_to_yaml_dict(config: StableDiffusionConfig) -> dict[str, Any]:
         "transformer_depth": unet.transformer_depth,
         "context_dim": unet.context_dim,
     }
+    if unet.num_head_channels:
+        del unet_params["num_heads"]
+        unet_params.update(num_head_channels=unet.num_head_channels, use_linear_in_transformer=True)
+    if unet.use_linear_in_transformer != bool(unet.num_head_channels):
+        raise CheckpointError("the original YAML layout here pairs linear projections with num_head_channels")
     ddconfig: dict[str, Any] = {
         "double_z": True,
         "z_channels": vae.z_channels,
@@ -239,19 +327,12 @@ def config_to_yaml_dict(config: StableDiffusionConfig) -> dict[str, Any]:
     for params, value in ((unet_params, unet.norm_groups), (ddconfig, vae.norm_groups)):
         if value != 32:
             params["norm_groups"] = value
-    text_params: dict[str, Any] = {
-        "vocab_size": text.vocab_size,
-        "max_length": text.max_position_embeddings,
-        "hidden_size": text.hidden_size,
-        "intermediate_size": text.intermediate_size,
-        "layers": text.num_hidden_layers,
-        "heads": text.num_attention_heads,
-        "layer_norm_eps": text.layer_norm_eps,
-    }
     document: dict[str, Any] = {
         "model": {
-            "target": _TARGETS["model"],
+            "target": _TARGETS["inpainting_model" if inpainting else "model"],
             "params": {
+                # hybrid: the mask and masked-image latents concatenated to the input, the text by attention.
+                "conditioning_key": "hybrid" if inpainting else "crossattn",
                 "linear_start": config.beta_start,
                 "linear_end": config.beta_end,
                 "beta_schedule": schedules[config.beta_schedule],
@@ -264,7 +345,7 @@ def config_to_yaml_dict(config: StableDiffusionConfig) -> dict[str, Any]:
                     "target": _TARGETS["vae"],
                     "params": {"embed_dim": vae.embed_dim, "ddconfig": ddconfig},
                 },
-                "cond_stage_config": {"target": _TARGETS["text"], "params": text_params},
+                "cond_stage_config": _text_encoder_section(text),
             },
         }
     }

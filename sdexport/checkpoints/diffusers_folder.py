@@ -18,18 +18,21 @@ from sdexport.checkpoints.diffusers_layout import (
     vae_config_from_diffusers,
 )
 from sdexport.checkpoints.errors import CheckpointError
-from sdexport.checkpoints.family import unsupported
-from sdexport.checkpoints.tensor_files import read_tensor_file
+from sdexport.checkpoints.family import UNET_IN_CHANNELS, unsupported
+from sdexport.checkpoints.tensor_files import read_sharded, read_tensor_file
 from sdexport.checkpoints.weights import build_model, dtype_name, split_unused
 from sdexport.models import StableDiffusion, StableDiffusionConfig
 
 COMPONENTS = ("unet", "vae", "text_encoder")
-# Preferred first: safetensors over pickles, full precision over the fp16 variant.
+# Preferred first: full precision over the fp16 variant (taken only when it is the one there), then
+# safetensors over pickles; each in one file or sharded (an index naming its parts), as save_pretrained
+# writes them.
 _WEIGHT_FILES = tuple(
-    f"{stem}{variant}{suffix}"
+    name
     for variant in ("", ".fp16")
     for suffix in (".safetensors", ".bin")
     for stem in ("diffusion_pytorch_model", "model", "pytorch_model")
+    for name in (f"{stem}{variant}{suffix}", f"{stem}{suffix}.index{variant}.json")
 )
 # The settings an LCM-distilled UNet (time_cond_proj_dim) is sampled at: its own sampler and steps, and
 # LatentConsistencyModelPipeline's default guidance scale (that of LCM_Dreamshaper_v7), fed as its embedding.
@@ -58,23 +61,17 @@ def _optional_json(path: Path) -> dict[str, Any]:
 
 
 def detect_diffusers_family(folder: Path) -> None:
-    """Raise unless the folder's configs describe a SD 1.x pipeline."""
+    """Raise unless the folder's configs describe a SD 1.x or 2.x pipeline."""
     pipeline = str(_optional_json(folder / "model_index.json").get("_class_name", ""))
     if "XL" in pipeline:
         raise unsupported(f"SDXL ({pipeline})")
     if (folder / "text_encoder_2").is_dir():
         raise unsupported("SDXL (a second text encoder, text_encoder_2/)")
-    if "Inpaint" in pipeline:
-        raise unsupported(f"an inpainting pipeline ({pipeline})")
     unet = _optional_json(folder / "unet" / "config.json")
     if unet.get("addition_embed_type") == "text_time":
         raise unsupported("SDXL (unet addition_embed_type text_time)")
-    if unet.get("in_channels") == 9:
-        raise unsupported("an inpainting UNet (9 input channels)")
-    if unet.get("use_linear_projection") or unet.get("cross_attention_dim") == 1024:
-        raise unsupported("SD 2.x (UNet with linear projections / 1024-wide context)")
-    if _optional_json(folder / "text_encoder" / "config.json").get("hidden_act") == "gelu":
-        raise unsupported("SD 2.x (OpenCLIP text encoder, hidden_act gelu)")
+    if unet.get("in_channels", 4) not in UNET_IN_CHANNELS:
+        raise unsupported(f"a UNet with {unet['in_channels']} input channels (InstructPix2Pix takes 8)")
 
 
 def _weights_file(folder: Path) -> Path:
@@ -82,8 +79,15 @@ def _weights_file(folder: Path) -> Path:
         if (folder / name).is_file():
             return folder / name
     raise CheckpointError(
-        f"{folder.name}/ has no weights file (expected {_WEIGHT_FILES[0]} or {_WEIGHT_FILES[1]})"
+        f"{folder.name}/ has no weights file (expected {_WEIGHT_FILES[0]} or {_WEIGHT_FILES[2]}, "
+        "or their .bin, .fp16 or sharded .index.json forms)"
     )
+
+
+def _read_weights(path: Path) -> dict[str, Tensor]:
+    """The tensors of a weights file, or of all the parts that an index file names."""
+    tensors = read_sharded(path) if path.suffix == ".json" else read_tensor_file(path)
+    return {key: t for key, t in tensors.items() if isinstance(t, Tensor)}
 
 
 def read_diffusers_config(folder: Path) -> tuple[StableDiffusionConfig, list[str]]:
@@ -122,11 +126,11 @@ def load_diffusers(folder: Path) -> tuple[StableDiffusion, str, list[str]]:
     state: dict[str, Tensor] = {}
     for component in COMPONENTS:
         path = _weights_file(folder / component)
-        tensors = {key: t for key, t in read_tensor_file(path).items() if isinstance(t, Tensor)}
+        tensors = _read_weights(path)
         converted, unmapped = diffusers_to_original(component, tensors, config)
         if unmapped:
             raise CheckpointError(
-                f"{component}/{path.name}: {len(unmapped)} unexpected tensors, not in SD 1.x "
+                f"{component}/{path.name}: {len(unmapped)} unexpected tensors, not in SD 1.x/2.x "
                 f"({', '.join(unmapped[:3])})"
             )
         state.update(converted)

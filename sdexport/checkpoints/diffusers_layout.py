@@ -15,16 +15,19 @@ reading, any other value for them is refused.
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from sdexport.checkpoints.errors import CheckpointError
-from sdexport.models import CLIPTextConfig, StableDiffusionConfig, UNetConfig, VAEConfig
+from sdexport.models import CLIPTextConfig, OpenCLIPTextConfig, StableDiffusionConfig, UNetConfig, VAEConfig
 
 COMPONENT_PREFIXES = {
     "unet": "model.diffusion_model.",
     "vae": "first_stage_model.",
     "text_encoder": "cond_stage_model.transformer.",
 }
+# SD 2.x's text encoder (OpenCLIP) in place of COMPONENT_PREFIXES["text_encoder"].
+OPEN_CLIP_PREFIX = "cond_stage_model.model."
 # The diffusers release whose config format is written.
 DIFFUSERS_VERSION = "0.36.0"
 
@@ -134,18 +137,57 @@ def _vae_module_map(config: VAEConfig) -> dict[str, str]:
     return table
 
 
+_QKV = ("q_proj", "k_proj", "v_proj")
+
+
+def _open_clip_module_map(config: OpenCLIPTextConfig) -> dict[str, str]:
+    """transformers' CLIPTextModel -> open_clip's names (whole keys where the two differ in their last part).
+
+    The attention keeps q_proj, k_proj and v_proj under `attn`; `diffusers_to_original` stacks them into
+    open_clip's in_proj. diffusers' SD 2.x text encoder has the `layers - 1` blocks that SD 2.x runs.
+    """
+    table = {
+        "text_model.embeddings.token_embedding": "token_embedding",
+        "text_model.embeddings.position_embedding.weight": "positional_embedding",
+        "text_model.embeddings.position_ids": "position_ids",
+        "text_model.final_layer_norm": "ln_final",
+    }
+    parts = {"layer_norm1": "ln_1", "self_attn": "attn", "layer_norm2": "ln_2", "mlp.fc1": "mlp.c_fc"}
+    for layer in range(config.layers - 1):
+        _add(
+            table,
+            f"text_model.encoder.layers.{layer}",
+            f"transformer.resblocks.{layer}",
+            {**parts, "mlp.fc2": "mlp.c_proj"},
+        )
+    return table
+
+
 def module_map(component: str, config: StableDiffusionConfig) -> dict[str, str]:
     """Diffusers module name -> original module name (with the component's prefix) for one component."""
+    prefix = COMPONENT_PREFIXES.get(component, "")
     if component == "unet":
         table = _unet_module_map(config.unet)
     elif component == "vae":
         table = _vae_module_map(config.vae)
+    elif component == "text_encoder" and isinstance(config.text_encoder, OpenCLIPTextConfig):
+        table, prefix = _open_clip_module_map(config.text_encoder), OPEN_CLIP_PREFIX
     elif component == "text_encoder":
         table = {"text_model": "text_model"}
     else:
         raise ValueError(f"unknown component {component!r}")
-    prefix = COMPONENT_PREFIXES[component]
     return {diffusers: prefix + original for diffusers, original in table.items()}
+
+
+def _stack_in_proj(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """open_clip's attention holds q, k and v as one in_proj_weight / in_proj_bias: stack them."""
+    stacked = dict(state)
+    for key in state:
+        module, name, kind = key.rsplit(".", 2)
+        parts = [f"{module}.{projection}.{kind}" for projection in _QKV]
+        if name == _QKV[0] and all(part in stacked for part in parts):
+            stacked[f"{module}.in_proj_{kind}"] = torch.cat([stacked.pop(part) for part in parts])
+    return stacked
 
 
 def diffusers_to_original(
@@ -157,16 +199,18 @@ def diffusers_to_original(
     unmapped: list[str] = []
     for key, tensor in state_dict.items():
         parts = key.split(".")
-        for split in range(len(parts) - 1, 0, -1):
+        for split in range(len(parts), 0, -1):
             module = table.get(".".join(parts[:split]))
             if module is not None:
-                original = module + "." + ".".join(parts[split:])
+                original = ".".join([module, *parts[split:]])
                 if component == "vae" and ".mid.attn_1." in original and tensor.ndim == 2:
                     tensor = tensor[:, :, None, None]
                 converted[original] = tensor
                 break
         else:
             unmapped.append(key)
+    if component == "text_encoder" and isinstance(config.text_encoder, OpenCLIPTextConfig):
+        converted = _stack_in_proj(converted)
     return converted, unmapped
 
 
@@ -203,7 +247,6 @@ _UNET_FIXED: dict[str, Any] = {
     "time_embedding_dim": None,
     "time_embedding_type": "positional",
     "timestep_post_act": None,
-    "use_linear_projection": False,
 }
 _VAE_FIXED: dict[str, Any] = {
     "act_fn": "silu",
@@ -261,6 +304,23 @@ def _single(name: str, key: str, value: Any) -> Any:
     return value
 
 
+def _head_channels(name: str, heads: Any, channels: list[int]) -> int | None:
+    """The fixed head width of heads that grow with the blocks' channels (SD 2.x); None for one count."""
+    if not isinstance(heads, list | tuple) or len(set(heads)) == 1:
+        return None
+    if len(heads) != len(channels):
+        widths: set[int | None] = {None}
+    else:
+        pairs = zip(channels, heads, strict=True)
+        widths = {c // h if isinstance(h, int) and h > 0 and c % h == 0 else None for c, h in pairs}
+    if len(widths) != 1 or None in widths:
+        raise CheckpointError(
+            f"{name}: attention_head_dim {list(heads)} gives no one head width over block_out_channels "
+            f"{channels} (SD 2.x: 64 channels a head)"
+        )
+    return widths.pop()
+
+
 def unet_config_to_diffusers(config: UNetConfig, sample_size: int = 64) -> dict[str, Any]:
     """The diffusers `UNet2DConditionModel` config.json of `config`; `sample_size` is the latent side."""
     levels = range(len(config.channel_mult))
@@ -269,7 +329,12 @@ def unet_config_to_diffusers(config: UNetConfig, sample_size: int = 64) -> dict[
         "_class_name": "UNet2DConditionModel",
         "_diffusers_version": DIFFUSERS_VERSION,
         **_UNET_FIXED,
-        "attention_head_dim": config.num_heads,
+        # diffusers' name for the number of heads: per block for SD 2.x's fixed head width.
+        "attention_head_dim": (
+            [config.model_channels * mult // config.num_head_channels for mult in config.channel_mult]
+            if config.num_head_channels
+            else config.num_heads
+        ),
         "block_out_channels": [config.model_channels * mult for mult in config.channel_mult],
         "cross_attention_dim": config.context_dim,
         "down_block_types": ["CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attends],
@@ -283,6 +348,7 @@ def unet_config_to_diffusers(config: UNetConfig, sample_size: int = 64) -> dict[
         "transformer_layers_per_block": config.transformer_depth,
         "up_block_types": ["CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attends)],
         "upcast_attention": False,
+        "use_linear_projection": config.use_linear_in_transformer,
     }
 
 
@@ -305,6 +371,10 @@ def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
     if any(c % base for c in channels):
         raise CheckpointError(f"{name}: block_out_channels {channels} are not multiples of the first")
     heads = config.get("num_attention_heads") or config.get("attention_head_dim", 8)
+    head_channels = _head_channels(name, heads, channels)
+    linear = config.get("use_linear_projection", False)
+    if not isinstance(linear, bool):
+        raise CheckpointError(f"{name}: use_linear_projection {linear!r} is not true or false")
     cond_dim = config.get("time_cond_proj_dim")
     if cond_dim is not None and (isinstance(cond_dim, bool) or not isinstance(cond_dim, int) or cond_dim < 1):
         raise CheckpointError(f"{name}: time_cond_proj_dim {cond_dim!r} is not a positive whole number")
@@ -317,7 +387,9 @@ def unet_config_from_diffusers(config: Mapping[str, Any]) -> UNetConfig:
         ),
         num_res_blocks=_single(name, "layers_per_block", config.get("layers_per_block", 2)),
         channel_mult=tuple(c // base for c in channels),
-        num_heads=_single(name, "attention_head_dim", heads),
+        num_heads=8 if head_channels else _single(name, "attention_head_dim", heads),
+        num_head_channels=head_channels,
+        use_linear_in_transformer=linear,
         transformer_depth=_single(
             name, "transformer_layers_per_block", config.get("transformer_layers_per_block", 1)
         ),
@@ -379,8 +451,10 @@ def vae_config_from_diffusers(config: Mapping[str, Any]) -> VAEConfig:
     )
 
 
-def text_encoder_config_to_diffusers(config: CLIPTextConfig) -> dict[str, Any]:
+def text_encoder_config_to_diffusers(config: CLIPTextConfig | OpenCLIPTextConfig) -> dict[str, Any]:
     """The transformers `CLIPTextModel` config.json of `config`, as a diffusers folder holds it."""
+    if isinstance(config, OpenCLIPTextConfig):
+        return _open_clip_config_to_diffusers(config)
     return {
         **_TEXT_FIXED,
         "hidden_size": config.hidden_size,
@@ -394,14 +468,49 @@ def text_encoder_config_to_diffusers(config: CLIPTextConfig) -> dict[str, Any]:
     }
 
 
-def text_encoder_config_from_diffusers(config: Mapping[str, Any]) -> CLIPTextConfig:
-    """CLIPTextConfig from a transformers CLIP text config.json (a full CLIP config: its text_config)."""
+def _open_clip_config_to_diffusers(config: OpenCLIPTextConfig) -> dict[str, Any]:
+    """The CLIPTextModel config.json of SD 2.x diffusers folders: GELU, the `layers - 1` blocks it runs."""
+    return {
+        **_TEXT_FIXED,
+        "hidden_act": "gelu",
+        "hidden_size": config.width,
+        "intermediate_size": config.width * config.mlp_ratio,
+        "layer_norm_eps": config.layer_norm_eps,
+        "max_position_embeddings": config.context_length,
+        "num_attention_heads": config.heads,
+        "num_hidden_layers": config.layers - 1,
+        "torch_dtype": "float32",
+        "vocab_size": config.vocab_size,
+    }
+
+
+def _open_clip_config_from_diffusers(name: str, config: Mapping[str, Any]) -> OpenCLIPTextConfig:
+    width = config.get("hidden_size", 512)
+    ratio, rest = divmod(config.get("intermediate_size", 2048), width)
+    if rest:
+        raise CheckpointError(f"{name}: intermediate_size is not a multiple of hidden_size (SD 2.x: 4x)")
+    return OpenCLIPTextConfig(
+        vocab_size=config.get("vocab_size", 49408),
+        context_length=config.get("max_position_embeddings", 77),
+        width=width,
+        heads=config.get("num_attention_heads", 8),
+        layers=config.get("num_hidden_layers", 12) + 1,
+        mlp_ratio=ratio,
+        layer_norm_eps=config.get("layer_norm_eps", 1e-5),
+    )
+
+
+def text_encoder_config_from_diffusers(config: Mapping[str, Any]) -> CLIPTextConfig | OpenCLIPTextConfig:
+    """CLIPTextConfig from a transformers CLIP text config.json (a full CLIP config: its text_config);
+    with hidden_act gelu, SD 2.x's OpenCLIP text encoder as diffusers converted it."""
     name = "text_encoder/config.json"
     if config.get("model_type") == "clip":
         config = config.get("text_config") or {}
     architectures = config.get("architectures") or ["CLIPTextModel"]
     if architectures != ["CLIPTextModel"] and architectures != ["CLIPModel"]:
         raise CheckpointError(f"{name}: architectures {architectures}; SD 1.x uses CLIPTextModel")
+    if config.get("hidden_act") == "gelu":
+        return _open_clip_config_from_diffusers(name, config)
     _check_fixed(name, config, {"hidden_act": "quick_gelu"})
     # Absent keys take transformers' CLIPTextConfig defaults.
     return CLIPTextConfig(

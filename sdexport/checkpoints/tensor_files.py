@@ -1,4 +1,5 @@
-"""Reading tensor files without running code: safetensors, and pickles through torch's weights-only loader.
+"""Reading tensor files without running code: safetensors, and pickles through torch's weights-only loader;
+one file, or the parts of a sharded checkpoint that its index names.
 
 A pickle can name any Python callable and have it called while loading, so `.ckpt`/`.bin` files are only
 ever opened with `torch.load(weights_only=True)`, which admits tensors and plain containers and refuses
@@ -7,6 +8,7 @@ scalars) beside the weights; those few names are bound to an inert placeholder s
 the placeholder never reaches the weights.
 """
 
+import json
 import pickle
 import re
 import zipfile
@@ -20,6 +22,8 @@ from sdexport.checkpoints.errors import CheckpointError
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
+# The index of a sharded checkpoint lists one line per tensor: a few hundred kB for the largest UNets.
+MAX_INDEX_BYTES = 16 * 2**20
 
 # Trainer state pickled beside the weights by the checkpoints of the original training runs.
 _TRAINER_STATE_GLOBALS = (
@@ -92,6 +96,77 @@ def _read_pickle(path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"holds a {type(obj).__name__}, not a dictionary of tensors")
     return obj
+
+
+def read_sharded(index: Path) -> dict[str, Any]:
+    """The tensors of a sharded checkpoint: every part that its index names, each read like a single file.
+
+    The index (`<name>.safetensors.index.json`, `<name>.bin.index.json`, or `.index.fp16.json` for the
+    fp16 variant) is untrusted JSON: its parts must be plain file names in its own format that lie beside
+    it (links followed, as in the Hugging Face cache, where both lead to the same blobs folder), and each
+    tensor it lists must be in the part it names.
+    """
+    where = f"{index.parent.name}/{index.name}"
+    weight_map = _read_weight_map(index, where)
+    suffix = SAFETENSORS_SUFFIX if f"{SAFETENSORS_SUFFIX}.index." in index.name else ".bin"
+    tensors: dict[str, Any] = {}
+    found_in: dict[str, str] = {}
+    for name in sorted(set(weight_map.values())):
+        path = _part_path(index, name, suffix, where)
+        try:
+            part = read_tensor_file(path)
+        except CheckpointError as error:
+            raise CheckpointError(f"{where}: part {name}: {error}") from None
+        twice = sorted(part.keys() & tensors.keys())
+        if twice:
+            raise CheckpointError(f"{where}: {twice[0]} is in both {found_in[twice[0]]} and {name}")
+        tensors.update(part)
+        found_in.update(dict.fromkeys(part, name))
+    misplaced = [key for key, name in weight_map.items() if found_in.get(key) != name]
+    if misplaced:
+        key = misplaced[0]
+        raise CheckpointError(
+            f"{where} lists {key} in {weight_map[key]}, which does not hold it "
+            f"({len(misplaced)} such tensors); the parts do not belong to this index"
+        )
+    return tensors
+
+
+def _read_weight_map(index: Path, where: str) -> dict[str, str]:
+    """The index's `weight_map` (tensor name -> part file name), read within MAX_INDEX_BYTES."""
+    try:
+        with index.open("rb") as f:
+            raw = f.read(MAX_INDEX_BYTES + 1)
+    except OSError as error:
+        raise CheckpointError(f"cannot read {where}: {_first_line(error)}") from None
+    if len(raw) > MAX_INDEX_BYTES:
+        raise CheckpointError(f"{where} is over {MAX_INDEX_BYTES >> 20} MiB, too large for an index")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{where} is not valid JSON: {_first_line(error)}") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{where} has no weight_map (tensor name -> part file) as an index has")
+    odd = [name for name in weight_map.values() if not isinstance(name, str)]
+    if odd:
+        raise CheckpointError(f"{where} names a part {str(odd[0])[:80]}, which is not a file name")
+    return weight_map
+
+
+def _part_path(index: Path, name: str, suffix: str, where: str) -> Path:
+    """The part file `name` beside `index`, refused unless it is a plain file name of the index's format."""
+    plain = name not in ("", ".", "..") and Path(name).name == name and "\\" not in name
+    if not plain or not name.endswith(suffix):
+        raise CheckpointError(
+            f"{where} names the part {name[:80]!r}; a part must be a {suffix} file beside the index"
+        )
+    path = index.parent / name
+    if not path.is_file():
+        raise CheckpointError(f"{where} names the part {name}, which is missing")
+    if path.resolve().parent != index.resolve().parent:
+        raise CheckpointError(f"{where}: the part {name} links outside the folder of its index")
+    return path
 
 
 def _unpickling_detail(error: pickle.UnpicklingError) -> str:

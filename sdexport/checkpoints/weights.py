@@ -9,7 +9,8 @@ import torch
 from torch import Tensor
 
 from sdexport.checkpoints.errors import CheckpointError
-from sdexport.models import StableDiffusion, StableDiffusionConfig
+from sdexport.models import OpenCLIPTextConfig, StableDiffusion, StableDiffusionConfig
+from sdexport.models.open_clip import unused_keys
 
 # Buffers of the original LatentDiffusion's noise schedule (DDPM.register_schedule) and its log-variance.
 _SCHEDULE_BUFFERS = frozenset(
@@ -133,6 +134,9 @@ def build_model(
 
     Raises CheckpointError naming the first missing, unexpected and mis-shaped tensors.
     """
+    if isinstance(config.text_encoder, OpenCLIPTextConfig):
+        unused = set(unused_keys(list(state), config.text_encoder, "cond_stage_model.model."))
+        state = {key: tensor for key, tensor in state.items() if key not in unused}
     check_sizes(state, config, config_source)
     # Built on the meta device: every parameter is then taken from `state`, none initialised in vain.
     with torch.device("meta"):

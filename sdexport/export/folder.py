@@ -17,6 +17,7 @@ from typing import Any
 
 from sdexport.checkpoints import LoadedModel
 from sdexport.checkpoints.diffusers_layout import DIFFUSERS_VERSION, scheduler_config_to_diffusers
+from sdexport.checkpoints.family import INPAINTING_IN_CHANNELS
 from sdexport.checkpoints.taesd_files import LoadedTAESD
 from sdexport.export.attention_fusion import fuse_attention_in_file
 from sdexport.export.errors import BuildError
@@ -33,12 +34,14 @@ from sdexport.export.specs import (
     ComponentSpec,
     tiny_vae_components,
 )
-from sdexport.export.tokenizer_files import write_tokenizer
+from sdexport.export.tokenizer_files import END_TOKEN, add_tokens, write_tokenizer
 from sdexport.export.validate import VALIDATION_SEED, Check, check_signature, validate_graph
+from sdexport.models import CLIPTextConfig, OpenCLIPTextConfig, StableDiffusionConfig
+from sdexport.models.open_clip import PAD_TOKEN as OPEN_CLIP_PAD_TOKEN
 from sdrun.defaults import MANIFEST_KEY as GENERATION_DEFAULTS_KEY
 from sdrun.defaults import GenerationDefaults
 from sdrun.errors import SdrunError
-from sdrun.folder import LATENT_MULTIPLE_KEY
+from sdrun.folder import CLIP_SKIP_KEY, LATENT_MULTIPLE_KEY
 
 PRECISIONS = ("fp32", "fp16")
 QUANTIZATIONS = ("none", "int8", "int8-compact")
@@ -60,6 +63,8 @@ class BuildOptions:
     target: str = "onnxruntime"  # openvino: plain attention, fp32 only (TARGETS)
     # Generation defaults written into the folder over the model config's: sampler, steps, guidance_scale.
     generation_defaults: dict[str, Any] = field(default_factory=dict)
+    # AUTOMATIC1111's "Clip skip" (sdexport.models.clip), baked into the text encoder graph.
+    clip_skip: int = 1
 
     def check(self) -> None:
         if self.precision not in PRECISIONS:
@@ -73,10 +78,14 @@ class BuildOptions:
         if self.target == "openvino" and (self.precision, self.quantize) != ("fp32", "none"):
             # onnxruntime-openvino 1.24.1 crashes (segfault) on DynamicQuantizeMatMul; OpenVINO picks
             # bfloat16 itself from an fp32 graph.
-            raise BuildError("--target openvino builds fp32 graphs (OpenVINO chooses bf16 at run time): "
-                             "drop --precision and --quantize")
+            raise BuildError(
+                "--target openvino builds fp32 graphs (OpenVINO chooses bf16 at run time): "
+                "drop --precision and --quantize"
+            )
         if self.opset < MIN_OPSET:
             raise BuildError(f"opset {self.opset} is older than these graphs need: give --opset {MIN_OPSET}+")
+        if self.clip_skip < 1:
+            raise BuildError(f"--clip-skip {self.clip_skip}: give 1 (the last layer, SD 1.x's) or more")
         self._check_generation_defaults()
 
     def _check_generation_defaults(self) -> None:
@@ -138,6 +147,7 @@ def _write_folder(
 ) -> dict[str, Any]:
     loaded.model.float().eval()
     config = loaded.model.config
+    _set_clip_skip(config, options.clip_skip)
     specs = COMPONENTS + (_tiny_vae_specs(tiny_vae, loaded) if tiny_vae else ())
     # Made first: a model that diffusers' configs cannot describe fails before the slow exports.
     configs = {spec.name: _json(spec.diffusers_config(config)) for spec in specs}
@@ -151,7 +161,9 @@ def _write_folder(
     (folder / SCHEDULER_DIR).mkdir()
     (folder / SCHEDULER_DIR / "scheduler_config.json").write_text(_json(scheduler), encoding="utf-8")
     _write_tokenizer(loaded, folder / TOKENIZER_DIR, config.text_encoder.max_position_embeddings)
-    (folder / "model_index.json").write_text(_json(_model_index(loaded.name, scheduler)), encoding="utf-8")
+    inpainting = config.unet.in_channels == INPAINTING_IN_CHANNELS
+    index = _model_index(loaded.name, scheduler, inpainting)
+    (folder / "model_index.json").write_text(_json(index), encoding="utf-8")
 
     manifest = {
         "format": "sdexport",
@@ -172,9 +184,12 @@ def _write_folder(
         "precision": options.precision,
         "quantization": options.quantize,
         "target": options.target,
+        "inpainting": inpainting,
         LATENT_MULTIPLE_KEY: LATENT_SIZE_MULTIPLE,
+        CLIP_SKIP_KEY: options.clip_skip,
         GENERATION_DEFAULTS_KEY: {**config.generation_defaults, **options.generation_defaults},
         "loras": loaded.loras,
+        "embeddings": loaded.embeddings,
         "validation": {
             "enabled": options.validate,
             "provider": "CPUExecutionProvider",
@@ -189,6 +204,24 @@ def _write_folder(
             "files": [{"name": path.name, "sha256": source_sha256(path)} for path in tiny_vae.sources],
         }
     return write_manifest(folder, manifest)
+
+
+def _set_clip_skip(config: StableDiffusionConfig, clip_skip: int) -> None:
+    """Make the text encoder stop at the layer `clip_skip` names (checked against its depth)."""
+    text_encoder = config.text_encoder
+    if clip_skip == 1:
+        return
+    if not isinstance(text_encoder, CLIPTextConfig):
+        raise BuildError(
+            "--clip-skip is for SD 1.x's CLIP text encoder; SD 2.x already uses its penultimate layer "
+            "(AUTOMATIC1111 ignores the setting there too): leave it out"
+        )
+    if clip_skip > text_encoder.num_hidden_layers:
+        raise BuildError(
+            f"--clip-skip {clip_skip}: the text encoder has {text_encoder.num_hidden_layers} layers; "
+            f"give 1 to {text_encoder.num_hidden_layers} (2 is the usual)"
+        )
+    text_encoder.clip_skip = clip_skip
 
 
 def _tiny_vae_specs(tiny_vae: LoadedTAESD, loaded: LoadedModel) -> tuple[ComponentSpec, ...]:
@@ -223,7 +256,9 @@ def _build_component(
         out.mkdir()
         graph = out / GRAPH_FILE
         if precision == "fp16":
-            convert_to_fp16(float32, graph)
+            # SD 2.x (its OpenCLIP text encoder tells it): attention in float32, where its logits fit.
+            sd2 = isinstance(config.text_encoder, OpenCLIPTextConfig)
+            convert_to_fp16(float32, graph, fp32_attention=sd2)
         else:
             quantize_int8(float32, graph, compact=options.quantize == "int8-compact")
         shutil.rmtree(folder / ".float32")
@@ -265,18 +300,28 @@ def _build_component(
 
 
 def _write_tokenizer(loaded: LoadedModel, folder: Path, max_length: int) -> None:
-    """The source's own tokenizer when a diffusers folder carries one, else SD 1.x's CLIP tokenizer."""
+    """The source's own tokenizer when a diffusers folder carries one, else the CLIP tokenizer (padding
+    with SD 2.x's "!" for an OpenCLIP text encoder); with the tokens of the embeddings added to it."""
     carried = loaded.source / TOKENIZER_DIR
     if loaded.kind == "diffusers" and carried.is_dir():
         shutil.copytree(carried, folder)
     else:
-        write_tokenizer(folder, max_length=max_length)
+        sd2 = isinstance(loaded.model.config.text_encoder, OpenCLIPTextConfig)
+        write_tokenizer(folder, max_length=max_length, pad_token=OPEN_CLIP_PAD_TOKEN if sd2 else END_TOKEN)
+    added = {
+        token: token_id
+        for embedding in loaded.embeddings
+        for token, token_id in zip(embedding["tokens"], embedding["token_ids"], strict=True)
+    }
+    if added:
+        add_tokens(folder, added)
 
 
-def _model_index(name: str, scheduler: dict[str, Any]) -> dict[str, Any]:
-    """The pipeline index that diffusers and optimum read (as `optimum-cli export onnx` writes it)."""
+def _model_index(name: str, scheduler: dict[str, Any], inpainting: bool) -> dict[str, Any]:
+    """The pipeline index that diffusers and optimum read (as `optimum-cli export onnx` writes it); the
+    class name is what makes optimum open an inpainting folder as its ORTStableDiffusionInpaintPipeline."""
     return {
-        "_class_name": "StableDiffusionPipeline",
+        "_class_name": "StableDiffusionInpaintPipeline" if inpainting else "StableDiffusionPipeline",
         "_diffusers_version": DIFFUSERS_VERSION,
         "_name_or_path": name,
         "feature_extractor": [None, None],

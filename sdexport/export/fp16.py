@@ -4,6 +4,9 @@ Inputs and outputs stay float32 (the runtime feeds the same arrays either way). 
 - the sinusoidal timestep embedding (every node feeding Cos/Sin): float16 steps are 0.5 near t = 1000,
   which would scramble the phases t * f_i (Vaswani et al. 2017, sec. 3.5);
 - InstanceNormalization (GroupNorm's core), whose variance sums squares that overflow 65504;
+- with `fp32_attention` (SD 2.x), the attention: the fused MultiHeadAttention nodes, and each plain
+  Softmax with the products around it. SD 2.x's attention logits overflow float16 (diffusers'
+  `upcast_attention`, set in stabilityai's SD 2.1 UNet config, upcasts them for the same reason);
 - onnxruntime's default list of ops without float16 kernels.
 """
 
@@ -19,6 +22,9 @@ from sdexport.export.graph_files import save_graph
 
 FP32_OPS = (*DEFAULT_OP_BLOCK_LIST, "InstanceNormalization")
 _SINUSOID_OPS = ("Cos", "Sin")
+_FUSED_ATTENTION = "MultiHeadAttention"
+# What may stand between an attention's product and its softmax: the mask (Add), a scale (Mul, Div).
+_SCORE_OPS = ("Add", "Mul", "Div")
 
 
 def sinusoid_nodes(graph: onnx.GraphProto) -> list[str]:
@@ -35,15 +41,40 @@ def sinusoid_nodes(graph: onnx.GraphProto) -> list[str]:
     return list(keep)
 
 
-def convert_to_fp16(source: Path, destination: Path) -> None:
-    """Write the float16 version of the float32 graph at `source` to `destination`."""
+def softmax_attention_nodes(graph: onnx.GraphProto) -> list[str]:
+    """Names of each Softmax node, the MatMul that makes its scores (through a mask or scale) and the
+    MatMul that applies it to the values."""
+    producer = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    keep = []
+    for softmax in (node for node in graph.node if node.op_type == "Softmax"):
+        keep.append(softmax.name)
+        keep += [node.name for node in consumers.get(softmax.output[0], []) if node.op_type == "MatMul"]
+        node = producer.get(softmax.input[0])
+        while node is not None and node.op_type in _SCORE_OPS:
+            keep.append(node.name)
+            node = next((producer[name] for name in node.input if name in producer), None)
+        if node is not None and node.op_type == "MatMul":
+            keep.append(node.name)
+    return keep
+
+
+def convert_to_fp16(source: Path, destination: Path, fp32_attention: bool = False) -> None:
+    """Write the float16 version of the float32 graph at `source` to `destination`; with
+    `fp32_attention`, its attention stays float32 (see the module doc)."""
     structure = onnx.load(source, load_external_data=False)
+    kept = sinusoid_nodes(structure.graph)
+    if fp32_attention:
+        kept += softmax_attention_nodes(structure.graph)
     # A path (not a loaded model) lets the converter run shape inference on graphs past 2 GB.
     model = convert_float_to_float16(
         str(source),
         keep_io_types=True,
-        op_block_list=list(FP32_OPS),
-        node_block_list=sinusoid_nodes(structure.graph),
+        op_block_list=[*FP32_OPS, *([_FUSED_ATTENTION] if fp32_attention else [])],
+        node_block_list=kept,
     )
     tidy(model)
     save_graph(model, destination)

@@ -57,6 +57,17 @@ def _summary(manifest: dict[str, Any]) -> list[str]:
             f"layers), sha256 {str(lora['sha256'])[:16]}..."
             for lora in manifest.get("loras", [])
         ),
+        *(
+            f"    embedding added: {embedding['file']} as {embedding['token']} ({embedding['vectors']} "
+            f"vectors, token ids {embedding['token_ids'][0]}-{embedding['token_ids'][-1]}), "
+            f"sha256 {str(embedding['sha256'])[:16]}..."
+            for embedding in manifest.get("embeddings", [])
+        ),
+        *(
+            [f"    clip skip {manifest['clip_skip']} (the text encoder's output is that layer from the last)"]
+            if manifest.get("clip_skip", 1) > 1
+            else []
+        ),
         f"  precision {manifest.get('precision')}, quantization {manifest.get('quantization')}, "
         f"opset {manifest.get('opset')}, target {manifest.get('target', 'onnxruntime')}",
         f"  {tools}",

@@ -9,6 +9,8 @@ import json
 from importlib import resources
 from pathlib import Path
 
+from sdexport.export.errors import BuildError
+
 BPE_MERGES_FILE = "bpe_simple_vocab_16e6.txt.gz"
 # CLIP's vocabulary keeps the first 49152 - 256 - 2 merges of the file (OpenAI's simple_tokenizer.py).
 MERGE_COUNT = 49152 - 256 - 2
@@ -49,8 +51,12 @@ def _added_token(content: str) -> dict[str, object]:
     return {"content": content, "lstrip": False, "normalized": True, "rstrip": False, "single_word": False}
 
 
-def write_tokenizer(folder: Path, max_length: int = 77) -> None:
-    """Write the SD 1.x CLIP tokenizer files (49,408 tokens; pad = unk = eos = <|endoftext|>) to `folder`."""
+def write_tokenizer(folder: Path, max_length: int = 77, pad_token: str = END_TOKEN) -> None:
+    """Write the CLIP tokenizer files (49,408 tokens; unk = eos = <|endoftext|>) to `folder`.
+
+    pad_token: SD 1.x's <|endoftext|>, or SD 2.x's "!" (id 0: open_clip pads with zeros), which
+    stabilityai's SD 2.x tokenizer names as a special token, so a typed "!" becomes id 0 as well.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     merges = read_merges()
@@ -63,13 +69,14 @@ def write_tokenizer(folder: Path, max_length: int = 77) -> None:
     special_tokens_map = {
         "bos_token": _added_token(START_TOKEN),
         "eos_token": _added_token(END_TOKEN),
-        "pad_token": _added_token(END_TOKEN),
+        "pad_token": _added_token(pad_token),
         "unk_token": _added_token(END_TOKEN),
     }
     tokenizer_config = {
         "add_prefix_space": False,
         "added_tokens_decoder": {
-            str(vocab[token]): {**_added_token(token), "special": True} for token in (START_TOKEN, END_TOKEN)
+            str(vocab[token]): {**_added_token(token), "special": True}
+            for token in dict.fromkeys((pad_token, START_TOKEN, END_TOKEN))
         },
         "bos_token": START_TOKEN,
         "clean_up_tokenization_spaces": False,
@@ -78,7 +85,7 @@ def write_tokenizer(folder: Path, max_length: int = 77) -> None:
         "errors": "replace",
         "extra_special_tokens": {},
         "model_max_length": max_length,
-        "pad_token": END_TOKEN,
+        "pad_token": pad_token,
         "tokenizer_class": "CLIPTokenizer",
         "unk_token": END_TOKEN,
     }
@@ -87,3 +94,22 @@ def write_tokenizer(folder: Path, max_length: int = 77) -> None:
         ("tokenizer_config.json", tokenizer_config),
     ):
         (folder / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+
+
+def add_tokens(folder: Path, tokens: dict[str, int]) -> None:
+    """Add `tokens` (content -> id) to the tokenizer folder as whole words, where transformers' `add_tokens`
+    and `save_pretrained` put them (tokenizer_config.json's added_tokens_decoder), so that sdrun,
+    transformers and optimum read them alike. Their ids must continue the folder's own."""
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    decoder = config.setdefault("added_tokens_decoder", {})
+    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    size = max([*vocab.values(), *(int(token_id) for token_id in decoder)]) + 1
+    if sorted(tokens.values()) != list(range(size, size + len(tokens))):
+        raise BuildError(
+            f"the tokenizer has {size} tokens, but the text encoder's new ones start at "
+            f"{min(tokens.values())}: the source's tokenizer and text encoder disagree"
+        )
+    for content, token_id in tokens.items():
+        decoder[str(token_id)] = {**_added_token(content), "special": False}
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")

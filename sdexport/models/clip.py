@@ -20,6 +20,10 @@ class CLIPTextConfig:
     num_hidden_layers: int = 12
     num_attention_heads: int = 12
     layer_norm_eps: float = 1e-5
+    # AUTOMATIC1111's "Clip skip": the output of the N-th layer from the last (1, the last, is SD 1.x's),
+    # through the final layer norm; the layers after it do not run. diffusers counts one less: its
+    # `clip_skip=1` (hidden_states[-2]) is this 2.
+    clip_skip: int = 1
 
 
 class CLIPAttention(nn.Module):
@@ -69,8 +73,9 @@ class CLIPEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(CLIPEncoderLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        for layer in self.layers:
+    def forward(self, x: Tensor, mask: Tensor, depth: int) -> Tensor:
+        """The output of the first `depth` layers."""
+        for layer in self.layers[:depth]:
             x = layer(x, mask)
         return x
 
@@ -94,9 +99,10 @@ class CLIPTextTransformer(nn.Module):
         self.encoder = CLIPEncoder(config)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, input_ids: Tensor, clip_skip: int = 1) -> tuple[Tensor, Tensor]:
         x = self.embeddings(input_ids)
-        x = self.encoder(x, causal_mask(x.shape[1], x.dtype, x.device))
+        depth = len(self.encoder.layers) - (clip_skip - 1)
+        x = self.encoder(x, causal_mask(x.shape[1], x.dtype, x.device), depth)
         last_hidden_state = self.final_layer_norm(x)
         # The end-of-text token has the largest id in CLIP's vocabulary, so argmax finds it.
         batch = torch.arange(last_hidden_state.shape[0], device=x.device)
@@ -111,5 +117,11 @@ class CLIPTextModel(nn.Module):
         self.text_model = CLIPTextTransformer(config)
 
     def forward(self, input_ids: Tensor) -> tuple[Tensor, Tensor]:
-        """input_ids [B, L] -> (last_hidden_state [B, L, C], pooled_output [B, C])."""
-        return self.text_model(input_ids)
+        """input_ids [B, L] -> (last_hidden_state [B, L, C], pooled_output [B, C]), both taken at the
+        layer `config.clip_skip` says."""
+        return self.text_model(input_ids, self.config.clip_skip)
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        """The token table, where every text encoder has one (OpenCLIPTextModel's is an attribute)."""
+        return self.text_model.embeddings.token_embedding

@@ -1,11 +1,12 @@
-"""Stable Diffusion 1.x: the three networks under the original checkpoint's top-level names."""
+"""Stable Diffusion 1.x and 2.x: the three networks under the original checkpoint's top-level names."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
 
 from sdexport.models.clip import CLIPTextConfig, CLIPTextModel
+from sdexport.models.open_clip import OpenCLIPTextConfig, OpenCLIPTextModel
 from sdexport.models.unet import UNetConfig, UNetModel
 from sdexport.models.vae import AutoencoderKL, VAEConfig
 
@@ -14,7 +15,8 @@ from sdexport.models.vae import AutoencoderKL, VAEConfig
 class StableDiffusionConfig:
     unet: UNetConfig = field(default_factory=UNetConfig)
     vae: VAEConfig = field(default_factory=VAEConfig)
-    text_encoder: CLIPTextConfig = field(default_factory=CLIPTextConfig)
+    # CLIP ViT-L (SD 1.x) or OpenCLIP ViT-H (SD 2.x).
+    text_encoder: CLIPTextConfig | OpenCLIPTextConfig = field(default_factory=CLIPTextConfig)
     beta_start: float = 0.00085
     beta_end: float = 0.012
     beta_schedule: str = "scaled_linear"
@@ -46,6 +48,27 @@ class StableDiffusionConfig:
             sample_size=8,
         )
 
+    @classmethod
+    def sd2(cls, prediction_type: str = "v_prediction") -> "StableDiffusionConfig":
+        """SD 2.0/2.1: the 768x768 v-prediction models, or the 512x512 epsilon ones (2.x-base)."""
+        return cls(
+            unet=UNetConfig(context_dim=1024, num_head_channels=64, use_linear_in_transformer=True),
+            text_encoder=OpenCLIPTextConfig(),
+            prediction_type=prediction_type,
+            sample_size=96 if prediction_type == "v_prediction" else 64,
+        )
+
+    @classmethod
+    def tiny_sd2(cls) -> "StableDiffusionConfig":
+        """`tiny()` with SD 2.x's structure: OpenCLIP text encoder, linear projections, fixed head width."""
+        tiny = cls.tiny()
+        # num_heads back at its default: unused beside num_head_channels, as config files leave it.
+        tiny.unet = replace(tiny.unet, num_heads=UNetConfig.num_heads, num_head_channels=8)
+        tiny.unet.use_linear_in_transformer = True
+        tiny.text_encoder = OpenCLIPTextConfig(width=32, heads=2, layers=3)
+        tiny.prediction_type = "v_prediction"
+        return tiny
+
 
 class DiffusionWrapper(nn.Module):
     """Holds the UNet as `diffusion_model`, giving the original `model.diffusion_model.*` keys."""
@@ -63,13 +86,25 @@ class FrozenCLIPEmbedder(nn.Module):
         self.transformer = CLIPTextModel(config)
 
 
+class FrozenOpenCLIPEmbedder(nn.Module):
+    """Holds the text encoder as `model`, giving the original `cond_stage_model.model.*` keys (SD 2.x)."""
+
+    def __init__(self, config: OpenCLIPTextConfig):
+        super().__init__()
+        self.model = OpenCLIPTextModel(config)
+
+
 class StableDiffusion(nn.Module):
     def __init__(self, config: StableDiffusionConfig):
         super().__init__()
         self.config = config
         self.model = DiffusionWrapper(config.unet)
         self.first_stage_model = AutoencoderKL(config.vae)
-        self.cond_stage_model = FrozenCLIPEmbedder(config.text_encoder)
+        self.cond_stage_model = (
+            FrozenOpenCLIPEmbedder(config.text_encoder)
+            if isinstance(config.text_encoder, OpenCLIPTextConfig)
+            else FrozenCLIPEmbedder(config.text_encoder)
+        )
 
     @property
     def unet(self) -> UNetModel:
@@ -80,5 +115,7 @@ class StableDiffusion(nn.Module):
         return self.first_stage_model
 
     @property
-    def text_encoder(self) -> CLIPTextModel:
+    def text_encoder(self) -> CLIPTextModel | OpenCLIPTextModel:
+        if isinstance(self.cond_stage_model, FrozenOpenCLIPEmbedder):
+            return self.cond_stage_model.model
         return self.cond_stage_model.transformer

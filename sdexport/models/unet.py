@@ -28,6 +28,10 @@ class UNetConfig:
     transformer_depth: int = 1
     context_dim: int = 768
     norm_groups: int = 32
+    # SD 2.x: heads of this many channels each (the original's num_head_channels; num_heads is then
+    # unused), and Linear in place of the 1x1 convolutions around each transformer.
+    num_head_channels: int | None = None
+    use_linear_in_transformer: bool = False
     # LCM-distilled UNets (Luo et al. 2023, sec. 4.2): the width of the guidance-scale embedding that
     # conditions the timestep embedding; None for SD 1.x, which has no such input.
     time_cond_proj_dim: int | None = None
@@ -126,26 +130,36 @@ class BasicTransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """Transformer over the pixels of a feature map, with 1x1 convolutions in and out (SD 1.x)."""
+    """Transformer over the pixels of a feature map, with 1x1 convolutions in and out (SD 1.x) or, with
+    `linear`, Linear layers on the flattened pixels (SD 2.x; the same map, stored without the 1x1 axes)."""
 
-    def __init__(self, channels: int, heads: int, depth: int, context_dim: int, groups: int):
+    def __init__(
+        self, channels: int, heads: int, depth: int, context_dim: int, groups: int, linear: bool = False
+    ):
         super().__init__()
         dim_head = channels // heads
         inner = heads * dim_head
+        self.linear = linear
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
-        self.proj_in = nn.Conv2d(channels, inner, 1)
+        self.proj_in = nn.Linear(channels, inner) if linear else nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList(
             BasicTransformerBlock(inner, heads, dim_head, context_dim) for _ in range(depth)
         )
-        self.proj_out = nn.Conv2d(inner, channels, 1)
+        self.proj_out = nn.Linear(inner, channels) if linear else nn.Conv2d(inner, channels, 1)
 
     def forward(self, x: Tensor, context: Tensor) -> Tensor:
         height, width = x.shape[-2:]
-        h = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
+        h = self.norm(x)
+        if self.linear:
+            h = self.proj_in(h.flatten(2).transpose(1, 2))
+        else:
+            h = self.proj_in(h).flatten(2).transpose(1, 2)
         for block in self.transformer_blocks:
             h = block(h, context)
+        if self.linear:
+            h = self.proj_out(h)
         h = h.transpose(1, 2).unflatten(2, (height, width))
-        return x + self.proj_out(h)
+        return x + (h if self.linear else self.proj_out(h))
 
 
 class Downsample(nn.Module):
@@ -198,8 +212,14 @@ class UNetModel(nn.Module):
         )
 
         def transformer(ch: int) -> SpatialTransformer:
+            heads = ch // config.num_head_channels if config.num_head_channels else config.num_heads
             return SpatialTransformer(
-                ch, config.num_heads, config.transformer_depth, config.context_dim, groups
+                ch,
+                heads,
+                config.transformer_depth,
+                config.context_dim,
+                groups,
+                config.use_linear_in_transformer,
             )
 
         self.input_blocks = nn.ModuleList(

@@ -74,17 +74,6 @@ def test_pickle_that_runs_code_is_refused(tmp_path: Path, tiny_state, wrapped: b
     assert "refused to unpickle" in message and "system" in message
 
 
-def test_sd2_shaped_state_dict(tmp_path: Path, tiny_state) -> None:
-    state = {key: t for key, t in tiny_state.items() if not key.startswith("cond_stage_model.")}
-    open_clip = "cond_stage_model.model."
-    state[open_clip + "token_embedding.weight"] = torch.zeros(49408, 32)
-    state[open_clip + "transformer.resblocks.0.attn.in_proj_weight"] = torch.zeros(96, 32)
-    proj_in = UNET + "middle_block.1.proj_in.weight"
-    state[proj_in] = state[proj_in][:, :, 0, 0]
-    message = load_error(written(tmp_path, state))
-    assert "unsupported model: SD 2.x" in message and "supported: Stable Diffusion 1.x" in message
-
-
 def test_sdxl_shaped_state_dict(tmp_path: Path, tiny_state) -> None:
     state = {
         key.replace("cond_stage_model.transformer.", "conditioner.embedders.0.transformer."): t
@@ -94,10 +83,11 @@ def test_sdxl_shaped_state_dict(tmp_path: Path, tiny_state) -> None:
     assert "unsupported model: SDXL" in load_error(written(tmp_path, state))
 
 
-def test_inpainting_shaped_state_dict(tmp_path: Path, tiny_state) -> None:
+def test_instruct_pix2pix_shaped_state_dict(tmp_path: Path, tiny_state) -> None:
+    """Inpainting UNets (9 input channels) load; other input widths are refused."""
     conv_in = UNET + "input_blocks.0.0.weight"
-    tiny_state[conv_in] = torch.zeros(32, 9, 3, 3)
-    assert "inpainting UNet (9 input channels)" in load_error(written(tmp_path, tiny_state))
+    tiny_state[conv_in] = torch.zeros(32, 8, 3, 3)
+    assert "a UNet with 8 input channels" in load_error(written(tmp_path, tiny_state))
 
 
 def test_unknown_content(tmp_path: Path, tiny_state) -> None:
@@ -160,11 +150,6 @@ def diffusers_folder(tmp_path: Path, unet: UNetConfig, extra_dirs: tuple[str, ..
     for name in extra_dirs:
         (folder / name).mkdir()
     return folder
-
-
-def test_sd2_diffusers_folder(tmp_path: Path) -> None:
-    folder = diffusers_folder(tmp_path, UNetConfig(context_dim=1024))
-    assert "unsupported model: SD 2.x" in load_error(folder)
 
 
 def test_sdxl_diffusers_folder(tmp_path: Path) -> None:

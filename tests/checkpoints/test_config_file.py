@@ -149,7 +149,6 @@ def test_exponent_without_dot_is_a_number(tmp_path: Path) -> None:
         ("model: [unclosed", "is not valid YAML"),
         ("just a string", "has no model.params"),
         (UNET_PARAMS + "model_channels: wide\n", "unet_config.params.model_channels must be a positive int"),
-        (UNET_PARAMS + "use_linear_in_transformer: true\n", "SD 2.x"),
         ("model:\n  params:\n    network_config: {}\n", "SDXL"),
         (
             "model:\n  params:\n    cond_stage_config:\n"

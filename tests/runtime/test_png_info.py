@@ -95,6 +95,7 @@ def test_parses_what_the_web_ui_writes() -> None:
         height=768,
         model="v1-5-pruned-emaonly",
         strength=0.45,
+        clip_skip=2,
     )
 
 
@@ -152,3 +153,11 @@ def test_png_without_parameters_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "text.png").write_text("not an image")
     with pytest.raises(SettingsError, match="is not a PNG file"):
         read_png_settings(tmp_path / "text.png")
+
+
+def test_clip_skip_is_written_as_the_web_ui_writes_it() -> None:
+    """Only above 1 (the web UI leaves its default out), and read back."""
+    skipped = ImageSettings(**{**BASE.__dict__, "clip_skip": 2})
+    assert format_parameters(skipped).endswith("Model: tiny-shapes, Clip skip: 2")
+    assert parse_parameters(format_parameters(skipped)) == skipped
+    assert "Clip skip" not in format_parameters(BASE)

@@ -6,12 +6,15 @@ one ``rng.standard_normal(latents.shape, dtype=np.float32)``, after that step's 
 else is drawn. Those steps are: every step of ddpm, of euler_a, and of ddim and ddim_trailing with
 eta > 0; every step but the last of lcm, and of tcd with gamma (its eta) > 0. Latents stay float32, as in
 diffusers; the schedule's coefficients are computed once per run in float64.
+
+A sampler goes on from the very array it yielded, so that ``sample`` can paste known latents into it
+(KnownLatents: inpainting with a plain UNet) and every sampler takes them alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Protocol
 
@@ -27,6 +30,7 @@ from sdrun.schedule import NoiseSchedule, ScheduleError
 
 __all__ = [
     "SAMPLERS",
+    "KnownLatents",
     "SamplerError",
     "Sampler",
     "check_sampler_name",
@@ -51,6 +55,24 @@ class Sampler(Protocol):
     def steps(
         self, model: Model, x: np.ndarray, first: int, rng: np.random.Generator
     ) -> Iterator[np.ndarray]: ...
+
+
+@dataclass(frozen=True)
+class KnownLatents:
+    """Latents kept where ``mask`` is 0 (1 where the sampler paints; it broadcasts over the channels), as
+    diffusers' StableDiffusionInpaintPipeline keeps them for a 4-channel UNet: after each step they are
+    pasted in noised to the next step's level with the run's starting noise, and as they are after the
+    last step."""
+
+    latents: np.ndarray
+    mask: np.ndarray
+
+    def paste(self, sampler: Sampler, x: np.ndarray, noise: np.ndarray, next_index: int) -> None:
+        """Blend into ``x`` in place (the sampler goes on from it) after the step before ``next_index``."""
+        known = self.latents
+        if next_index < len(sampler.timesteps):
+            known = sampler.noised(known, noise, next_index)
+        x[...] = (1 - self.mask) * known + self.mask * x
 
 
 def _trailing(sampler: Callable[..., Sampler]) -> Callable[..., Sampler]:
@@ -168,13 +190,15 @@ def sample(
     strength: float = 1.0,
     eta: float | None = None,
     callback: Callable[[int, int, np.ndarray], bool | None] | None = None,
+    known: KnownLatents | None = None,
 ) -> np.ndarray:
     """Run sampler ``name`` for ``num_steps`` steps and return the float32 latents.
 
     txt2img starts from ``noise`` scaled to the sampler's initial noise level. img2img (``init_latents``
     given, already scaled by the VAE factor) skips the first steps as ``strength`` says (or, for the
     samplers in STRENGTH_SETS_TIMESTEPS, runs them all lower in the schedule) and starts from
-    ``init_latents`` noised to the first step it runs. ``eta`` None is the sampler's default.
+    ``init_latents`` noised to the first step it runs. ``eta`` None is the sampler's default. ``known``
+    latents are pasted outside their mask after every step.
     ``callback(step, total, latents)`` follows every step (step counts from 0 within this run); a truthy
     return stops the run and returns those latents.
     """
@@ -196,6 +220,8 @@ def sample(
     total = num_steps - first
     steps = sampler.steps(model, x, first, rng)
     for step, x in enumerate(steps):
+        if known is not None:
+            known.paste(sampler, x, noise, first + step + 1)
         if callback is not None and callback(step, total, x):
             break
     return x
