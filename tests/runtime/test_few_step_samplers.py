@@ -160,10 +160,10 @@ def test_guidance_one_is_one_unet_pass_a_step(
     predict = unet.predict
     seen: list[int] = []
 
-    def recording_unet(latents: np.ndarray, timestep: float, context: np.ndarray) -> np.ndarray:
+    def recording_unet(latents: np.ndarray, timestep: float, context: np.ndarray, *extra: object) -> object:
         seen.append(len(latents))
         assert len(context) == len(latents)
-        return predict(latents, timestep, context)
+        return predict(latents, timestep, context, *extra)
 
     monkeypatch.setattr(unet, "predict", recording_unet)
     pipeline.generate("a small red cube", steps=3, seed=0, sampler=name, guidance_scale=guidance_scale)
