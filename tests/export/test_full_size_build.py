@@ -1,5 +1,6 @@
-"""The full SD 1.5 architecture (random weights) built and validated: the UNet's weights (3.4 GB, past
-protobuf's 2 GB limit) go to one external data file; the other graphs stay single files."""
+"""The full SD 1.5 and SD 2.x (768x768 v-prediction) architectures (random weights) built and validated: the
+UNet's weights (3.4 GB, past protobuf's 2 GB limit) go to one external data file; the other graphs stay
+single files (SD 2.x's text encoder too, at 1.4 GB)."""
 
 import json
 from pathlib import Path
@@ -14,12 +15,24 @@ from sdrun.folder import open_model_folder
 
 
 @pytest.mark.slow
-def test_sd15_builds_and_validates(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("config", "prediction"),
+    [
+        pytest.param(StableDiffusionConfig(), None, id="sd15"),
+        # `sdexport build --prediction v_prediction`: a bare SD 2.x file cannot tell it.
+        pytest.param(StableDiffusionConfig.sd2(), "v_prediction", id="sd2"),
+    ],
+)
+def test_full_size_builds_and_validates(
+    tmp_path: Path, config: StableDiffusionConfig, prediction: str | None
+) -> None:
     torch.manual_seed(0)
-    source = tmp_path / "sd15-random.safetensors"
-    save_original(StableDiffusion(StableDiffusionConfig()), source, torch.float16)
-    folder = tmp_path / "sd15"
-    build_folder(load_model(source), folder, BuildOptions(), log=print)
+    source = tmp_path / "random.safetensors"
+    save_original(StableDiffusion(config), source, torch.float16)
+    loaded = load_model(source, prediction=prediction)
+    assert loaded.model.config == config
+    folder = tmp_path / "built"
+    build_folder(loaded, folder, BuildOptions(), log=print)
 
     unet_files = sorted(p.name for p in (folder / "unet").iterdir())
     assert unet_files == ["config.json", "model.onnx", "model.onnx.data"]
@@ -32,4 +45,8 @@ def test_sd15_builds_and_validates(tmp_path: Path) -> None:
     for recorded in manifest["components"].values():
         checks = recorded["validation"]["checks"]
         assert len(checks) >= 3 and all(check["max_abs_error"] <= check["limit"] for check in checks)
-    open_model_folder(folder, verify_checksums=True)
+    opened = open_model_folder(folder, verify_checksums=True)
+    # What sdrun reads: its default size (x8 pixels) and the sampler's prediction type.
+    assert opened.config("unet")["sample_size"] == config.sample_size
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["prediction_type"] == config.prediction_type

@@ -86,12 +86,17 @@ def transformers_open_clip(
     return model.eval()
 
 
+def diffusers_sd2_unet_config(config: StableDiffusionConfig, checkpoint: dict[str, Tensor]) -> dict:
+    unet_config = sfu.create_unet_diffusers_config_from_ldm(sd2_original_config(config), checkpoint)
+    unet_config["norm_num_groups"] = config.unet.norm_groups
+    return unet_config
+
+
 def diffusers_sd2_unet(
     config: StableDiffusionConfig, checkpoint: dict[str, Tensor]
 ) -> diffusers.UNet2DConditionModel:
     """diffusers' UNet holding the `model.diffusion_model.*` weights of an original SD 2.x checkpoint."""
-    unet_config = sfu.create_unet_diffusers_config_from_ldm(sd2_original_config(config), checkpoint)
-    unet_config["norm_num_groups"] = config.unet.norm_groups
+    unet_config = diffusers_sd2_unet_config(config, checkpoint)
     converted = sfu.convert_ldm_unet_checkpoint(checkpoint, unet_config)
     unet = diffusers.UNet2DConditionModel(**unet_config)
     unet.load_state_dict(converted, strict=True)
