@@ -19,6 +19,7 @@ from sdrun.errors import SettingsError
 _EXIF_ORIENTATION = 0x0112
 _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # those that swap width and height
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError)
 
 
@@ -45,7 +46,7 @@ def open_image(image: Image.Image | str | Path, max_pixels: int, what: str = "in
     if pixels > max_pixels:
         raise SettingsError(
             f"the {what} is {opened.width}x{opened.height} ({pixels:,} pixels), above "
-            f"the limit of {max_pixels:,} pixels an {what} may have: scale it down first"
+            f"the limit of {max_pixels:,} pixels: scale it down first"
         )
     return opened
 
@@ -106,11 +107,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
         return Image.fromarray(np.clip(levels.round(), 0, 255).astype(np.uint8), mode="L").convert("RGB")
     if image.mode == "F":
         raise SettingsError("an image has 32-bit float samples: save it with 8 or 16 bits per sample")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+    if has_alpha(image):
         rgba = image.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert("RGB")
     return image.convert("RGB")
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """Whether the opened `image` has an alpha channel or a transparent colour (read from the header)."""
+    return image.mode in _ALPHA_MODES or "transparency" in image.info
 
 
 def to_pixels(image: Image.Image) -> np.ndarray:

@@ -14,14 +14,13 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageFilter
 
-from sdrun.images import decode_upright, to_rgb
+from sdrun.images import decode_upright, has_alpha, to_rgb
 
 # A1111's default and the top of its slider, in pixels.
 DEFAULT_MASK_BLUR = 4
 MAX_MASK_BLUR = 64
 # diffusers' VaeImageProcessor.binarize: a mask value (in [0, 1]) at or above this is repainted.
 _THRESHOLD = 0.5
-_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class Mask:
 
 def load_mask(image: Image.Image, size: tuple[int, int], blur: int) -> Mask:
     """The opened mask `image` decoded, resized to `size` and blurred by `blur` pixels."""
-    gray = decode_upright(image, size, _mask_channel, "mask")
+    gray = decode_upright(image, size, mask_channel, "mask")
     if gray.size != size:
         gray = gray.resize(size, resample=Image.Resampling.LANCZOS)
     if blur > 0:
@@ -62,9 +61,9 @@ def load_mask(image: Image.Image, size: tuple[int, int], blur: int) -> Mask:
     return Mask.of(gray)
 
 
-def _mask_channel(image: Image.Image) -> Image.Image:
+def mask_channel(image: Image.Image) -> Image.Image:
     """The alpha channel of a mask with transparency (A1111's rule), else its luminance."""
-    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+    if has_alpha(image):
         alpha = image.convert("RGBA").getchannel("A")
         if alpha.getextrema() != (255, 255):
             return alpha

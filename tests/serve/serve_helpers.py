@@ -1,4 +1,5 @@
-"""What the serve tests share: the prompt, a live uvicorn server on loopback, and PNG decoding."""
+"""What the serve tests share: the prompt, a live uvicorn server on loopback, PNG encoding and decoding, and
+an init image with an inpainting mask over its left half."""
 
 import base64
 import io
@@ -16,6 +17,8 @@ from sdrun.serve.config import ServeConfig
 
 PROMPT = "a red cube on a blue background"
 STARTUP_SECONDS = 20
+SIDE = 64
+LEFT, RIGHT = slice(0, SIDE // 2), slice(SIDE // 2, SIDE)
 
 
 def config_for(folder: Path, **options: object) -> ServeConfig:
@@ -60,3 +63,31 @@ def decode(b64: str) -> np.ndarray:
 def png_parameters(b64: str) -> str:
     with Image.open(io.BytesIO(base64.b64decode(b64))) as image:
         return image.text["parameters"]
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def png_b64(image: Image.Image) -> str:
+    return base64.b64encode(png_bytes(image)).decode("ascii")
+
+
+def init_image() -> Image.Image:
+    return Image.new("RGB", (SIDE, SIDE), (200, 30, 30))
+
+
+def left_half_mask() -> Image.Image:
+    """The library's kind of mask (white = repaint) over the left half."""
+    mask = Image.new("L", (SIDE, SIDE), 0)
+    mask.paste(255, (0, 0, SIDE // 2, SIDE))
+    return mask
+
+
+def assert_repainted_only(made: np.ndarray, init: Image.Image, repainted: slice, kept: slice) -> None:
+    """The init image's pixels in the `kept` columns, others in the `repainted` ones."""
+    start = np.asarray(init)
+    np.testing.assert_array_equal(made[:, kept], start[:, kept])
+    assert np.abs(made[:, repainted].astype(int) - start[:, repainted]).mean() > 10

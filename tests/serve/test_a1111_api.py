@@ -1,8 +1,7 @@
 """The AUTOMATIC1111 API as Open WebUI and SillyTavern call it, with plain HTTP: options, models,
-samplers, txt2img and img2img (PNGs with their parameters, info with the seeds), progress and interrupt."""
+samplers, txt2img and img2img (PNGs with their parameters, info with the seeds), inpainting masks, progress
+and interrupt."""
 
-import base64
-import io
 import json
 import shutil
 import threading
@@ -12,8 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from serve_helpers import PROMPT, decode, png_parameters
+from PIL import Image, ImageOps
+from serve_helpers import (
+    LEFT,
+    PROMPT,
+    RIGHT,
+    SIDE,
+    assert_repainted_only,
+    decode,
+    init_image,
+    left_half_mask,
+    png_b64,
+    png_parameters,
+)
 
 from sdrun.pipeline import Pipeline
 from sdrun.png_info import parse_parameters
@@ -94,14 +104,31 @@ def test_omitted_fields_take_the_models_defaults_and_seed_minus_one_is_random(
 
 def test_img2img_from_a_data_url(client, reference: Pipeline) -> None:
     start = Image.new("RGB", (64, 64), (30, 30, 200))
-    buffer = io.BytesIO()
-    start.save(buffer, format="PNG")
-    data_url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    data_url = "data:image/png;base64," + png_b64(start)
     body = {"prompt": PROMPT, "init_images": [data_url], "seed": 3, "steps": 4, "denoising_strength": 0.6}
     made = client.post("/sdapi/v1/img2img", json=body).json()
     expected = reference.generate(PROMPT, seed=3, steps=4, strength=0.6, init_image=start).images[0]
     np.testing.assert_array_equal(decode(made["images"][0]), np.asarray(expected))
     assert json.loads(made["info"])["denoising_strength"] == 0.6
+
+
+def test_img2img_with_a_mask_repaints_its_white_area_or_with_invert_its_black_one(
+    client, reference: Pipeline
+) -> None:
+    start, mask = init_image(), left_half_mask()
+    body = {"prompt": PROMPT, "init_images": [png_b64(start)], "mask": png_b64(mask), "seed": 4, "steps": 4}
+    made = client.post("/sdapi/v1/img2img", json={**body, "mask_blur": 0}).json()
+    assert_repainted_only(decode(made["images"][0]), start, repainted=LEFT, kept=RIGHT)
+    assert parse_parameters(png_parameters(made["images"][0])).mask_blur == 0
+    assert made["parameters"]["mask_blur"] == 0 and "mask" not in made["parameters"]
+
+    # Inverted, with A1111's default blur (4 pixels): kept where the blurred edge does not reach.
+    inverted = client.post("/sdapi/v1/img2img", json={**body, "inpainting_mask_invert": 1}).json()
+    picture = decode(inverted["images"][0])
+    assert_repainted_only(picture, start, repainted=RIGHT, kept=slice(0, SIDE // 4))
+    expected = reference.generate(PROMPT, seed=4, steps=4, init_image=start, mask=ImageOps.invert(mask))
+    np.testing.assert_array_equal(picture, np.asarray(expected.images[0]))
+    assert parse_parameters(png_parameters(inverted["images"][0])).mask_blur == 4
 
 
 def test_sampler_names_map_both_ways_and_unknown_ones_are_refused(client) -> None:

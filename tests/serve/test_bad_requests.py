@@ -1,5 +1,5 @@
-"""Bad bodies, oversized bodies, image bombs and missing keys: each refused with a 4xx and a one-line
-message before any work, in the error shape of the API called."""
+"""Bad bodies, oversized bodies, image bombs, bad masks and missing keys: each refused with a 4xx and a
+one-line message before any work, in the error shape of the API called."""
 
 import base64
 import struct
@@ -8,15 +8,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from serve_helpers import PROMPT, config_for
+from serve_helpers import PROMPT, config_for, init_image, left_half_mask, png_b64, png_bytes
 
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from sdrun.serve.app import create_app  # noqa: E402
+from sdrun.serve.config import MAX_INIT_PIXELS  # noqa: E402
 from sdrun.serve.jobs import ModelWorker  # noqa: E402
 
 GENERATIONS = "/v1/images/generations"
+EDITS = "/v1/images/edits"
 TXT2IMG = "/sdapi/v1/txt2img"
 IMG2IMG = "/sdapi/v1/img2img"
 
@@ -45,6 +47,9 @@ def _png_header_claiming(width: int, height: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(b""))
         + chunk(b"IEND", b"")
     )
+
+
+_INPAINT = {"prompt": PROMPT, "init_images": [png_b64(init_image())], "mask": png_b64(left_half_mask())}
 
 
 @pytest.mark.parametrize(
@@ -78,10 +83,44 @@ def _png_header_claiming(width: int, height: int) -> bytes:
             },
             "scale it down",
         ),
+        (IMG2IMG, _INPAINT | {"mask": "not base64!"}, "mask is not base64"),
+        (IMG2IMG, _INPAINT | {"mask": base64.b64encode(b"GIF89a...").decode()}, "cannot read mask"),
+        (
+            IMG2IMG,
+            _INPAINT | {"mask": base64.b64encode(_png_header_claiming(10_000, 6_000)).decode()},
+            f"the mask is 10000x6000 (60,000,000 pixels), above the limit of {MAX_INIT_PIXELS:,}",
+        ),
+        (IMG2IMG, _INPAINT | {"mask_blur": 65}, "mask blur 65 is out of range"),
+        (
+            IMG2IMG,
+            _INPAINT | {"inpainting_mask_invert": 2},
+            "inpainting_mask_invert: Input should be less than or equal to 1",
+        ),
     ],
 )
 def test_bad_bodies_get_a_400_with_one_line(client: TestClient, path: str, body: dict, words: str) -> None:
     _assert_refused(client.post(path, json=body), 400, words)
+
+
+@pytest.mark.parametrize(
+    ("mask", "words"),
+    [
+        (b"GIF89a...", "cannot read mask mask"),
+        (_png_header_claiming(10_000, 6_000), "the mask is 10000x6000 (60,000,000 pixels), above the limit"),
+        # The library's kind of mask (white = repaint): OpenAI's masks mean their transparency.
+        (png_bytes(left_half_mask()), "the mask has no transparency"),
+        ("a text field", "send the mask as a PNG file"),
+    ],
+    ids=["not an image", "too many pixels", "no transparency", "not a file"],
+)
+def test_bad_openai_masks_get_a_400_with_one_line(client: TestClient, mask: bytes | str, words: str) -> None:
+    image = {"image": ("image.png", png_bytes(init_image()), "image/png")}
+    if isinstance(mask, str):
+        answer = client.post(EDITS, files=image, data={"prompt": PROMPT, "mask": mask})
+    else:
+        answer = client.post(EDITS, files=image | {"mask": ("mask.png", mask)}, data={"prompt": PROMPT})
+    _assert_refused(answer, 400, words)
+    assert answer.json()["error"]["type"] == "invalid_request_error"
 
 
 def test_broken_json_and_openai_error_shape(client: TestClient) -> None:

@@ -1,15 +1,26 @@
-"""The official `openai` client against a live `sdrun serve`: generations, edits and models, in OpenAI's
-JSON shapes; the same seed gives the same pixels through this API, the CLI and the library."""
+"""The official `openai` client against a live `sdrun serve`: generations, edits (with OpenAI's masks too)
+and models, in OpenAI's JSON shapes; the same seed gives the same pixels through this API, the CLI and the
+library."""
 
-import io
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from PIL import Image
-from serve_helpers import PROMPT, decode, png_parameters
+from PIL import Image, ImageOps
+from serve_helpers import (
+    LEFT,
+    PROMPT,
+    RIGHT,
+    SIDE,
+    assert_repainted_only,
+    decode,
+    init_image,
+    left_half_mask,
+    png_bytes,
+    png_parameters,
+)
 
 from sdrun.cli import main as sdrun_main
 from sdrun.pipeline import Pipeline
@@ -64,17 +75,35 @@ def test_generate_takes_n_size_and_our_settings(
 
 
 def test_edit_is_image_to_image(client: "openai.OpenAI", reference: Pipeline) -> None:
-    start = Image.new("RGB", (64, 64), (200, 30, 30))
-    upload = io.BytesIO()
-    start.save(upload, format="PNG")
+    start = init_image()
     answer = client.images.edit(
-        image=("start.png", upload.getvalue(), "image/png"),
+        image=("start.png", png_bytes(start), "image/png"),
         prompt=PROMPT,
         extra_body={"seed": 5, "steps": 4, "strength": 0.5},
     )
     expected = reference.generate(PROMPT, seed=5, steps=4, strength=0.5, init_image=start).images[0]
     np.testing.assert_array_equal(decode(answer.data[0].b64_json), np.asarray(expected))
     assert parse_parameters(png_parameters(answer.data[0].b64_json)).strength == 0.5
+
+
+def test_edit_repaints_where_the_mask_is_transparent(client: "openai.OpenAI", reference: Pipeline) -> None:
+    """OpenAI's polarity: transparent (alpha 0) = edit. White and opaque would mean the opposite to the
+    library's reading (A1111's), so the mask is white all over and transparent on the left only."""
+    start, repaint = init_image(), left_half_mask()
+    mask = Image.new("RGBA", (SIDE, SIDE), (255, 255, 255, 255))
+    mask.putalpha(ImageOps.invert(repaint))
+    settings = {"seed": 6, "steps": 4, "strength": 0.6, "mask_blur": 0}
+    answer = client.images.edit(
+        image=("start.png", png_bytes(start), "image/png"),
+        mask=("mask.png", png_bytes(mask), "image/png"),
+        prompt=PROMPT,
+        extra_body=settings,
+    )
+    made = decode(answer.data[0].b64_json)
+    assert_repainted_only(made, start, repainted=LEFT, kept=RIGHT)
+    expected = reference.generate(PROMPT, init_image=start, mask=repaint, **settings).images[0]
+    np.testing.assert_array_equal(made, np.asarray(expected))
+    assert parse_parameters(png_parameters(answer.data[0].b64_json)).mask_blur == 0
 
 
 def test_url_responses_are_refused_in_openais_error_shape(client: "openai.OpenAI") -> None:

@@ -4,7 +4,9 @@ txt2img and img2img answer `images` (base64 PNGs, each with its `parameters` chu
 request as given) and `info` (a JSON text with the seeds and the settings used). Progress and interrupt
 concern the running jobs; `sd_model_checkpoint` (options, or a request's override_settings) picks among
 the served folders. Sampler names are A1111's labels ("DPM++ 2M" with scheduler "Karras", or the older
-"DPM++ 2M Karras"), mapped both ways.
+"DPM++ 2M Karras"), mapped both ways. img2img inpaints with a base64 `mask` (white = repaint, or its alpha
+channel when it has transparency: the library's reading), `mask_blur`, and `inpainting_mask_invert` 1 to
+repaint the black area instead (the route inverts the mask before the library sees it).
 """
 
 import json
@@ -14,10 +16,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Request
 
 from sdrun.errors import SettingsError
+from sdrun.inpaint import DEFAULT_MASK_BLUR, mask_channel
 from sdrun.pipeline import GeneratedImage
 from sdrun.png_info import SAMPLER_LABELS, format_parameters
 from sdrun.serve.dependencies import run_job, served_models
-from sdrun.serve.encoding import image_from_base64, png_base64
+from sdrun.serve.encoding import image_from_base64, inverted_mask, png_base64
 from sdrun.serve.jobs import Models
 from sdrun.serve.samplers import a1111_samplers, sampler_for
 from sdrun.serve.schemas import (
@@ -92,7 +95,7 @@ def _response(
     }
     return A1111ImagesResponse(
         images=[png_base64(item.image, item.settings) for item in images],
-        parameters=body.model_dump(exclude={"init_images"}),
+        parameters=body.model_dump(exclude={"init_images", "mask"}),
         info=json.dumps(info),
     )
 
@@ -112,6 +115,12 @@ async def img2img(body: A1111Img2ImgRequest, request: Request, models: ServedMod
         "init_image": image_from_base64(body.init_images[0], "init_images[0]", limit),
         "strength": body.denoising_strength,
     }
+    if body.mask is not None:
+        mask = image_from_base64(body.mask, "mask", limit, "mask")
+        if body.inpainting_mask_invert:
+            mask = await inverted_mask(mask, mask_channel)
+        blur = DEFAULT_MASK_BLUR if body.mask_blur is None else body.mask_blur
+        settings.update(mask=mask, mask_blur=blur)
     images, interrupted = await run_job(request, models, model, settings)
     return _response(body, images, interrupted)
 

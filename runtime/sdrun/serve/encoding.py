@@ -1,14 +1,17 @@
-"""Images in and out of HTTP bodies: PNGs carrying their `parameters` chunk, and uploaded or base64 init
-images opened through the library's one gate (sdrun.images.open_image) with the pipeline's pixel limit."""
+"""Images in and out of HTTP bodies: PNGs carrying their `parameters` chunk, uploaded or base64 init images
+and masks opened through the library's one gate (sdrun.images.open_image) with the pipeline's pixel limit,
+and masks of the opposite polarity turned into the library's (white = repaint)."""
 
 import base64
 import binascii
 import io
+from collections.abc import Callable
 
-from PIL import Image, PngImagePlugin
+from PIL import Image, ImageOps, PngImagePlugin
+from starlette.concurrency import run_in_threadpool
 
 from sdrun.errors import SettingsError
-from sdrun.images import open_image
+from sdrun.images import decode_upright, open_image
 from sdrun.png_info import PARAMETERS_KEY, format_parameters
 from sdrun.settings import ImageSettings
 
@@ -35,12 +38,13 @@ def png_base64(image: Image.Image, settings: ImageSettings) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def image_from_bytes(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """An uploaded image, opened but not decoded, refused above `max_pixels` (a decompression bomb)."""
-    return open_image(_Upload(data, name), max_pixels)  # type: ignore[arg-type]  # PIL opens file objects
+def image_from_bytes(data: bytes, name: str, max_pixels: int, what: str = "init image") -> Image.Image:
+    """An uploaded image, opened but not decoded, refused above `max_pixels` (a decompression bomb); `what`
+    says in errors which image it is (an init image, a mask)."""
+    return open_image(_Upload(data, name), max_pixels, what)  # type: ignore[arg-type]  # PIL opens files
 
 
-def image_from_base64(text: str, name: str, max_pixels: int) -> Image.Image:
+def image_from_base64(text: str, name: str, max_pixels: int, what: str = "init image") -> Image.Image:
     """A base64 image (a `data:image/...;base64,` URL too, as browsers send them)."""
     if text.startswith("data:"):
         text = text.partition(",")[2]
@@ -48,4 +52,15 @@ def image_from_base64(text: str, name: str, max_pixels: int) -> Image.Image:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as error:
         raise SettingsError(f"{name} is not base64 image data") from error
-    return image_from_bytes(data, name, max_pixels)
+    return image_from_bytes(data, name, max_pixels, what)
+
+
+async def inverted_mask(mask: Image.Image, channel: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """The opened `mask` decoded upright to the 8-bit band `channel` reads from it, then inverted: a mask
+    whose white marks what to keep, as the library's white = repaint. Decoded in a worker thread, as a mask
+    as large as the pixel limit allows takes a while and the event loop serves every other request."""
+
+    def decode() -> Image.Image:
+        return ImageOps.invert(decode_upright(mask, mask.size, channel, "mask"))
+
+    return await run_in_threadpool(decode)

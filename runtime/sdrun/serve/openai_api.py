@@ -1,7 +1,13 @@
 """The OpenAI Images API (https://platform.openai.com/docs/api-reference/images) over the library: the
 official `openai` client works unchanged. Images come back as `b64_json` PNGs carrying their settings;
 `response_format` "url" is refused (this server keeps no images). Our own fields (seed, steps,
-guidance_scale, sampler, negative_prompt, and strength for edits) travel as the client's `extra_body`.
+guidance_scale, sampler, negative_prompt, and strength and mask_blur for edits) travel as the client's
+`extra_body`.
+
+An edit's `mask` means what it means to OpenAI: its fully transparent pixels (alpha 0) mark what to repaint,
+its opaque ones what to keep. The library reads a mask's alpha the other way round (A1111's rule: white,
+or opaque, = repaint), so the route hands it the mask's alpha channel inverted; a mask without
+transparency has no such meaning and is refused.
 """
 
 import re
@@ -9,12 +15,14 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from PIL import Image
 from starlette.datastructures import UploadFile
 
 from sdrun.errors import SettingsError
+from sdrun.images import has_alpha
 from sdrun.pipeline import GeneratedImage
 from sdrun.serve.dependencies import run_job, served_models
-from sdrun.serve.encoding import image_from_bytes, png_base64
+from sdrun.serve.encoding import image_from_bytes, inverted_mask, png_base64
 from sdrun.serve.jobs import Models
 from sdrun.serve.samplers import sampler_for
 from sdrun.serve.schemas import (
@@ -79,21 +87,40 @@ async def generations(
     return _response(images)
 
 
+def _alpha(image: Image.Image) -> Image.Image:
+    return image.convert("RGBA").getchannel("A")
+
+
+async def _repaint_where_transparent(mask: Image.Image) -> Image.Image:
+    """OpenAI's mask (transparent = edit) as the library's (white = repaint): its alpha channel, inverted."""
+    if not has_alpha(mask):
+        raise SettingsError(
+            "the mask has no transparency: OpenAI's edits repaint where the mask is transparent (alpha 0), "
+            "so send a PNG with an alpha channel (RGBA)"
+        )
+    return await inverted_mask(mask, _alpha)
+
+
 @router.post("/images/edits")
 async def edits(request: Request, models: ServedModels) -> OpenAIImagesResponse:
-    """Image-to-image from a multipart form, as the openai client sends `images.edit` (no mask)."""
+    """Image-to-image from a multipart form, as the openai client sends `images.edit`; inpainting with a
+    `mask` file too."""
     async with request.form(max_files=len(_IMAGE_FIELDS) + 1, max_fields=_MAX_FORM_FIELDS) as form:
         uploads = [item for name in _IMAGE_FIELDS for item in form.getlist(name)]
         if len(uploads) != 1 or not isinstance(uploads[0], UploadFile):
             raise SettingsError(f"send one image file in the field `image` (got {len(uploads)})")
-        if form.get("mask") is not None:
-            raise SettingsError("masks (inpainting) are not supported: send the image without a mask")
+        mask_upload = form.get("mask")
+        if mask_upload is not None and not isinstance(mask_upload, UploadFile):
+            raise SettingsError("send the mask as a PNG file in the field `mask`, not as text")
         body = OpenAIEditRequest.model_validate(
             {key: value for key, value in form.items() if isinstance(value, str)}
         )
-        worker = models.get(body.model)
-        image = image_from_bytes(await uploads[0].read(), "image", worker.pipeline.limits.max_init_pixels)
-    settings = {**_settings(body), "init_image": image, "strength": body.strength}
+        limit = models.get(body.model).pipeline.limits.max_init_pixels
+        image = image_from_bytes(await uploads[0].read(), "image", limit)
+        settings = {**_settings(body), "init_image": image, "strength": body.strength}
+        if mask_upload is not None:
+            mask = image_from_bytes(await mask_upload.read(), "mask", limit, "mask")
+            settings.update(mask=await _repaint_where_transparent(mask), mask_blur=body.mask_blur)
     images, _ = await run_job(request, models, body.model, settings)
     return _response(images)
 

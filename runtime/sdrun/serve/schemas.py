@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sdrun.inpaint import DEFAULT_MASK_BLUR
 from sdrun.limits import MAX_GUIDANCE, MAX_PROMPT_CHARACTERS
 from sdrun.serve.config import MAX_IMAGES_PER_REQUEST, MAX_STEPS_PER_REQUEST
 
@@ -42,10 +43,12 @@ class OpenAIGenerationRequest(OpenAISettings):
 
 
 class OpenAIEditRequest(OpenAISettings):
-    """POST /v1/images/edits: the form fields besides the image. Forms carry text, so numbers are parsed."""
+    """POST /v1/images/edits: the form fields besides the image and the mask. Forms carry text, so numbers
+    are parsed."""
 
     model_config = ConfigDict(strict=False, extra="ignore")
     strength: float | None = Field(None, ge=0.0, le=1.0)
+    mask_blur: int = Field(DEFAULT_MASK_BLUR, description="ours: pixels; the library checks the range")
 
 
 class OpenAIImage(BaseModel):
@@ -89,10 +92,14 @@ class A1111Txt2ImgRequest(_Strict):
 
 
 class A1111Img2ImgRequest(A1111Txt2ImgRequest):
-    """POST /sdapi/v1/img2img: one init image, base64 (a data URL too)."""
+    """POST /sdapi/v1/img2img: one init image, base64 (a data URL too), and an inpainting mask (white =
+    repaint). A1111's inpainting_fill and inpaint_full_res are ignored (docs/api.md says why)."""
 
     init_images: list[str] = Field(min_length=1, max_length=1)
     denoising_strength: float | None = Field(None, ge=0.0, le=1.0)
+    mask: str | None = None
+    mask_blur: int | None = Field(None, description=f"null: {DEFAULT_MASK_BLUR}, A1111's default")
+    inpainting_mask_invert: int = Field(0, ge=0, le=1, description="1: repaint the mask's black area")
 
 
 class A1111ImagesResponse(BaseModel):
