@@ -12,10 +12,10 @@ from safetensors.torch import save_file
 from sdexport.checkpoints.config_file import find_config, read_config_yaml, read_use_ema
 from sdexport.checkpoints.diffusers_layout import COMPONENT_PREFIXES
 from sdexport.checkpoints.errors import CheckpointError
-from sdexport.checkpoints.family import SD1, detect_family
+from sdexport.checkpoints.family import INPAINTING_IN_CHANNELS, SD1, detect_family
 from sdexport.checkpoints.tensor_files import SAFETENSORS_SUFFIX, read_tensor_file
 from sdexport.checkpoints.weights import build_model, dtype_name, split_unused
-from sdexport.models import StableDiffusion, StableDiffusionConfig
+from sdexport.models import StableDiffusion, StableDiffusionConfig, UNetConfig
 
 _UNET = COMPONENT_PREFIXES["unet"]
 _CLIP = COMPONENT_PREFIXES["text_encoder"]
@@ -98,20 +98,29 @@ def _select_unet_weights(
 
 
 def _default_config(
-    family: str, prediction: str | None, notes: list[str]
+    family: str, tensors: dict[str, torch.Tensor], prediction: str | None, notes: list[str]
 ) -> tuple[StableDiffusionConfig, str]:
-    """The config of a file without a config file. SD 2.x's v-prediction and epsilon models have the same
-    tensors: v-prediction at 768x768 (SD 2.0-v, 2.1) is assumed, as diffusers' single-file loader does,
-    unless `prediction` says otherwise (epsilon: the 512x512 2.x-base models)."""
+    """The config of a file without a config file, with the UNet input channels its weights show (9: an
+    inpainting model, as sd-v1-5-inpainting, which ships without one). SD 2.x's v-prediction and epsilon
+    models have the same tensors: v-prediction at 768x768 (SD 2.0-v, 2.1) is assumed, as diffusers'
+    single-file loader does, unless `prediction` says otherwise (epsilon: the 512x512 2.x-base models);
+    SD 2.x inpainting (512-inpainting-ema) is epsilon at 512x512, as diffusers takes it too."""
+    conv_in = tensors.get(_UNET + "input_blocks.0.0.weight")
+    # 4 or 9 when it is a convolution's weight (detect_family); build_model names any other shape.
+    in_channels = conv_in.shape[1] if conv_in is not None and conv_in.ndim == 4 else UNetConfig.in_channels
+    inpainting = in_channels == INPAINTING_IN_CHANNELS
     if family == SD1:
-        return StableDiffusionConfig(), "SD 1.x defaults"
-    config = StableDiffusionConfig.sd2(prediction or "v_prediction")
-    if prediction is None:
-        notes.append(
-            "SD 2.x without a config file: v-prediction at 768x768 assumed (SD 2.0-v/2.1); "
-            "--prediction epsilon for the 512x512 2.x-base models"
-        )
-    return config, f"SD 2.x defaults ({config.prediction_type})"
+        config, source = StableDiffusionConfig(), "SD 1.x defaults"
+    else:
+        config = StableDiffusionConfig.sd2(prediction or ("epsilon" if inpainting else "v_prediction"))
+        if prediction is None and not inpainting:
+            notes.append(
+                "SD 2.x without a config file: v-prediction at 768x768 assumed (SD 2.0-v/2.1); "
+                "--prediction epsilon for the 512x512 2.x-base models"
+            )
+        source = f"SD 2.x defaults ({config.prediction_type})"
+    config.unet.in_channels = in_channels
+    return config, source
 
 
 def load_original(
@@ -131,7 +140,7 @@ def load_original(
             f"ignored {len(dropped)} entries no network uses ({', '.join(sorted(dropped)[:3])}, ...)"
         )
     if config_file is None:
-        config, config_source = _default_config(family, prediction, notes)
+        config, config_source = _default_config(family, tensors, prediction, notes)
     else:
         config, config_source = read_config_yaml(config_file), str(config_file)
         notes.append(f"config from {config_file}")

@@ -3,6 +3,7 @@ back: the loaded weights must be the written ones, in float32."""
 
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 from checkpoint_helpers import random_model
 
-from sdexport.checkpoints import CheckpointError, load_model, save_original, write_config_yaml
+from sdexport.checkpoints import CheckpointError, load_model, original, save_original, write_config_yaml
 from sdexport.models import StableDiffusion, StableDiffusionConfig
 
 SCHEDULE_BUFFERS = ("betas", "alphas_cumprod", "alphas_cumprod_prev", "posterior_mean_coef1")
@@ -157,3 +158,23 @@ def test_incomplete_ema_set(tmp_path: Path, tiny_yaml) -> None:
     assert_holds(loaded.model, trained.state_dict())
     with pytest.raises(CheckpointError, match="EMA weights are incomplete.*--no-ema"):
         load_model(path, config=tiny_yaml, ema=True)
+
+
+@pytest.mark.parametrize(
+    "family_config",
+    [StableDiffusionConfig(), StableDiffusionConfig.sd2("epsilon")],
+    ids=["sd-v1-5-inpainting", "sd-2-inpainting"],
+)
+def test_inpainting_file_without_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, family_config: StableDiffusionConfig
+) -> None:
+    """The inpainting files ship without a config file: the UNet's 9 input channels come from its weights,
+    and SD 2.x inpainting is epsilon at 512x512, as diffusers' single-file loader takes them. Full size, on
+    the meta device: nothing is allocated."""
+    config = replace(family_config, unet=replace(family_config.unet, in_channels=9))
+    with torch.device("meta"):
+        state = dict(StableDiffusion(config).state_dict())
+    monkeypatch.setattr(original, "read_tensor_file", lambda path: state)
+    path = tmp_path / "inpainting.safetensors"
+    path.touch()
+    assert load_model(path).model.config == config
