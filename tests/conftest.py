@@ -1,5 +1,6 @@
 """Fixtures shared across test folders: a tiny random-weight Stable Diffusion, as a diffusers folder and
-as the ONNX folder that optimum-cli exports from it (the interop case: sdrun runs what optimum built)."""
+as the ONNX folder that optimum-cli exports from it (the interop case: sdrun runs what optimum built), and
+its inpainting variant (tests/inpaint_models.py) as a diffusers folder and as our build of it."""
 
 import os
 import subprocess
@@ -8,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from optimum_cli import optimum_export
 
 TINY_MODEL_NAME = "tiny-random-sd"
 PREBUILT_ONNX_DIR_VARIABLE = "SDRUN_TINY_ONNX_DIR"
@@ -77,26 +79,6 @@ def build_tiny_diffusers_pipeline(folder: Path) -> None:
     pipeline.save_pretrained(folder)
 
 
-def optimum_export(source: Path, out: Path) -> None:
-    """`optimum-cli export onnx --task text-to-image`, offline, in a child process."""
-    command = [
-        sys.executable,
-        "-m",
-        "optimum.commands.optimum_cli",
-        "export",
-        "onnx",
-        "--model",
-        str(source),
-        "--task",
-        "text-to-image",
-        str(out),
-    ]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise RuntimeError(f"optimum-cli export failed:\n{done.stderr[-4000:]}")
-
-
 @pytest.fixture(scope="session")
 def tiny_diffusers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-diffusers")
@@ -129,3 +111,24 @@ def tiny_sdexport_dir(tmp_path_factory: pytest.TempPathFactory, tiny_diffusers_d
     if done.returncode != 0:
         raise RuntimeError(f"sdexport build failed:\n{done.stderr[-4000:]}")
     return out
+
+
+@pytest.fixture(scope="session")
+def inpainting_diffusers_dir(tmp_path_factory: pytest.TempPathFactory, tiny_diffusers_dir: Path) -> Path:
+    """`tiny_diffusers_dir` with a 9-channel UNet, saved as diffusers' StableDiffusionInpaintPipeline."""
+    from inpaint_models import build_tiny_inpainting_pipeline
+
+    folder = tmp_path_factory.mktemp("inpainting-diffusers")
+    build_tiny_inpainting_pipeline(tiny_diffusers_dir, folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def inpainting_sdexport_dir(tmp_path_factory: pytest.TempPathFactory, inpainting_diffusers_dir: Path) -> Path:
+    """Our build of `inpainting_diffusers_dir`; do not modify."""
+    from sdexport.checkpoints import load_model
+    from sdexport.export.folder import BuildOptions, build_folder
+
+    folder = tmp_path_factory.mktemp("inpainting-sdexport") / "tiny-inpainting"
+    build_folder(load_model(inpainting_diffusers_dir), folder, BuildOptions(), log=lambda line: None)
+    return folder

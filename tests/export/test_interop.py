@@ -11,12 +11,9 @@ import onnxruntime as ort
 import pytest
 import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from export_helpers import Built
+from export_helpers import ATOL, Built
 from optimum.onnxruntime import ORTStableDiffusionPipeline
 from transformers import CLIPTextModel
-
-# float32 graphs against float32 PyTorch from another codebase: summation order differs, nothing else.
-ATOL = 1e-4
 
 
 def _run(folder: Path, component: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

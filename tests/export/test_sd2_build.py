@@ -1,7 +1,8 @@
 """A tiny SD 2.x model through `sdexport build` and sdrun, against diffusers' StableDiffusionPipeline on the
 same weights (tests/sd2_pipeline.py): the folder says what diffusers' SD 2.x folders say, its tokenizer
-pads as SD 2.x's does, sdrun's v-prediction latents match diffusers' step for step, and fp16 builds keep
-the attention in float32."""
+pads as SD 2.x's does, sdrun's v-prediction latents match diffusers' step for step, fp16 builds keep
+the attention in float32, optimum's pipeline runs our folder as diffusers runs the model, and sdrun runs
+optimum's export of the model as it runs ours."""
 
 from pathlib import Path
 
@@ -10,10 +11,14 @@ import onnx
 import pytest
 import torch
 from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+from export_helpers import OPTIMUM_LATENT_RTOL
+from optimum.onnxruntime import ORTStableDiffusionPipeline
+from optimum_cli import optimum_export
 from sd2_pipeline import SAMPLE_SIZE, save_without_tokenizer, tiny_sd2_pipeline
 
 from sdexport.checkpoints import load_model
 from sdexport.export.folder import BuildOptions, build_folder
+from sdrun.folder import UnverifiedFolderWarning
 from sdrun.folder_files import parse_json, read_text
 from sdrun.pipeline import Pipeline
 from sdrun.tokenizer import CLIPTokenizer
@@ -93,17 +98,61 @@ def test_v_prediction_latents_match_diffusers(
         latents=noise.clone(),
         output_type="latent",
     ).images.numpy()
+    ours = sdrun_latents(folder, noise.numpy(), sampler)
+    assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < LATENT_RTOL
+
+
+def sdrun_latents(folder: Path, noise: np.ndarray, sampler: str) -> np.ndarray:
+    """sdrun's final latents on `folder` from `noise`, with this file's prompt and settings."""
     with Pipeline.load(folder, provider="cpu") as pipeline:
         embeddings = pipeline.encode_prompt(PROMPT, NEGATIVE, GUIDANCE)
-        ours = pipeline.denoise(
+        return pipeline.denoise(
             embeddings,
-            noise.numpy(),
+            noise,
             np.random.default_rng(0),
             steps=STEPS,
             guidance_scale=GUIDANCE,
             sampler=sampler,
         )
-    assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < LATENT_RTOL
+
+
+def test_optimum_pipeline_runs_our_folder_like_diffusers(
+    folder: Path, reference: StableDiffusionPipeline
+) -> None:
+    """optimum's onnxruntime pipeline reads the folder's v-prediction schedule and gives diffusers' image."""
+    onnx_pipeline = ORTStableDiffusionPipeline.from_pretrained(folder)
+    assert onnx_pipeline.scheduler.config.prediction_type == "v_prediction"
+    torch_pipeline = StableDiffusionPipeline(**{**reference.components, "scheduler": onnx_pipeline.scheduler})
+    latents = torch.randn((1, 4, SIZE // 8, SIZE // 8), generator=torch.Generator().manual_seed(0))
+    settings = {
+        "prompt": PROMPT,
+        "negative_prompt": NEGATIVE,
+        "num_inference_steps": 4,
+        "guidance_scale": GUIDANCE,
+        "height": SIZE,
+        "width": SIZE,
+        "output_type": "np",
+    }
+    ours = onnx_pipeline(latents=latents.clone(), **settings).images
+    theirs = torch_pipeline(latents=latents.clone(), **settings).images
+    assert ours.shape == theirs.shape == (1, SIZE, SIZE, 3)
+    assert np.abs(ours - theirs).max() < 1e-4
+    assert ours.std() > 0.01, "a flat image would hide differences"
+
+
+def test_sdrun_runs_optimums_export_like_ours(
+    tmp_path_factory, folder: Path, reference: StableDiffusionPipeline
+) -> None:
+    """optimum exports the diffusers folder with its own tokenizer; sdrun's latents are ours."""
+    source = tmp_path_factory.mktemp("sd2-diffusers-with-tokenizer") / "tiny-sd2"
+    reference.save_pretrained(source)
+    optimum_folder = tmp_path_factory.mktemp("sd2-optimum") / "tiny-sd2"
+    optimum_export(source, optimum_folder)
+    noise = np.random.default_rng(5).standard_normal((1, 4, SIZE // 8, SIZE // 8), dtype=np.float32)
+    with pytest.warns(UnverifiedFolderWarning):
+        theirs = sdrun_latents(optimum_folder, noise, "euler")
+    ours = sdrun_latents(folder, noise, "euler")
+    assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < OPTIMUM_LATENT_RTOL
 
 
 def _attention_inputs_from_float32(graph: Path) -> list[bool]:

@@ -9,7 +9,6 @@ instead, so that diffusers runs on the very draws sdrun's documented contract ma
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,12 +17,10 @@ from diffusers import StableDiffusionInpaintPipeline
 from diffusers.models.autoencoders import vae as diffusers_vae
 from diffusers.pipelines.stable_diffusion import pipeline_stable_diffusion_inpaint
 from diffusers.schedulers import scheduling_euler_ancestral_discrete
-from inpaint_models import box_mask, build_tiny_inpainting_pipeline, init_picture
+from inpaint_models import box_mask, init_picture
 from PIL import Image
 from sampler_parity import REFERENCES
 
-from sdexport.checkpoints import load_model
-from sdexport.export.folder import BuildOptions, build_folder
 from sdrun.pipeline import Pipeline
 
 # Float32 ONNX against float32 PyTorch (about 1e-6 here); two samplers differ by far more.
@@ -40,20 +37,6 @@ RANDOM_MODULES = (pipeline_stable_diffusion_inpaint, diffusers_vae, scheduling_e
 # (sampler, strength): the deterministic samplers, at full strength (pure-noise start) and below it, and
 # an ancestral one, whose step noise follows the masked-image draw.
 RUNS = [("euler", 1.0), ("ddim", 0.6), ("dpmpp_2m_karras", 0.75), ("euler_a", 1.0)]
-
-
-@pytest.fixture(scope="module")
-def inpainting_diffusers_dir(tmp_path_factory: pytest.TempPathFactory, tiny_diffusers_dir: Path) -> Path:
-    folder = tmp_path_factory.mktemp("inpainting-diffusers")
-    build_tiny_inpainting_pipeline(tiny_diffusers_dir, folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def inpainting_sdexport_dir(tmp_path_factory: pytest.TempPathFactory, inpainting_diffusers_dir: Path) -> Path:
-    folder = tmp_path_factory.mktemp("inpainting-sdexport") / "tiny-inpainting"
-    build_folder(load_model(inpainting_diffusers_dir), folder, BuildOptions(), log=lambda line: None)
-    return folder
 
 
 @pytest.fixture(scope="module", params=["inpainting", "plain"])
