@@ -152,10 +152,10 @@ def _open_pipeline(
 )
 @click.option(
     "--overlay/--no-overlay",
-    default=True,
-    show_default=True,
+    default=None,
     help="Inpainting: paste the init image's pixels back outside the blurred mask after decoding, so they "
-    "come back unchanged (diffusers leaves them as the VAE decodes them).",
+    "come back unchanged (diffusers leaves them as the VAE decodes them).  [default: overlay, or as "
+    "--from-png records it]",
 )
 @click.option(
     "--provider",
@@ -426,6 +426,7 @@ def _settings_from_options(
                     "with --mask"
                 )
             base["mask_blur"] = recorded.mask_blur
+            base["overlay"] = recorded.overlay
     elif prompt is None:
         raise SettingsError('give a prompt (sdrun "a prompt") or --from-png IMAGE')
     if init_image is None and overrides["strength"] is not None:

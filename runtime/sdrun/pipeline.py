@@ -743,6 +743,7 @@ class Pipeline:
                     model=self.folder.name,
                     strength=request.strength,
                     mask_blur=request.mask_blur,
+                    overlay=request.overlay,
                     clip_skip=self.clip_skip,
                 )
                 picture = self._decode_one(latents)

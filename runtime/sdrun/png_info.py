@@ -96,6 +96,7 @@ def format_parameters(settings: ImageSettings) -> str:
         "Model": settings.model or None,
         "Denoising strength": None if settings.strength is None else _number(settings.strength),
         "Mask blur": settings.mask_blur,
+        "Mask overlay": "off" if settings.mask_blur is not None and not settings.overlay else None,
         "Clip skip": settings.clip_skip if settings.clip_skip > 1 else None,
     }
     line = ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items() if value is not None)
@@ -172,6 +173,12 @@ def _float(pairs: dict[str, str], key: str) -> float:
     return float(pairs[key])
 
 
+def _switch(pairs: dict[str, str], key: str) -> bool:
+    if pairs[key] not in ("on", "off"):
+        raise SettingsError(f"parameters field {key}: {pairs[key][:40]!r} is not on or off")
+    return pairs[key] == "on"
+
+
 def parse_parameters(text: str) -> ImageSettings:
     """Read settings back from a `parameters` text (ours or the web UI's); fields sdrun has no use for,
     such as "Model hash" or "Version", are ignored."""
@@ -212,6 +219,7 @@ def parse_parameters(text: str) -> ImageSettings:
         model=pairs.get("Model", ""),
         strength=_float(pairs, "Denoising strength") if "Denoising strength" in pairs else None,
         mask_blur=_integer(pairs, "Mask blur") if "Mask blur" in pairs else None,
+        overlay=_switch(pairs, "Mask overlay") if "Mask overlay" in pairs else True,
         clip_skip=_integer(pairs, "Clip skip") if "Clip skip" in pairs else 1,
     )
 

@@ -22,5 +22,8 @@ class ImageSettings:
     model: str = ""
     strength: float | None = None
     mask_blur: int | None = None
+    # Inpainting: whether the init image's pixels were pasted back outside the mask (sdrun's default; the
+    # PNG says `Mask overlay: off` when not, so that the picture can be made again).
+    overlay: bool = True
     # The model folder's CLIP skip (fixed when it was built), recorded as the web UI records it.
     clip_skip: int = 1

@@ -10,34 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner, Result
+from cli_runs import assert_one_line_error, png_parameters, png_pixels, run_cli
 from PIL import Image
 
-from sdrun.cli import main
 from sdrun.png_info import parse_parameters
 
 FAST = ["--steps", "3", "--seed", "5"]
-
-
-def _run(*args: object) -> Result:
-    return CliRunner().invoke(main, [str(arg) for arg in args])
-
-
-def _pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image, dtype=np.int16)
-
-
-def _parameters(path: Path) -> str:
-    with Image.open(path) as image:
-        return image.text["parameters"]
-
-
-def _assert_one_line_error(result: Result, message: str) -> None:
-    assert result.exit_code != 0
-    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
-    assert len(errors) == 1 and message in errors[0], result.output
-    assert "Traceback" not in result.output
 
 
 @pytest.fixture
@@ -47,7 +25,7 @@ def folder_copy(tiny_onnx_dir: Path, tmp_path: Path) -> Path:
 
 def test_prompt_writes_a_png_with_its_settings(tiny_onnx_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "cube.png"
-    result = _run(
+    result = run_cli(
         "a red cube, on a table",
         "--model",
         tiny_onnx_dir,
@@ -64,7 +42,7 @@ def test_prompt_writes_a_png_with_its_settings(tiny_onnx_dir: Path, tmp_path: Pa
     assert result.exit_code == 0, result.output
     assert result.stdout == f"Wrote {out}\n"
     assert "CPU execution provider" in result.stderr and "Sampling" in result.stderr
-    settings = parse_parameters(_parameters(out))
+    settings = parse_parameters(png_parameters(out))
     assert (settings.prompt, settings.negative_prompt, settings.sampler) == (
         "a red cube, on a table",
         "dark",
@@ -78,7 +56,7 @@ def test_prompt_writes_a_png_with_its_settings(tiny_onnx_dir: Path, tmp_path: Pa
 
 def test_quiet_prints_only_where_images_went(tiny_sdexport_dir: Path, tmp_path: Path) -> None:
     """(On a folder with a manifest: one without gets a warning that nothing could be verified.)"""
-    result = _run("a cube", "--model", tiny_sdexport_dir, "--out", tmp_path / "q.png", "--quiet", *FAST)
+    result = run_cli("a cube", "--model", tiny_sdexport_dir, "--out", tmp_path / "q.png", "--quiet", *FAST)
     assert result.exit_code == 0, result.output
     assert result.stderr == ""
     assert result.stdout == f"Wrote {tmp_path / 'q.png'}\n"
@@ -87,38 +65,40 @@ def test_quiet_prints_only_where_images_went(tiny_sdexport_dir: Path, tmp_path: 
 def test_from_png_reproduces_the_image(tiny_onnx_dir: Path, tmp_path: Path) -> None:
     first, again, other = tmp_path / "first.png", tmp_path / "again.png", tmp_path / "other.png"
     assert (
-        _run(
+        run_cli(
             'a cube, "quoted"', "--model", tiny_onnx_dir, "--out", first, "--negative", "blurry, dark", *FAST
         ).exit_code
         == 0
     )
-    assert _run("--from-png", first, "--model", tiny_onnx_dir, "--out", again).exit_code == 0
-    np.testing.assert_array_equal(_pixels(first), _pixels(again))
-    assert _parameters(first) == _parameters(again)
+    assert run_cli("--from-png", first, "--model", tiny_onnx_dir, "--out", again).exit_code == 0
+    np.testing.assert_array_equal(png_pixels(first), png_pixels(again))
+    assert png_parameters(first) == png_parameters(again)
 
-    assert _run("--from-png", first, "--model", tiny_onnx_dir, "--out", other, "--seed", "6").exit_code == 0
-    assert parse_parameters(_parameters(other)).seed == 6
-    assert np.abs(_pixels(first) - _pixels(other)).max() > 10
+    assert (
+        run_cli("--from-png", first, "--model", tiny_onnx_dir, "--out", other, "--seed", "6").exit_code == 0
+    )
+    assert parse_parameters(png_parameters(other)).seed == 6
+    assert np.abs(png_pixels(first) - png_pixels(other)).max() > 10
 
 
 def test_from_png_reproduces_image_to_image(tiny_onnx_dir: Path, tmp_path: Path) -> None:
     init, first, again = tmp_path / "init.png", tmp_path / "first.png", tmp_path / "again.png"
     Image.new("RGB", (64, 48), (180, 40, 40)).save(init)
-    result = _run(
+    result = run_cli(
         "a cube", "--model", tiny_onnx_dir, "--out", first, "--init-image", init, "--strength", "0.6", *FAST
     )
     assert result.exit_code == 0, result.output
-    settings = parse_parameters(_parameters(first))
+    settings = parse_parameters(png_parameters(first))
     assert (settings.strength, settings.width, settings.height) == (0.6, 64, 48)
 
-    _assert_one_line_error(
-        _run("--from-png", first, "--model", tiny_onnx_dir), "pass that image with --init-image"
+    assert_one_line_error(
+        run_cli("--from-png", first, "--model", tiny_onnx_dir), "pass that image with --init-image"
     )
     assert (
-        _run("--from-png", first, "--model", tiny_onnx_dir, "--init-image", init, "--out", again).exit_code
+        run_cli("--from-png", first, "--model", tiny_onnx_dir, "--init-image", init, "--out", again).exit_code
         == 0
     )
-    np.testing.assert_array_equal(_pixels(first), _pixels(again))
+    np.testing.assert_array_equal(png_pixels(first), png_pixels(again))
 
 
 def test_web_ui_png_with_a_sampler_sdrun_lacks(tiny_onnx_dir: Path, tmp_path: Path) -> None:
@@ -129,11 +109,11 @@ def test_web_ui_png_with_a_sampler_sdrun_lacks(tiny_onnx_dir: Path, tmp_path: Pa
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", text)
     Image.new("RGB", (64, 64)).save(png, pnginfo=info)
-    _assert_one_line_error(_run("--from-png", png, "--model", tiny_onnx_dir), "unknown sampler 'DPM++ SDE'")
+    assert_one_line_error(run_cli("--from-png", png, "--model", tiny_onnx_dir), "unknown sampler 'DPM++ SDE'")
     out = tmp_path / "cat.png"
-    result = _run("--from-png", png, "--model", tiny_onnx_dir, "--sampler", "euler", "--out", out)
+    result = run_cli("--from-png", png, "--model", tiny_onnx_dir, "--sampler", "euler", "--out", out)
     assert result.exit_code == 0, result.output
-    assert parse_parameters(_parameters(out)).sampler == "euler"
+    assert parse_parameters(png_parameters(out)).sampler == "euler"
 
 
 @pytest.mark.parametrize(
@@ -147,7 +127,7 @@ def test_web_ui_png_with_a_sampler_sdrun_lacks(tiny_onnx_dir: Path, tmp_path: Pa
 def test_out_patterns_for_several_images(
     tiny_onnx_dir: Path, tmp_path: Path, pattern: str, names: list
 ) -> None:
-    result = _run(
+    result = run_cli(
         "a cube",
         "--model",
         tiny_onnx_dir,
@@ -160,12 +140,12 @@ def test_out_patterns_for_several_images(
     )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (tmp_path / "sub").iterdir()) == names
-    assert [parse_parameters(_parameters(tmp_path / "sub" / n)).seed for n in names] == [5, 6]
+    assert [parse_parameters(png_parameters(tmp_path / "sub" / n)).seed for n in names] == [5, 6]
 
 
 def test_missing_default_model_says_to_build_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    _assert_one_line_error(_run("a cube"), "run `sdexport build` first")
+    assert_one_line_error(run_cli("a cube"), "run `sdexport build` first")
 
 
 def _write_manifest(folder: Path) -> None:
@@ -182,7 +162,7 @@ def _write_manifest(folder: Path) -> None:
 
 def test_missing_component_error(folder_copy: Path) -> None:
     (folder_copy / "vae_decoder" / "model.onnx").unlink()
-    _assert_one_line_error(_run("a cube", "--model", folder_copy), "has no vae_decoder")
+    assert_one_line_error(run_cli("a cube", "--model", folder_copy), "has no vae_decoder")
 
 
 def test_checksum_failure_error(folder_copy: Path) -> None:
@@ -191,7 +171,9 @@ def test_checksum_failure_error(folder_copy: Path) -> None:
     data = bytearray(graph.read_bytes())
     data[100] ^= 0x01
     graph.write_bytes(bytes(data))
-    _assert_one_line_error(_run("a cube", "--model", folder_copy), "unet/model.onnx fails its SHA-256 check")
+    assert_one_line_error(
+        run_cli("a cube", "--model", folder_copy), "unet/model.onnx fails its SHA-256 check"
+    )
 
 
 @pytest.mark.parametrize(
@@ -211,18 +193,18 @@ def test_bad_input_is_one_line(tiny_onnx_dir: Path, tmp_path: Path, args: list, 
     init = tmp_path / "init.png"
     Image.new("RGB", (64, 64)).save(init)
     args = [arg.replace("{init}", str(init)) for arg in args]
-    _assert_one_line_error(_run("a cube", "--model", tiny_onnx_dir, "--steps", "2", *args), message)
+    assert_one_line_error(run_cli("a cube", "--model", tiny_onnx_dir, "--steps", "2", *args), message)
 
 
 @pytest.mark.parametrize("pattern", ["{name}.png", "{}.png", "{i.png"])
 def test_bad_out_pattern_fails_before_sampling(tiny_onnx_dir: Path, pattern: str) -> None:
-    result = _run("a cube", "--model", tiny_onnx_dir, "--out", pattern)
-    _assert_one_line_error(result, "may use only {i} and {seed}")
+    result = run_cli("a cube", "--model", tiny_onnx_dir, "--out", pattern)
+    assert_one_line_error(result, "may use only {i} and {seed}")
     assert "Sampling" not in result.stderr
 
 
 def test_no_prompt_is_one_line(tiny_onnx_dir: Path) -> None:
-    _assert_one_line_error(_run("--model", tiny_onnx_dir), "give a prompt")
+    assert_one_line_error(run_cli("--model", tiny_onnx_dir), "give a prompt")
 
 
 # Runs the CLI with an import hook that refuses torch and the packages that pull it in; it first proves
@@ -271,17 +253,17 @@ def test_cli_runs_where_torch_cannot_be_imported(tiny_onnx_dir: Path, tmp_path: 
 
 def test_fast_mode_makes_the_same_image(tiny_onnx_dir: Path, tmp_path: Path) -> None:
     default, fast = tmp_path / "default.png", tmp_path / "fast.png"
-    assert _run("a cube", "--model", tiny_onnx_dir, *FAST, "--out", default).exit_code == 0
-    result = _run("a cube", "--model", tiny_onnx_dir, *FAST, "--fast", "--out", fast)
+    assert run_cli("a cube", "--model", tiny_onnx_dir, *FAST, "--out", default).exit_code == 0
+    result = run_cli("a cube", "--model", tiny_onnx_dir, *FAST, "--fast", "--out", fast)
     assert result.exit_code == 0, result.output
-    np.testing.assert_array_equal(_pixels(fast), _pixels(default))
+    np.testing.assert_array_equal(png_pixels(fast), png_pixels(default))
 
 
 def test_negative_prompt_at_guidance_one_is_reported(tiny_sdexport_dir: Path, tmp_path: Path) -> None:
     args = ["a cube", "--model", tiny_sdexport_dir, "--guidance", "1", *FAST]
-    ignored = _run(*args, "--negative", "dark", "--out", tmp_path / "n.png")
+    ignored = run_cli(*args, "--negative", "dark", "--out", tmp_path / "n.png")
     assert ignored.exit_code == 0, ignored.output
     assert "Warning: the negative prompt is ignored at guidance 1" in ignored.stderr
-    plain = _run(*args, "--out", tmp_path / "p.png")
+    plain = run_cli(*args, "--out", tmp_path / "p.png")
     assert plain.exit_code == 0 and "Warning" not in plain.stderr
-    assert (_pixels(tmp_path / "n.png") == _pixels(tmp_path / "p.png")).all()
+    assert (png_pixels(tmp_path / "n.png") == png_pixels(tmp_path / "p.png")).all()

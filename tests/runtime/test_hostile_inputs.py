@@ -261,6 +261,20 @@ HOSTILE_INPUTS = [
     ("--out under a file", lambda w: ["--out", w / "outside" / "secret.bin" / "x.png"], "is not a folder"),
     ("init image bomb", lambda w: ["--init-image", _bomb(w / "bomb.png")], "above the limit"),
     ("init image not an image", lambda w: ["--init-image", w / "outside" / "secret.bin"], "cannot read init"),
+    (
+        "mask bomb",
+        lambda w: [
+            "--init-image",
+            _png_parameters(w / "i.png", GOOD),
+            "--mask",
+            _bomb(w / "bomb.png"),
+            "--width",  # GOOD's picture is 8x8, too small to take its size from
+            "64",
+            "--height",
+            "64",
+        ],
+        "the mask is 10000x10000",
+    ),
     ("from-png zTXt bomb", lambda w: ["--from-png", _huge_ztxt(w / "z.png")], "inflates past"),
     (
         "from-png CFG nan",

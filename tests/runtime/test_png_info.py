@@ -39,6 +39,15 @@ def test_format_follows_the_web_ui_layout() -> None:
     )
 
 
+@pytest.mark.parametrize("overlay", [True, False])
+def test_inpainting_settings_round_trip(overlay: bool) -> None:
+    """`Mask overlay: off` (sdrun's own field) only when the init image was not pasted back."""
+    settings = ImageSettings(**{**BASE.__dict__, "strength": 0.6, "mask_blur": 4, "overlay": overlay})
+    text = format_parameters(settings)
+    assert ("Mask overlay: off" in text) is not overlay
+    assert parse_parameters(text) == settings
+
+
 def test_empty_negative_prompt_writes_no_line() -> None:
     assert "Negative prompt" not in format_parameters(BASE)
 
@@ -129,6 +138,7 @@ def test_web_ui_sampler_labels(sampler_fields: str, expected: str) -> None:
         ("a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1", "Size"),
         ("a cat\nSteps: 20, Sampler: Euler, CFG scale: 7, Seed: 1, Size: big", "Size"),
         ("a cat\nSteps: many, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 8x8", "Steps"),
+        ("a cat\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 8x8, Mask overlay: 0", "overlay"),
     ],
 )
 def test_unreadable_parameters_are_a_clear_error(text: str, problem: str) -> None:
