@@ -2,7 +2,8 @@
 `python -m sdexport.tiny.distill --teacher sdexport/embedded --out sdexport/embedded`.
 
 Two networks, each a file beside the teacher's, each read by `sdexport build` as any user's would be
-(`--lcm-steps 0` or `--taesd-steps 0` leaves that one's file as it is):
+(`--lcm-steps 0` or `--taesd-steps 0` leaves that one's file as it is; `--resume DIR` continues the
+LoRA saved in DIR instead of starting one from zero, its learning rate schedule started afresh):
 - an LCM-LoRA (Luo et al. 2023, "LCM-LoRA: A Universal Stable-Diffusion Acceleration Module"): low-rank
   adapters (Hu et al. 2021) on the UNet's linear and convolution layers, trained by latent consistency
   distillation (Luo et al. 2023, "Latent Consistency Models", Algorithm 1): on the 50-step DDIM skeleton
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from sdexport.checkpoints import load_model
@@ -65,6 +66,7 @@ class DistillSettings:
     taesd_batch: int = 32
     taesd_lr: float = 1e-3
     threads: int = 2
+    resume: str = ""
 
 
 class LoRA(nn.Module):
@@ -112,6 +114,15 @@ def kohya_state(adapters: dict[str, LoRA], rank: int) -> dict[str, Tensor]:
         state[f"{key}.lora_up.weight"] = adapter.up.weight.detach().to(torch.float16).contiguous()
         state[f"{key}.alpha"] = torch.tensor(float(rank), dtype=torch.float16)
     return state
+
+
+def load_kohya_state(adapters: dict[str, LoRA], state: dict[str, Tensor]) -> None:
+    """Set the adapters from `kohya_state`'s layout; every adapter must be in `state`."""
+    with torch.no_grad():
+        for name, adapter in adapters.items():
+            key = "lora_unet_" + name.replace(".", "_")
+            adapter.down.weight.copy_(state[f"{key}.lora_down.weight"].float())
+            adapter.up.weight.copy_(state[f"{key}.lora_up.weight"].float())
 
 
 def boundary_scalings(t: Tensor) -> tuple[Tensor, Tensor]:
@@ -162,6 +173,8 @@ def distill_lcm(
         empty = teacher.text_encoder(empty_tokens)[0]
     student = copy.deepcopy(teacher.unet).requires_grad_(False)
     adapters = add_lora(student, settings.lora_rank)
+    if settings.resume:
+        load_kohya_state(adapters, load_file(Path(settings.resume) / LORA_FILE))
     parameters = [
         p for adapter in adapters.values() for p in (*adapter.down.parameters(), *adapter.up.parameters())
     ]
@@ -264,15 +277,22 @@ def distill(
         else:
             state, losses = distill_taesd(teacher, mean, std, settings, generator, log)
         save_file(state, out / file)
+        earlier = _earlier_facts(Path(settings.resume), part) if settings.resume and part == "lcm" else None
         facts[part] = {
             "settings": dataclasses.asdict(settings),
             "loss_every_100_steps": _every(losses, 100),
             "seconds": round(time.monotonic() - part_started, 1),
             "torch": torch.__version__,
+            **({"resumed_from": earlier} if earlier else {}),
         }
         facts_path.write_text(json.dumps(facts, indent=1) + "\n")
     log(f"distilled in {time.monotonic() - started:.0f} s into {out}")
     return facts
+
+
+def _earlier_facts(folder: Path, part: str) -> dict | None:
+    path = folder / f"{MODEL_NAME}-student.training.json"
+    return json.loads(path.read_text()).get(part) if path.is_file() else None
 
 
 def _every(losses: list[float], n: int) -> list[float]:
