@@ -525,8 +525,10 @@ def text_encoder_config_from_diffusers(config: Mapping[str, Any]) -> CLIPTextCon
 
 
 def scheduler_config_to_diffusers(config: StableDiffusionConfig) -> dict[str, Any]:
-    """The scheduler_config.json of the training schedule (PNDM, as SD 1.x folders ship)."""
-    return {
+    """The scheduler_config.json of the training schedule (PNDM, as SD 1.x folders ship; LCMScheduler with
+    the published distillation's settings for an LCM-distilled UNet, as LatentConsistencyModelPipeline
+    folders ship, so that diffusers and optimum sample it with the scheduler it needs)."""
+    scheduler = {
         **_SCHEDULER_FIXED,
         "beta_end": config.beta_end,
         "beta_schedule": config.beta_schedule,
@@ -534,6 +536,9 @@ def scheduler_config_to_diffusers(config: StableDiffusionConfig) -> dict[str, An
         "num_train_timesteps": config.num_train_timesteps,
         "prediction_type": config.prediction_type,
     }
+    if config.unet.time_cond_proj_dim:
+        scheduler.update(_class_name="LCMScheduler", original_inference_steps=50, timestep_scaling=10.0)
+    return scheduler
 
 
 def schedule_from_diffusers(config: Mapping[str, Any]) -> dict[str, Any]:

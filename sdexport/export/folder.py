@@ -161,8 +161,7 @@ def _write_folder(
     (folder / SCHEDULER_DIR).mkdir()
     (folder / SCHEDULER_DIR / "scheduler_config.json").write_text(_json(scheduler), encoding="utf-8")
     _write_tokenizer(loaded, folder / TOKENIZER_DIR, config.text_encoder.max_position_embeddings)
-    inpainting = config.unet.in_channels == INPAINTING_IN_CHANNELS
-    index = _model_index(loaded.name, scheduler, inpainting)
+    index = _model_index(loaded.name, scheduler, _pipeline_class(config))
     (folder / "model_index.json").write_text(_json(index), encoding="utf-8")
 
     manifest = {
@@ -184,7 +183,7 @@ def _write_folder(
         "precision": options.precision,
         "quantization": options.quantize,
         "target": options.target,
-        "inpainting": inpainting,
+        "inpainting": config.unet.in_channels == INPAINTING_IN_CHANNELS,
         LATENT_MULTIPLE_KEY: LATENT_SIZE_MULTIPLE,
         CLIP_SKIP_KEY: options.clip_skip,
         GENERATION_DEFAULTS_KEY: {**config.generation_defaults, **options.generation_defaults},
@@ -317,11 +316,21 @@ def _write_tokenizer(loaded: LoadedModel, folder: Path, max_length: int) -> None
         add_tokens(folder, added)
 
 
-def _model_index(name: str, scheduler: dict[str, Any], inpainting: bool) -> dict[str, Any]:
-    """The pipeline index that diffusers and optimum read (as `optimum-cli export onnx` writes it); the
-    class name is what makes optimum open an inpainting folder as its ORTStableDiffusionInpaintPipeline."""
+def _pipeline_class(config: StableDiffusionConfig) -> str:
+    """diffusers' pipeline for the model: the class name is what makes optimum's ORTDiffusionPipeline open
+    an inpainting folder as ORTStableDiffusionInpaintPipeline, an LCM-distilled UNet's as
+    ORTLatentConsistencyModelPipeline."""
+    if config.unet.in_channels == INPAINTING_IN_CHANNELS:
+        return "StableDiffusionInpaintPipeline"
+    if config.unet.time_cond_proj_dim:
+        return "LatentConsistencyModelPipeline"
+    return "StableDiffusionPipeline"
+
+
+def _model_index(name: str, scheduler: dict[str, Any], pipeline_class: str) -> dict[str, Any]:
+    """The pipeline index that diffusers and optimum read (as `optimum-cli export onnx` writes it)."""
     return {
-        "_class_name": "StableDiffusionInpaintPipeline" if inpainting else "StableDiffusionPipeline",
+        "_class_name": pipeline_class,
         "_diffusers_version": DIFFUSERS_VERSION,
         "_name_or_path": name,
         "feature_extractor": [None, None],

@@ -22,6 +22,7 @@ from diffusers import (
 )
 from diffusers.schedulers import scheduling_lcm
 from optimum.exporters.onnx.model_configs import UNetOnnxConfig
+from optimum.onnxruntime import ORTDiffusionPipeline, ORTLatentConsistencyModelPipeline
 
 from sdrun.cli import main
 from sdrun.errors import ModelFolderError
@@ -177,6 +178,33 @@ def test_latents_match_latent_consistency_pipeline(
     assert embeddings.unconditional is None
     assert batches == [1] * steps, "one UNet pass of one latent a step"
     assert np.linalg.norm(ours - theirs) / np.linalg.norm(theirs) < LATENT_RTOL
+
+
+def test_optimum_opens_our_folder_as_its_lcm_pipeline_and_matches_diffusers(
+    lcm_folder: Path, reference: LatentConsistencyModelPipeline
+) -> None:
+    """model_index.json names LatentConsistencyModelPipeline and the scheduler LCMScheduler, so optimum's
+    auto pipeline opens the folder as ORTLatentConsistencyModelPipeline; from the same latents and
+    generator its latents are diffusers' (the per-step noise is drawn by the same LCMScheduler)."""
+    onnx_pipeline = ORTDiffusionPipeline.from_pretrained(lcm_folder)
+    assert isinstance(onnx_pipeline, ORTLatentConsistencyModelPipeline)
+    assert isinstance(onnx_pipeline.scheduler, LCMScheduler)
+    noise = torch.randn((1, 4, SIZE // 8, SIZE // 8), generator=torch.Generator().manual_seed(0))
+    latents = {}
+    for name, pipe in (("optimum", onnx_pipeline), ("diffusers", reference)):
+        latents[name] = pipe(
+            PROMPT,
+            num_inference_steps=4,
+            guidance_scale=8.5,
+            height=SIZE,
+            width=SIZE,
+            latents=noise.clone(),
+            generator=torch.Generator().manual_seed(1),
+            output_type="latent",
+        ).images
+        latents[name] = np.asarray(latents[name], dtype=np.float32)
+    theirs = latents["diffusers"]
+    assert np.linalg.norm(latents["optimum"] - theirs) / np.linalg.norm(theirs) < LATENT_RTOL
 
 
 def test_guidance_feeds_the_embedding(pipeline: Pipeline) -> None:
