@@ -35,6 +35,9 @@ SD1_SCHEDULE: dict[str, Any] = {
     "set_alpha_to_one": False,
     "clip_sample": False,
     "clip_sample_range": 1.0,
+    # The distillation schedule's length of consistency-distilled models (LCMScheduler's and TCDScheduler's
+    # default, that of every published LCM, LCM-LoRA and TCD model).
+    "original_inference_steps": 50,
 }
 
 # Far beyond any model's training schedule (SD's has 1000 steps), and cheap to hold.
@@ -65,6 +68,7 @@ class NoiseSchedule:
     set_alpha_to_one: bool = False
     clip_sample: bool = False
     clip_sample_range: float = 1.0
+    original_inference_steps: int = 50
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> NoiseSchedule:
@@ -99,6 +103,9 @@ class NoiseSchedule:
                 set_alpha_to_one=flag(cfg, "set_alpha_to_one", _WHERE, False),
                 clip_sample=flag(cfg, "clip_sample", _WHERE, False),
                 clip_sample_range=real_number(cfg, "clip_sample_range", _WHERE, 0.0, 1e6, open_low=True),
+                original_inference_steps=whole_number(
+                    cfg, "original_inference_steps", _WHERE, 1, MAX_TRAIN_TIMESTEPS
+                ),
             )
         except ScheduleError:
             raise

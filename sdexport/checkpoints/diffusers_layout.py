@@ -278,6 +278,8 @@ _SCHEDULER_FIXED: dict[str, Any] = {
     "trained_betas": None,
 }
 _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+# LCMScheduler's and TCDScheduler's distillation schedule length, that of every published LCM/TCD model.
+_ORIGINAL_INFERENCE_STEPS = 50
 _PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -537,7 +539,11 @@ def scheduler_config_to_diffusers(config: StableDiffusionConfig) -> dict[str, An
         "prediction_type": config.prediction_type,
     }
     if config.unet.time_cond_proj_dim:
-        scheduler.update(_class_name="LCMScheduler", original_inference_steps=50, timestep_scaling=10.0)
+        scheduler.update(
+            _class_name="LCMScheduler",
+            original_inference_steps=_ORIGINAL_INFERENCE_STEPS,
+            timestep_scaling=10.0,
+        )
     return scheduler
 
 
@@ -548,6 +554,12 @@ def schedule_from_diffusers(config: Mapping[str, Any]) -> dict[str, Any]:
     if config.get("trained_betas") is not None:
         raise CheckpointError(
             f"{name}: trained_betas are not supported; give beta_start, beta_end, beta_schedule"
+        )
+    if config.get("original_inference_steps", _ORIGINAL_INFERENCE_STEPS) != _ORIGINAL_INFERENCE_STEPS:
+        # The folder sdexport writes carries the published distillation schedule's length only.
+        raise CheckpointError(
+            f"{name}: original_inference_steps {config['original_inference_steps']!r} is not supported; "
+            f"sdexport builds consistency-distilled models of the published {_ORIGINAL_INFERENCE_STEPS}"
         )
     schedule = {
         "beta_start": float(config.get("beta_start", defaults.beta_start)),

@@ -168,3 +168,15 @@ def test_diffusers_folder_with_unsupported_setting(tmp_path: Path) -> None:
 def test_diffusers_folder_without_weights(tmp_path: Path) -> None:
     folder = diffusers_folder(tmp_path, UNetConfig())
     assert "vae/config.json is missing" in load_error(folder)
+
+
+def test_diffusers_folder_with_another_distillation_schedule(tmp_path: Path) -> None:
+    """An LCM/TCD folder distilled on other than the published 50 steps would sample on the wrong timesteps
+    once exported (the folder records 50): refused by name."""
+    folder = diffusers_folder(tmp_path, UNetConfig(), extra_dirs=("scheduler",))
+    scheduler = {"_class_name": "LCMScheduler", "original_inference_steps": 100}
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    assert "original_inference_steps 100 is not supported" in load_error(folder)
+    scheduler["original_inference_steps"] = 50
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    assert "vae/config.json is missing" in load_error(folder)

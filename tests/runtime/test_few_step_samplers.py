@@ -137,6 +137,16 @@ def test_bad_few_step_settings_are_clear_errors(
         sample(name, fake_model, schedule, num_steps, zeros, np.random.default_rng(0), **init, **options)
 
 
+@pytest.mark.parametrize("name", ["lcm", "tcd"])
+@pytest.mark.parametrize("original_steps", [25, 100])
+def test_the_configs_distillation_schedule_is_followed(name: str, original_steps: int) -> None:
+    """A scheduler config's `original_inference_steps` other than the published models' 50 sets the
+    timesteps (and img2img's start) as it does in diffusers."""
+    config = {**SD1_CONFIG, "original_inference_steps": original_steps}
+    assert_same_run(name, config, 4)
+    assert_same_run(name, config, 4, init=INIT, strength=0.6)
+
+
 def test_distilled_samplers_need_a_long_enough_training_schedule() -> None:
     schedule = NoiseSchedule.from_config({**SD1_CONFIG, "num_train_timesteps": 40})
     with pytest.raises(

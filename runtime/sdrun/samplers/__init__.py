@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from sdrun.errors import SettingsError
-from sdrun.samplers.consistency import LCM, ORIGINAL_INFERENCE_STEPS, TCD, distillation_steps
+from sdrun.samplers.consistency import LCM, TCD, distillation_steps
 from sdrun.samplers.discrete import DDIM, DDPM
 from sdrun.samplers.dpm_solver import DPMSolverPP2M
 from sdrun.samplers.euler import Euler, EulerAncestral
@@ -164,12 +164,12 @@ def make_sampler(
 
 
 def _check_distilled_steps(name: str, schedule: NoiseSchedule, num_steps: int, strength: float) -> None:
-    if schedule.num_train_timesteps < ORIGINAL_INFERENCE_STEPS:
+    if schedule.num_train_timesteps < schedule.original_inference_steps:
         raise SamplerError(
-            f"{name} steps on {ORIGINAL_INFERENCE_STEPS} of the training timesteps, and this model has "
-            f"{schedule.num_train_timesteps}: choose another sampler"
+            f"{name} steps on {schedule.original_inference_steps} of the training timesteps, and this "
+            f"model has {schedule.num_train_timesteps}: choose another sampler"
         )
-    most = distillation_steps(strength)
+    most = distillation_steps(schedule, strength)
     if num_steps > most:
         within = f" at strength {strength}" if strength != 1.0 else ""
         fix = "give fewer steps or a higher strength" if within else "give fewer steps"

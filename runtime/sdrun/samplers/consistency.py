@@ -2,9 +2,9 @@
 (Zheng et al. 2024, "Trajectory Consistency Distillation"), as diffusers' LCMScheduler and TCDScheduler
 step for step.
 
-Both step on the distillation schedule: the N = ORIGINAL_INFERENCE_STEPS timesteps t = k j - 1 (k = T // N,
-j = 1 .. N) the model was distilled on, of which inference takes ``num_steps`` at evenly spaced indices
-from the top. The model sees x_t as is.
+Both step on the distillation schedule: the N timesteps t = k j - 1 (k = T // N, j = 1 .. N) the model was
+distilled on (N: the scheduler config's `original_inference_steps`, 50 for the published models), of which
+inference takes ``num_steps`` at evenly spaced indices from the top. The model sees x_t as is.
 """
 
 from __future__ import annotations
@@ -16,26 +16,23 @@ import numpy as np
 from sdrun.samplers.prediction import Model, call_model, split_prediction
 from sdrun.schedule import NoiseSchedule
 
-# The distillation schedule's length of the published LCM and TCD models (diffusers' default
-# original_inference_steps).
-ORIGINAL_INFERENCE_STEPS = 50
 # The boundary-condition scalings' constants: sigma_data as in Song et al. 2023 ("Consistency Models"), and
 # the timestep multiplied by TIMESTEP_SCALING as LCM's distillation did (diffusers' timestep_scaling).
 SIGMA_DATA = 0.5
 TIMESTEP_SCALING = 10.0
 
 
-def distillation_steps(strength: float = 1.0) -> int:
+def distillation_steps(schedule: NoiseSchedule, strength: float = 1.0) -> int:
     """How many timesteps of the distillation schedule lie within the top ``strength`` share of it: the
     most steps a run can take."""
-    return int(ORIGINAL_INFERENCE_STEPS * strength)
+    return int(schedule.original_inference_steps * strength)
 
 
 def distillation_timesteps(schedule: NoiseSchedule, num_steps: int, strength: float = 1.0) -> np.ndarray:
     """``num_steps`` timesteps, descending, of the top ``strength`` share of the distillation schedule
     (diffusers' LCMScheduler.set_timesteps, and TCDScheduler's without original_inference_steps given)."""
-    k = schedule.num_train_timesteps // ORIGINAL_INFERENCE_STEPS
-    origin = np.arange(distillation_steps(strength), 0, -1) * k - 1
+    k = schedule.num_train_timesteps // schedule.original_inference_steps
+    origin = np.arange(distillation_steps(schedule, strength), 0, -1) * k - 1
     indices = np.floor(np.linspace(0, len(origin), num_steps, endpoint=False)).astype(np.int64)
     return origin[indices].astype(np.float64)
 
