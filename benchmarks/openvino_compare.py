@@ -6,6 +6,8 @@
 Folders, from benchmarks/prepare.py's random SD 1.5 weights (`--weights-only`):
     <work>/sdrun-fp32            sdexport build sd15-random.safetensors  (fused attention)
     <work>/sdrun-fp32-openvino   sdexport build sd15-random.safetensors --target openvino
+    <work>/optimum               optimum-cli export onnx of the same weights (prepare.py --only optimum),
+                                 for the rows on optimum's graph (skipped when it is absent)
 
 Each run is a fresh process, one after the other:
 - `sdrun bench --no-full` (stages: session creation, text encoding, the guided UNet step at batch 2, VAE
@@ -13,7 +15,8 @@ Each run is a fresh process, one after the other:
   on the OpenVINO provider with .venv/openvino's onnxruntime-openvino, in bf16 and f32
   (SDRUN_OPENVINO_PRECISION), first with an empty compiled-model cache (cold: a new one per invocation)
   and then with the cache that run filled (cached); and bf16 on the fused folder, whose attention runs
-  on the CPU provider between pieces;
+  on the CPU provider between pieces; and on optimum's folder, on both providers (sdrun runs optimum's
+  exports), to tell the graph's share from the engine's;
 - OpenVINO itself (the `openvino` package in --openvino-python's environment) on the same UNet graph as
   the OpenVINO provider: read the ONNX file, compile for the CPU with the same precision hint, run the
   same guided step (batch 2).
@@ -28,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from child import run_child
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,6 +58,13 @@ def _sdrun_runs(work: Path, cache: Path) -> dict[str, tuple[list[str], dict[str,
         [str(OPENVINO_SDRUN), "bench", fused, "--provider", "openvino"],
         {**ov_env, "SDRUN_OPENVINO_PRECISION": "bf16"},
     )
+    optimum = work / "optimum"
+    if optimum.is_dir():
+        runs["sdrun on optimum's folder, CPU provider"] = ([str(MAIN_SDRUN), "bench", str(optimum)], {})
+        runs["sdrun on optimum's folder, OpenVINO provider, bf16"] = (
+            [str(OPENVINO_SDRUN), "bench", str(optimum), "--provider", "openvino"],
+            {**ov_env, "SDRUN_OPENVINO_PRECISION": "bf16"},
+        )
     return runs
 
 
@@ -71,7 +82,6 @@ def run_sdrun(command: list[str], env: dict[str, str], size: int, repeats: int) 
 
 def openvino_child(graph: str, precision: str, size: int, repeats: int) -> None:
     """OpenVINO alone on `graph`: compile for the CPU, then the guided UNet step at batch 2."""
-    import numpy as np
     import openvino as ov
 
     core = ov.Core()
@@ -83,7 +93,7 @@ def openvino_child(graph: str, precision: str, size: int, repeats: int) -> None:
     context_dim = inputs["encoder_hidden_states"].get_partial_shape()[2].get_length()
     feeds = {
         "sample": rng.standard_normal((2, 4, size // 8, size // 8), dtype=np.float32),
-        "timestep": np.array(UNET_TIMESTEP, dtype=np.float32),
+        "timestep": _timestep(inputs["timestep"]),
         "encoder_hidden_states": rng.standard_normal((2, 77, context_dim), dtype=np.float32),
     }
     request = compiled.create_infer_request()
@@ -96,6 +106,13 @@ def openvino_child(graph: str, precision: str, size: int, repeats: int) -> None:
         request.infer(feeds)
         times.append(time.perf_counter() - started)
     print(json.dumps({"create_seconds": created, "first_call": first, "step_seconds": times}))
+
+
+def _timestep(node: object) -> np.ndarray:
+    """sdrun's graphs take a float32 scalar, optimum's one int64 or float timestep per batch row."""
+    dtype = np.int64 if node.get_element_type().get_type_name() == "i64" else np.float32
+    shape = () if node.get_partial_shape().rank.get_length() == 0 else (2,)
+    return np.full(shape, UNET_TIMESTEP, dtype=dtype)
 
 
 def run_openvino(python: str, graph: Path, precision: str, size: int, repeats: int) -> dict:
@@ -152,6 +169,11 @@ def main() -> None:
             for precision in ("bf16", "f32"):
                 jobs[f"OpenVINO itself, {precision}"] = (
                     run_openvino, (args.openvino_python, graph, precision, args.size, args.repeats)
+                )
+            optimum_graph = args.work / "optimum" / "unet" / "model.onnx"
+            if optimum_graph.is_file():
+                jobs["OpenVINO itself, bf16, optimum's graph"] = (
+                    run_openvino, (args.openvino_python, optimum_graph, "bf16", args.size, args.repeats)
                 )
         for name, (function, job_args) in jobs.items():
             if args.only and name not in args.only:
