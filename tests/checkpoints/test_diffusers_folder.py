@@ -9,7 +9,8 @@ import torch
 import transformers
 from checkpoint_helpers import VARIANT
 from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
-from torch import Tensor, nn
+from tiny_diffusers import randomize
+from torch import Tensor
 
 from sdexport.checkpoints import LoadedModel, load_model
 from sdexport.checkpoints.diffusers_layout import (
@@ -25,17 +26,6 @@ TOLERANCE = 1e-4
 
 def rel_err(ours: Tensor, ref: Tensor) -> float:
     return ((ours - ref).norm() / ref.norm()).item()
-
-
-def randomize(module: nn.Module, seed: int) -> nn.Module:
-    """Random weights everywhere, biases and norm affines included (diffusers zero-inits some layers)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            scale = 1.0 / max(1, param[0].numel()) ** 0.5 if param.ndim > 1 else 0.2
-            offset = 1.0 if name.endswith("weight") and param.ndim == 1 else 0.0
-            param.copy_(offset + scale * torch.randn(param.shape, generator=generator))
-    return module.eval()
 
 
 class Reference:

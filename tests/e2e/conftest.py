@@ -37,11 +37,26 @@ def tiny_student_folder(tiny_folder: Path) -> Path:
     return student
 
 
-@pytest.fixture(scope="session", params=["int8", "int8-compact"])
-def tiny_int8_folder(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+@pytest.fixture(scope="session")
+def int8_builds(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """build(quantization) -> the embedded model built with it, once a session. A parametrized session
+    fixture would be torn down and built again each time pytest moves between its parameters (once per
+    test file using it), and one int8 build takes minutes here."""
+    built: dict[str, Path] = {}
+
+    def build(quantization: str) -> Path:
+        if quantization not in built:
+            name = f"tiny-shapes-{quantization}"
+            built[quantization] = _build(tmp_path_factory.mktemp(name) / name, "--quantize", quantization)
+        return built[quantization]
+
+    return build
+
+
+@pytest.fixture(params=["int8", "int8-compact"])
+def tiny_int8_folder(int8_builds: Callable[[str], Path], request: pytest.FixtureRequest) -> Path:
     """The embedded model built with each int8 quantization."""
-    name = f"tiny-shapes-{request.param}"
-    return _build(tmp_path_factory.mktemp(name) / name, "--quantize", request.param)
+    return int8_builds(request.param)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from export_helpers import ATOL, OPTIMUM_LATENT_RTOL
 from inpaint_models import box_mask, init_picture
 from optimum.onnxruntime import ORTStableDiffusionInpaintPipeline
 from optimum_cli import optimum_export
-from sd2_pipeline import randomize
+from tiny_diffusers import randomize
 
 from sdexport.checkpoints import load_model, save_original, write_config_yaml
 from sdexport.cli import main

@@ -7,6 +7,7 @@ import pytest
 import torch
 from diffusers import LatentConsistencyModelPipeline, UNet2DConditionModel
 from sd_reference import randomize_norms, rel_err
+from tiny_diffusers import TINY_UNET
 
 from sdexport.checkpoints.diffusers_layout import diffusers_to_original, unet_config_from_diffusers
 from sdexport.models import StableDiffusionConfig, UNetModel
@@ -26,17 +27,7 @@ def diffusers_embedding(guidance_scale: float, batch: int, dim: int) -> torch.Te
 @pytest.fixture(scope="module")
 def reference() -> UNet2DConditionModel:
     torch.manual_seed(3)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=8,
-        time_cond_proj_dim=COND_DIM,
-    ).eval()
+    unet = UNet2DConditionModel(**TINY_UNET, time_cond_proj_dim=COND_DIM).eval()
     randomize_norms(unet, torch.Generator().manual_seed(4))
     return unet
 
