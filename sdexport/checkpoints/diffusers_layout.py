@@ -20,6 +20,8 @@ from torch import Tensor
 
 from sdexport.checkpoints.errors import CheckpointError
 from sdexport.models import CLIPTextConfig, OpenCLIPTextConfig, StableDiffusionConfig, UNetConfig, VAEConfig
+from sdrun.samplers.consistency import TIMESTEP_SCALING
+from sdrun.schedule import SD1_SCHEDULE
 
 COMPONENT_PREFIXES = {
     "unet": "model.diffusion_model.",
@@ -278,8 +280,8 @@ _SCHEDULER_FIXED: dict[str, Any] = {
     "trained_betas": None,
 }
 _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
-# LCMScheduler's and TCDScheduler's distillation schedule length, that of every published LCM/TCD model.
-_ORIGINAL_INFERENCE_STEPS = 50
+# The distillation schedule's length of every published LCM/TCD model, as sdrun samples them.
+_ORIGINAL_INFERENCE_STEPS = SD1_SCHEDULE["original_inference_steps"]
 _PREDICTION_TYPES = ("epsilon", "v_prediction")
 
 
@@ -542,7 +544,7 @@ def scheduler_config_to_diffusers(config: StableDiffusionConfig) -> dict[str, An
         scheduler.update(
             _class_name="LCMScheduler",
             original_inference_steps=_ORIGINAL_INFERENCE_STEPS,
-            timestep_scaling=10.0,
+            timestep_scaling=TIMESTEP_SCALING,
         )
     return scheduler
 
