@@ -13,13 +13,17 @@ Each run is a fresh process, one after the other:
 - `sdrun bench --no-full` (stages: session creation, text encoding, the guided UNet step at batch 2, VAE
   decode; peaks per stage) on the CPU provider with the main .venv's onnxruntime (default and --fast), and
   on the OpenVINO provider with .venv/openvino's onnxruntime-openvino, in bf16 and f32
-  (SDRUN_OPENVINO_PRECISION), first with an empty compiled-model cache (cold: a new one per invocation)
-  and then with the cache that run filled (cached); and bf16 on the fused folder, whose attention runs
+  (SDRUN_OPENVINO_PRECISION) as sdrun runs by default (no compiled-model cache), then in bf16 with the
+  cache on (SDRUN_OPENVINO_CACHE=1), first empty (a new one per invocation) and then filled by that
+  run; and bf16 on the fused folder, whose attention runs
   on the CPU provider between pieces; and on optimum's folder, on both providers (sdrun runs optimum's
   exports), to tell the graph's share from the engine's;
 - OpenVINO itself (the `openvino` package in --openvino-python's environment) on the same UNet graph as
   the OpenVINO provider: read the ONNX file, compile for the CPU with the same precision hint, run the
-  same guided step (batch 2).
+  same guided step (batch 2);
+- the peers, through benchmarks/systems.py on the same weights and stages: optimum's
+  ORTStableDiffusionPipeline on its folder, and diffusers' StableDiffusionPipeline (PyTorch, float32) on
+  <work>/diffusers (each skipped when its folder is absent).
 The child's own peak resident memory comes from wait4 (benchmarks/child.py).
 """
 
@@ -36,6 +40,8 @@ from child import run_child
 
 ROOT = Path(__file__).resolve().parent.parent
 MAIN_SDRUN = ROOT / ".venv" / "bin" / "sdrun"
+MAIN_PYTHON = ROOT / ".venv" / "bin" / "python"
+SYSTEMS = Path(__file__).resolve().parent / "systems.py"
 OPENVINO_SDRUN = ROOT / ".venv" / "openvino" / "bin" / "sdrun"
 UNET_TIMESTEP = 500.0  # as sdrun bench's UNet step
 
@@ -43,27 +49,27 @@ UNET_TIMESTEP = 500.0  # as sdrun bench's UNet step
 def _sdrun_runs(work: Path, cache: Path) -> dict[str, tuple[list[str], dict[str, str]]]:
     """name -> (command without --json, extra environment)."""
     fused, plain = str(work / "sdrun-fp32"), str(work / "sdrun-fp32-openvino")
-    ov_env = {"XDG_CACHE_HOME": str(cache)}
     runs = {
         "sdrun, CPU provider (default)": ([str(MAIN_SDRUN), "bench", fused], {}),
         "sdrun, CPU provider, --fast": ([str(MAIN_SDRUN), "bench", fused, "--fast"], {}),
     }
+    command = [str(OPENVINO_SDRUN), "bench", plain, "--provider", "openvino"]
     for precision in ("bf16", "f32"):
-        env = {**ov_env, "SDRUN_OPENVINO_PRECISION": precision}
-        command = [str(OPENVINO_SDRUN), "bench", plain, "--provider", "openvino"]
-        # The cache is empty when the run invocation starts; OpenVINO keys entries by graph and precision.
-        runs[f"sdrun, OpenVINO provider, {precision}, cold cache"] = (command, env)
-        runs[f"sdrun, OpenVINO provider, {precision}, cached"] = (command, env)
+        runs[f"sdrun, OpenVINO provider, {precision}"] = (command, {"SDRUN_OPENVINO_PRECISION": precision})
+    # With the compiled-model cache on: empty when this invocation starts, then filled by that run.
+    cached = {"XDG_CACHE_HOME": str(cache), "SDRUN_OPENVINO_PRECISION": "bf16", "SDRUN_OPENVINO_CACHE": "1"}
+    runs["sdrun, OpenVINO provider, bf16, cache on, empty"] = (command, cached)
+    runs["sdrun, OpenVINO provider, bf16, cache on, filled"] = (command, cached)
     runs["sdrun, OpenVINO provider, bf16, fused-attention folder"] = (
         [str(OPENVINO_SDRUN), "bench", fused, "--provider", "openvino"],
-        {**ov_env, "SDRUN_OPENVINO_PRECISION": "bf16"},
+        {"SDRUN_OPENVINO_PRECISION": "bf16"},
     )
     optimum = work / "optimum"
     if optimum.is_dir():
         runs["sdrun on optimum's folder, CPU provider"] = ([str(MAIN_SDRUN), "bench", str(optimum)], {})
         runs["sdrun on optimum's folder, OpenVINO provider, bf16"] = (
             [str(OPENVINO_SDRUN), "bench", str(optimum), "--provider", "openvino"],
-            {**ov_env, "SDRUN_OPENVINO_PRECISION": "bf16"},
+            {"SDRUN_OPENVINO_PRECISION": "bf16"},
         )
     return runs
 
@@ -73,6 +79,19 @@ def run_sdrun(command: list[str], env: dict[str, str], size: int, repeats: int) 
         report = Path(scratch) / "report.json"
         flags = ["--size", str(size), "--repeats", str(repeats), "--no-full", "--json", str(report)]
         run = run_child([*command, *flags], env={**os.environ, **env})
+        if run.returncode != 0:
+            return {"failed": run.output[-2000:]}
+        result = json.loads(report.read_text())
+    result["peak_mb"] = run.peak_mb
+    return result
+
+
+def run_system(system: str, work: Path, size: int, repeats: int) -> dict:
+    """A peer measured by benchmarks/systems.py in its own process (the same stages as `sdrun bench`)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        report = Path(scratch) / "report.json"
+        command = [str(MAIN_PYTHON), str(SYSTEMS), system, "--work", str(work), "--size", str(size)]
+        run = run_child([*command, "--repeats", str(repeats), "--out", str(report)])
         if run.returncode != 0:
             return {"failed": run.output[-2000:]}
         result = json.loads(report.read_text())
@@ -175,6 +194,10 @@ def main() -> None:
                 jobs["OpenVINO itself, bf16, optimum's graph"] = (
                     run_openvino, (args.openvino_python, optimum_graph, "bf16", args.size, args.repeats)
                 )
+        for system in ("optimum", "diffusers"):  # each reads <work>/<system>
+            if (args.work / system).is_dir():
+                peer = (system, args.work, args.size, args.repeats)
+                jobs[f"{system} (its own pipeline)"] = (run_system, peer)
         for name, (function, job_args) in jobs.items():
             if args.only and name not in args.only:
                 continue
