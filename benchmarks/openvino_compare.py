@@ -74,29 +74,27 @@ def _sdrun_runs(work: Path, cache: Path) -> dict[str, tuple[list[str], dict[str,
     return runs
 
 
-def run_sdrun(command: list[str], env: dict[str, str], size: int, repeats: int) -> dict:
+def _reported(command: list[str], report_flag: str, env: dict[str, str] | None = None) -> dict:
+    """Run `command` with `report_flag PATH` added; the JSON report it writes there, with the child's peak."""
     with tempfile.TemporaryDirectory() as scratch:
         report = Path(scratch) / "report.json"
-        flags = ["--size", str(size), "--repeats", str(repeats), "--no-full", "--json", str(report)]
-        run = run_child([*command, *flags], env={**os.environ, **env})
+        run = run_child([*command, report_flag, str(report)], env=env)
         if run.returncode != 0:
             return {"failed": run.output[-2000:]}
         result = json.loads(report.read_text())
     result["peak_mb"] = run.peak_mb
     return result
+
+
+def run_sdrun(command: list[str], env: dict[str, str], size: int, repeats: int) -> dict:
+    flags = ["--size", str(size), "--repeats", str(repeats), "--no-full"]
+    return _reported([*command, *flags], "--json", {**os.environ, **env})
 
 
 def run_system(system: str, work: Path, size: int, repeats: int) -> dict:
     """A peer measured by benchmarks/systems.py in its own process (the same stages as `sdrun bench`)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        report = Path(scratch) / "report.json"
-        command = [str(MAIN_PYTHON), str(SYSTEMS), system, "--work", str(work), "--size", str(size)]
-        run = run_child([*command, "--repeats", str(repeats), "--out", str(report)])
-        if run.returncode != 0:
-            return {"failed": run.output[-2000:]}
-        result = json.loads(report.read_text())
-    result["peak_mb"] = run.peak_mb
-    return result
+    command = [str(MAIN_PYTHON), str(SYSTEMS), system, "--work", str(work), "--size", str(size)]
+    return _reported([*command, "--repeats", str(repeats)], "--out")
 
 
 def openvino_child(graph: str, precision: str, size: int, repeats: int) -> None:
