@@ -11,7 +11,10 @@ LoRA saved in DIR instead of starting one from zero, its learning rate schedule 
   Song & Dhariwal 2023) towards its own value at t_n of the teacher's guided DDIM step from t_{n+k}, with
   the boundary-condition scalings that sdrun's `lcm` sampler and diffusers' LCMScheduler use. The
   teacher's guidance is distilled in: the student samples at guidance 1 (one UNet pass a step). Saved in
-  kohya's layout (`lora_unet_<module>.lora_down/lora_up/alpha`).
+  kohya's layout (`lora_unet_<module>.lora_down/lora_up/alpha`). `--lcm-weights unet` distils the whole
+  UNet instead (started from the teacher with DIR's LoRA added, under `--resume DIR`) and ships its
+  difference from the teacher's as a LoRA of rank `--lora-rank`, truncated by SVD (the closest matrices of
+  that rank, Eckart & Young 1936); the biases' and norms' small drift, which a LoRA cannot carry, is left out.
 - a tiny decoder (TAESD, madebyollin's architecture, sdexport.models.taesd) trained to reproduce the
   teacher's VAE decoder from the same latents, saved in madebyollin's layout.
 """
@@ -51,6 +54,8 @@ SKELETON_STEPS = 50
 SIGMA_DATA = 0.5
 TIMESTEP_SCALING = 10.0
 HUBER_C = 0.001
+# What distill_lcm trains: adapters of rank lora_rank, or the whole UNet, shipped at rank lora_rank.
+LCM_WEIGHTS = ("lora", "unet")
 
 
 @dataclasses.dataclass
@@ -58,6 +63,7 @@ class DistillSettings:
     seed: int = 0
     images_per_caption: int = 16
     lora_rank: int = 16
+    lcm_weights: str = "lora"
     lcm_steps: int = 2000
     lcm_batch: int = 48
     lcm_lr: float = 1e-3
@@ -116,6 +122,37 @@ def kohya_state(adapters: dict[str, LoRA], rank: int) -> dict[str, Tensor]:
     return state
 
 
+def low_rank_difference(teacher: nn.Module, student: nn.Module, rank: int) -> dict[str, Tensor]:
+    """student - teacher for every linear and convolution weight as a LoRA of at most `rank` (its SVD,
+    truncated), in kohya_state's layout."""
+    state = {}
+    teacher_modules = dict(teacher.named_modules())
+    for name, module in student.named_modules():
+        if not isinstance(module, nn.Linear | nn.Conv2d):
+            continue
+        difference = (module.weight - teacher_modules[name].weight).detach().flatten(1)
+        u, s, vh = torch.linalg.svd(difference, full_matrices=False)
+        kept = min(rank, len(s))
+        up = u[:, :kept] * s[:kept].sqrt()
+        down = (s[:kept].sqrt()[:, None] * vh[:kept]).reshape(kept, *module.weight.shape[1:])
+        key = "lora_unet_" + name.replace(".", "_")
+        state[f"{key}.lora_down.weight"] = down.to(torch.float16).contiguous()
+        state[f"{key}.lora_up.weight"] = up.reshape(*up.shape, *[1] * (down.dim() - 2)).half().contiguous()
+        state[f"{key}.alpha"] = torch.tensor(float(kept), dtype=torch.float16)
+    return state
+
+
+def add_kohya_state(unet: nn.Module, state: dict[str, Tensor]) -> None:
+    """Add a LoRA in kohya_state's layout (any rank, scaled by its alpha) into `unet`'s weights, in place."""
+    with torch.no_grad():
+        for name, module in unet.named_modules():
+            if isinstance(module, nn.Linear | nn.Conv2d):
+                key = "lora_unet_" + name.replace(".", "_")
+                down, up = state[f"{key}.lora_down.weight"].float(), state[f"{key}.lora_up.weight"].float()
+                scale = state[f"{key}.alpha"].float() / len(down)
+                module.weight += scale * (up.flatten(1) @ down.flatten(1)).reshape(module.weight.shape)
+
+
 def load_kohya_state(adapters: dict[str, LoRA], state: dict[str, Tensor]) -> None:
     """Set the adapters from `kohya_state`'s layout; every adapter must be in `state`."""
     with torch.no_grad():
@@ -171,13 +208,20 @@ def distill_lcm(
     with torch.no_grad():
         contexts = teacher.text_encoder(caption_tokens)[0]
         empty = teacher.text_encoder(empty_tokens)[0]
-    student = copy.deepcopy(teacher.unet).requires_grad_(False)
-    adapters = add_lora(student, settings.lora_rank)
-    if settings.resume:
-        load_kohya_state(adapters, load_file(Path(settings.resume) / LORA_FILE))
-    parameters = [
-        p for adapter in adapters.values() for p in (*adapter.down.parameters(), *adapter.up.parameters())
-    ]
+    student = copy.deepcopy(teacher.unet)
+    resumed = load_file(Path(settings.resume) / LORA_FILE) if settings.resume else None
+    if settings.lcm_weights == "unet":
+        adapters = None
+        if resumed is not None:
+            add_kohya_state(student, resumed)
+        parameters = list(student.requires_grad_(True).parameters())
+    else:
+        adapters = add_lora(student.requires_grad_(False), settings.lora_rank)
+        if resumed is not None:
+            load_kohya_state(adapters, resumed)
+        parameters = [
+            p for adapter in adapters.values() for p in (*adapter.down.parameters(), *adapter.up.parameters())
+        ]
     optimizer = torch.optim.AdamW(parameters, lr=settings.lcm_lr, weight_decay=0.0)
     scenes = torch.from_numpy(scene_index)
     w = settings.teacher_guidance
@@ -213,6 +257,8 @@ def distill_lcm(
         losses.append(loss.item())
         if step % 100 == 0 or step == settings.lcm_steps - 1:
             log(f"lcm step {step:5d}  loss {np.mean(losses[-100:]):.5f}")
+    if adapters is None:
+        return low_rank_difference(teacher.unet, student, settings.lora_rank), losses
     return kohya_state(adapters, settings.lora_rank), losses
 
 
@@ -312,7 +358,10 @@ def main() -> None:
     )
     for field in dataclasses.fields(DistillSettings):
         parser.add_argument(
-            f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default
+            f"--{field.name.replace('_', '-')}",
+            type=type(field.default),
+            default=field.default,
+            choices=LCM_WEIGHTS if field.name == "lcm_weights" else None,
         )
     args = parser.parse_args()
     settings = DistillSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DistillSettings)})
