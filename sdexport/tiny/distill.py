@@ -97,13 +97,21 @@ class LoRA(nn.Module):
         return self.base(x) + self.up(self.down(x))
 
 
-def add_lora(unet: nn.Module, rank: int) -> dict[str, LoRA]:
-    """Wrap every linear and convolution layer of `unet` in a LoRA, in place; by module name."""
-    targets = [
+def _kohya_key(module_name: str) -> str:
+    return "lora_unet_" + module_name.replace(".", "_")
+
+
+def adapted_layers(unet: nn.Module) -> list[tuple[str, nn.Linear | nn.Conv2d]]:
+    """The layers a LoRA adapts: every linear and convolution layer, by module name."""
+    return [
         (name, module) for name, module in unet.named_modules() if isinstance(module, nn.Linear | nn.Conv2d)
     ]
+
+
+def add_lora(unet: nn.Module, rank: int) -> dict[str, LoRA]:
+    """Wrap every linear and convolution layer of `unet` in a LoRA, in place; by module name."""
     adapters = {}
-    for name, module in targets:
+    for name, module in adapted_layers(unet):
         parent_name, _, child = name.rpartition(".")
         adapter = LoRA(module, rank)
         setattr(unet.get_submodule(parent_name) if parent_name else unet, child, adapter)
@@ -115,7 +123,7 @@ def kohya_state(adapters: dict[str, LoRA], rank: int) -> dict[str, Tensor]:
     """The adapters in kohya's layout, named by the original checkpoint's module paths."""
     state = {}
     for name, adapter in adapters.items():
-        key = "lora_unet_" + name.replace(".", "_")
+        key = _kohya_key(name)
         state[f"{key}.lora_down.weight"] = adapter.down.weight.detach().to(torch.float16).contiguous()
         state[f"{key}.lora_up.weight"] = adapter.up.weight.detach().to(torch.float16).contiguous()
         state[f"{key}.alpha"] = torch.tensor(float(rank), dtype=torch.float16)
@@ -127,15 +135,13 @@ def low_rank_difference(teacher: nn.Module, student: nn.Module, rank: int) -> di
     truncated), in kohya_state's layout."""
     state = {}
     teacher_modules = dict(teacher.named_modules())
-    for name, module in student.named_modules():
-        if not isinstance(module, nn.Linear | nn.Conv2d):
-            continue
+    for name, module in adapted_layers(student):
         difference = (module.weight - teacher_modules[name].weight).detach().flatten(1)
         u, s, vh = torch.linalg.svd(difference, full_matrices=False)
         kept = min(rank, len(s))
         up = u[:, :kept] * s[:kept].sqrt()
         down = (s[:kept].sqrt()[:, None] * vh[:kept]).reshape(kept, *module.weight.shape[1:])
-        key = "lora_unet_" + name.replace(".", "_")
+        key = _kohya_key(name)
         state[f"{key}.lora_down.weight"] = down.to(torch.float16).contiguous()
         state[f"{key}.lora_up.weight"] = up.reshape(*up.shape, *[1] * (down.dim() - 2)).half().contiguous()
         state[f"{key}.alpha"] = torch.tensor(float(kept), dtype=torch.float16)
@@ -145,19 +151,18 @@ def low_rank_difference(teacher: nn.Module, student: nn.Module, rank: int) -> di
 def add_kohya_state(unet: nn.Module, state: dict[str, Tensor]) -> None:
     """Add a LoRA in kohya_state's layout (any rank, scaled by its alpha) into `unet`'s weights, in place."""
     with torch.no_grad():
-        for name, module in unet.named_modules():
-            if isinstance(module, nn.Linear | nn.Conv2d):
-                key = "lora_unet_" + name.replace(".", "_")
-                down, up = state[f"{key}.lora_down.weight"].float(), state[f"{key}.lora_up.weight"].float()
-                scale = state[f"{key}.alpha"].float() / len(down)
-                module.weight += scale * (up.flatten(1) @ down.flatten(1)).reshape(module.weight.shape)
+        for name, module in adapted_layers(unet):
+            key = _kohya_key(name)
+            down, up = state[f"{key}.lora_down.weight"].float(), state[f"{key}.lora_up.weight"].float()
+            scale = state[f"{key}.alpha"].float() / len(down)
+            module.weight += scale * (up.flatten(1) @ down.flatten(1)).reshape(module.weight.shape)
 
 
 def load_kohya_state(adapters: dict[str, LoRA], state: dict[str, Tensor]) -> None:
     """Set the adapters from `kohya_state`'s layout; every adapter must be in `state`."""
     with torch.no_grad():
         for name, adapter in adapters.items():
-            key = "lora_unet_" + name.replace(".", "_")
+            key = _kohya_key(name)
             adapter.down.weight.copy_(state[f"{key}.lora_down.weight"].float())
             adapter.up.weight.copy_(state[f"{key}.lora_up.weight"].float())
 

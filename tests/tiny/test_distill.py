@@ -14,7 +14,7 @@ from sdexport.checkpoints import load_model
 from sdexport.checkpoints.lora import merge_loras, parse_lora_option
 from sdexport.cli import EMBEDDED_CHECKPOINT, STUDENT_LORA
 from sdexport.models.stable_diffusion import StableDiffusion
-from sdexport.tiny.distill import add_kohya_state, low_rank_difference
+from sdexport.tiny.distill import adapted_layers, add_kohya_state, low_rank_difference
 
 
 def _teacher() -> StableDiffusion:
@@ -22,7 +22,7 @@ def _teacher() -> StableDiffusion:
 
 
 def _layers(unet: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
-    return {name: m for name, m in unet.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)}
+    return dict(adapted_layers(unet))
 
 
 @pytest.fixture(scope="module")
