@@ -10,7 +10,8 @@ LoRA saved in DIR instead of starting one from zero, its learning rate schedule 
   of the teacher's schedule, the student's consistency function at t_{n+k} is pulled (pseudo-Huber loss,
   Song & Dhariwal 2023) towards its own value at t_n of the teacher's guided DDIM step from t_{n+k}, with
   the boundary-condition scalings that sdrun's `lcm` sampler and diffusers' LCMScheduler use. The
-  teacher's guidance is distilled in: the student samples at guidance 1 (one UNet pass a step). Saved in
+  teacher's guidance is distilled in: the student samples at guidance 1 (one UNet pass a step);
+  `--teacher-guidance-high` makes it rise with the noise level, to that value at t = 999. Saved in
   kohya's layout (`lora_unet_<module>.lora_down/lora_up/alpha`). `--lcm-weights unet` distils the whole
   UNet instead (started from the teacher with DIR's LoRA added, under `--resume DIR`) and ships its
   difference from the teacher's as a LoRA of rank `--lora-rank`, truncated by SVD (the closest matrices of
@@ -68,6 +69,7 @@ class DistillSettings:
     lcm_batch: int = 48
     lcm_lr: float = 1e-3
     teacher_guidance: float = 4.0
+    teacher_guidance_high: float = 0.0
     taesd_steps: int = 3000
     taesd_batch: int = 32
     taesd_lr: float = 1e-3
@@ -186,6 +188,15 @@ def consistency(unet: nn.Module, x: Tensor, t: Tensor, context: Tensor, alpha_ba
     return c_skip * x + c_out * predicted_x0(x, unet(x, t, context), alpha_bar[t])
 
 
+def teacher_guidance(t: Tensor, settings: DistillSettings, timesteps: int) -> Tensor:
+    """[B, 1, 1, 1]: the guidance of the teacher's step from each t, `teacher_guidance` at t = 0 rising
+    linearly to `teacher_guidance_high` at the last timestep (0: no rise). The first of 2 steps, from pure
+    noise, decides the shape, and a stronger guidance there makes it decide; the steps at lower noise keep
+    the teacher's own guidance, which a constant 8 or one drawn per latent did not (issue 12's notes)."""
+    low, high = settings.teacher_guidance, settings.teacher_guidance_high or settings.teacher_guidance
+    return (low + (high - low) * t.float() / (timesteps - 1))[:, None, None, None]
+
+
 def latent_batches(
     mean: Tensor, std: Tensor, scale: float, batch: int, steps: int, generator: torch.Generator
 ) -> Iterator[tuple[Tensor, Tensor]]:
@@ -229,7 +240,6 @@ def distill_lcm(
         ]
     optimizer = torch.optim.AdamW(parameters, lr=settings.lcm_lr, weight_decay=0.0)
     scenes = torch.from_numpy(scene_index)
-    w = settings.teacher_guidance
     losses = []
     batches = latent_batches(
         mean, std, config.vae.scaling_factor, settings.lcm_batch, settings.lcm_steps, generator
@@ -250,6 +260,7 @@ def distill_lcm(
                 torch.cat([start, start]),
                 torch.cat([context, empty.expand_as(context)]),
             ).chunk(2)
+            w = teacher_guidance(start, settings, config.num_train_timesteps)
             eps = eps_empty + w * (eps_text - eps_empty)
             a_prev = alpha_bar[target_t][:, None, None, None]
             x_prev = a_prev.sqrt() * predicted_x0(noisy, eps, alpha_bar[start]) + (1 - a_prev).sqrt() * eps

@@ -14,7 +14,13 @@ from sdexport.checkpoints import load_model
 from sdexport.checkpoints.lora import merge_loras, parse_lora_option
 from sdexport.cli import EMBEDDED_CHECKPOINT, STUDENT_LORA
 from sdexport.models.stable_diffusion import StableDiffusion
-from sdexport.tiny.distill import adapted_layers, add_kohya_state, low_rank_difference
+from sdexport.tiny.distill import (
+    DistillSettings,
+    adapted_layers,
+    add_kohya_state,
+    low_rank_difference,
+    teacher_guidance,
+)
 
 
 def _teacher() -> StableDiffusion:
@@ -85,3 +91,12 @@ def test_resuming_adds_the_shipped_lora_as_the_build_does(tmp_path: Path) -> Non
         torch.testing.assert_close(layer.weight, built_layers[name].weight, atol=1e-6, rtol=1e-5)
         changed += not torch.equal(layer.weight, teacher_layers[name].weight)
     assert changed == len(teacher_layers)
+
+
+def test_the_teacher_guidance_rises_with_the_noise_level_when_asked() -> None:
+    t = torch.tensor([0, 19, 499, 999])
+    constant = teacher_guidance(t, DistillSettings(teacher_guidance=4.0), 1000)
+    assert constant.shape == (4, 1, 1, 1) and torch.all(constant == 4.0)
+    rising = teacher_guidance(t, DistillSettings(teacher_guidance=4.0, teacher_guidance_high=8.0), 1000)
+    expected = [4.0, 4.0 + 4.0 * 19 / 999, 4.0 + 4.0 * 499 / 999, 8.0]
+    torch.testing.assert_close(rising.flatten(), torch.tensor(expected))
