@@ -11,7 +11,8 @@ LoRA saved in DIR instead of starting one from zero, its learning rate schedule 
   Song & Dhariwal 2023) towards its own value at t_n of the teacher's guided DDIM step from t_{n+k}, with
   the boundary-condition scalings that sdrun's `lcm` sampler and diffusers' LCMScheduler use. The
   teacher's guidance is distilled in: the student samples at guidance 1 (one UNet pass a step);
-  `--teacher-guidance-high` makes it rise with the noise level, to that value at t = 999. Saved in
+  `--teacher-guidance-high` makes it rise with the noise level, to that value at t = 999, and
+  `--shape-loss-weight` weights the loss on the shape's latent pixels, as the teacher's training did. Saved in
   kohya's layout (`lora_unet_<module>.lora_down/lora_up/alpha`). `--lcm-weights unet` distils the whole
   UNet instead (started from the teacher with DIR's LoRA added, under `--resume DIR`) and ships its
   difference from the teacher's as a LoRA of rank `--lora-rank`, truncated by SVD (the closest matrices of
@@ -45,6 +46,7 @@ from sdexport.tiny.train import (
     draw_dataset,
     encode_posteriors,
     foreground_weight,
+    latent_shape_masks,
     shipped_tokenizer,
 )
 
@@ -70,6 +72,7 @@ class DistillSettings:
     lcm_lr: float = 1e-3
     teacher_guidance: float = 4.0
     teacher_guidance_high: float = 0.0
+    shape_loss_weight: float = 0.0
     taesd_steps: int = 3000
     taesd_batch: int = 32
     taesd_lr: float = 1e-3
@@ -211,11 +214,13 @@ def distill_lcm(
     mean: Tensor,
     std: Tensor,
     scene_index: np.ndarray,
+    shape_masks: Tensor,
     settings: DistillSettings,
     generator: torch.Generator,
     log: Callable[[str], None],
 ) -> tuple[dict[str, Tensor], list[float]]:
-    """Latent consistency distillation of the teacher's guided DDIM ODE into a LoRA on a copy of its UNet."""
+    """Latent consistency distillation of the teacher's guided DDIM ODE into a LoRA on a copy of its UNet,
+    the loss weighted by 1 + settings.shape_loss_weight on the shape's latent pixels, as the teacher's was."""
     config = teacher.config
     alpha_bar = alphas_cumprod(config)
     stride = config.num_train_timesteps // SKELETON_STEPS
@@ -265,7 +270,8 @@ def distill_lcm(
             a_prev = alpha_bar[target_t][:, None, None, None]
             x_prev = a_prev.sqrt() * predicted_x0(noisy, eps, alpha_bar[start]) + (1 - a_prev).sqrt() * eps
             target = consistency(student, x_prev, target_t, context, alpha_bar)
-        loss = (((prediction - target) ** 2 + HUBER_C**2).sqrt() - HUBER_C).mean()
+        huber = ((prediction - target) ** 2 + HUBER_C**2).sqrt() - HUBER_C
+        loss = (huber * (1.0 + settings.shape_loss_weight * shape_masks[pick])).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -335,7 +341,8 @@ def distill(
             continue
         part_started = time.monotonic()
         if part == "lcm":
-            state, losses = distill_lcm(teacher, mean, std, scene_index, settings, generator, log)
+            masks = latent_shape_masks(images)
+            state, losses = distill_lcm(teacher, mean, std, scene_index, masks, settings, generator, log)
         else:
             state, losses = distill_taesd(teacher, mean, std, settings, generator, log)
         save_file(state, out / file)
