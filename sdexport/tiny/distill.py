@@ -195,7 +195,7 @@ def teacher_guidance(t: Tensor, settings: DistillSettings, timesteps: int) -> Te
     """[B, 1, 1, 1]: the guidance of the teacher's step from each t, `teacher_guidance` at t = 0 rising
     linearly to `teacher_guidance_high` at the last timestep (0: no rise). The first of 2 steps, from pure
     noise, decides the shape, and a stronger guidance there makes it decide; the steps at lower noise keep
-    the teacher's own guidance, which a constant 8 or one drawn per latent did not (issue 12's notes)."""
+    the teacher's own guidance, which a guidance drawn per latent in [4, 8] did not (issue 12's notes)."""
     low, high = settings.teacher_guidance, settings.teacher_guidance_high or settings.teacher_guidance
     return (low + (high - low) * t.float() / (timesteps - 1))[:, None, None, None]
 
