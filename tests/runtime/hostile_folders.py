@@ -43,14 +43,20 @@ def copy_folder(source: Path, target: Path) -> Path:
     return Path(shutil.copytree(source, target, symlinks=True))
 
 
+def _external(tensor: TensorProto, location: str) -> TensorProto:
+    """`tensor` with its bytes moved to `location` (which onnx leaves as written)."""
+    size = len(tensor.raw_data)
+    tensor.ClearField("raw_data")
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", str(size))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
 def weights_graph(location: str, values: np.ndarray) -> onnx.ModelProto:
     """y = x + W, W stored as external data at `location` (which onnx leaves as written)."""
-    weight = numpy_helper.from_array(values.astype(np.float32), "W")
-    weight.ClearField("raw_data")
-    weight.data_location = TensorProto.EXTERNAL
-    for key, value in (("location", location), ("offset", "0"), ("length", str(values.size * 4))):
-        entry = weight.external_data.add()
-        entry.key, entry.value = key, value
+    weight = _external(numpy_helper.from_array(values.astype(np.float32), "W"), location)
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "W"], ["y"])],
         "reads_weights",
@@ -77,3 +83,30 @@ def unet_graph(out: str) -> onnx.ModelProto:
         initializers = []
     graph = helper.make_graph(nodes, "hostile_unet", [sample, timestep, context], [result], initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def function_default_graph(location: str, values: np.ndarray) -> onnx.ModelProto:
+    """y = x + W, W the default value of an attribute of a model-local function (FunctionProto field 11),
+    stored as external data at `location`: a node calls the function without giving the attribute."""
+    weight = _external(numpy_helper.from_array(values.astype(np.float32), "W"), location)
+    constant = helper.make_node("Constant", [], ["c"])
+    reference = helper.make_attribute_ref("value", onnx.AttributeProto.TENSOR)
+    reference.ref_attr_name = "w"
+    constant.attribute.append(reference)
+    function = helper.make_function(
+        "local",
+        "AddDefault",
+        ["x"],
+        ["y"],
+        [constant, helper.make_node("Add", ["x", "c"], ["y"])],
+        [helper.make_opsetid("", 17)],
+    )
+    function.attribute_proto.append(helper.make_attribute("w", weight))
+    graph = helper.make_graph(
+        [helper.make_node("AddDefault", ["x"], ["y"], domain="local")],
+        "reads_a_default",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(values.shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(values.shape))],
+    )
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]
+    return helper.make_model(graph, opset_imports=opsets, functions=[function], ir_version=10)

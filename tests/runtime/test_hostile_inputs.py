@@ -129,7 +129,7 @@ HOSTILE_FOLDERS = [
     ("graph data via ..", _graph_reading("../../outside/secret.bin"), "leads out of the folder"),
     ("graph data by absolute path", None, "by an absolute path"),
     ("graph data via a symlink", _graph_reading_link, "is a link to a file outside the folder"),
-    ("graph data in process memory", _graph_reading("*/_ORT_MEM_ADDR_/*"), "is missing"),
+    ("graph data in process memory", _graph_reading("*/_ORT_MEM_ADDR_/*"), "not a plain relative file name"),
     ("symlinked merges.txt", _merges_link, "is a link to a file outside the folder"),
     ("manifest entry via ..", _manifest_entry("../../../../etc/shadow"), "leads out of the folder"),
     ("manifest entry absolute", _manifest_entry("/etc/shadow"), "by an absolute path"),
