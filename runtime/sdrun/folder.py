@@ -41,6 +41,9 @@ TINY_VAE_ENCODER = "vae_encoder_tiny"
 REQUIRED_FILES = ("vae_decoder/config.json", SCHEDULER_CONFIG, "tokenizer/vocab.json", "tokenizer/merges.txt")
 # A manifest lists a few dozen files; far more is not a folder sdexport wrote.
 MAX_MANIFEST_FILES = 10_000
+# The largest folder sdexport writes (SD 2.x in fp32 with the tiny VAE) is about 5.5 GB; hashing runs at
+# about a gigabyte a second, so this bounds a hostile manifest's check (a 200 GB sparse file) to seconds.
+MAX_FOLDER_BYTES = 32 * 2**30
 _HASH_CHUNK = 1 << 22
 
 
@@ -146,18 +149,28 @@ def check_manifest(folder: Path, verify_checksums: bool = True, require: bool = 
             f'{folder / MANIFEST_FILE} has no "files" table of sizes and digests; '
             "export the model folder again"
         )
-    for relpath, expected in files.items():
-        path = inside(folder, relpath, "manifest entry")
-        damaged = f"model folder {folder} is damaged: {relpath}"
-        size = path.stat().st_size
-        if size != expected.get("size"):
+    # Every size first, so that a hostile folder is refused before any hashing starts.
+    paths = {relpath: inside(folder, relpath, "manifest entry") for relpath in files}
+    total = 0
+    for relpath, path in paths.items():
+        size, expected = path.stat().st_size, files[relpath].get("size")
+        if size != expected:
             raise ModelFolderError(
-                f"{damaged} has {size} bytes, the manifest says {str(expected.get('size'))[:40]}; "
-                "export the model folder again"
+                f"model folder {folder} is damaged: {relpath} has {size} bytes, the manifest says "
+                f"{str(expected)[:40]}; export the model folder again"
             )
-        if verify_checksums and sha256_of(path) != expected.get("sha256"):
+        total += size
+    if total > MAX_FOLDER_BYTES:
+        raise ModelFolderError(
+            f"model folder {folder} lists {total / 2**30:.0f} GiB of files, above the "
+            f"{MAX_FOLDER_BYTES // 2**30} GiB that sdrun checks (six times the largest Stable Diffusion "
+            "folder): it is not one sdexport wrote"
+        )
+    for relpath, path in paths.items():
+        if verify_checksums and sha256_of(path) != files[relpath].get("sha256"):
             raise ModelFolderError(
-                f"{damaged} fails its SHA-256 check against the manifest; export the model folder again"
+                f"model folder {folder} is damaged: {relpath} fails its SHA-256 check against the "
+                "manifest; export the model folder again"
             )
     return manifest
 

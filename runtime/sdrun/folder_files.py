@@ -1,9 +1,15 @@
 """The one gate through which sdrun reads a model folder's files: a model folder may come from a stranger.
 
 `inside` resolves a path named by the folder (a graph, its external data, a config, a manifest entry)
-and refuses anything that leaves the folder: an absolute path, a `..` part, or a symlink whose target is
-outside. The readers bound what they read before parsing it: a size cap, finite numbers, integers of a
-sane length and JSON nested no deeper than Python's parser can take.
+and refuses anything that leaves the folder: an absolute path, a `..` part, a symlink whose target is
+outside, or a hard link owned by another user than the folder. A hard link is a name for the very file,
+so it cannot be told from the outside file it may be: one that the folder's owner made (a copy of a folder
+made with `cp -l`, benchmarks/variants.py) is theirs to read, but one to another user's file is what a
+stranger who shares the machine would plant (where the kernel lets users link files they cannot read:
+fs.protected_hardlinks=0) so that the user running sdrun reads it for them.
+
+The readers bound what they read before parsing it: a size cap, finite numbers, integers of a sane length
+and JSON nested no deeper than Python's parser can take.
 """
 
 import json
@@ -60,6 +66,12 @@ def inside(root: Path, name: str | Path, what: str = "file") -> Path:
         )
     if not path.is_file():
         raise ModelFolderError(f"model folder {root}: its {what} {text} is not a regular file")
+    status = path.stat()
+    if status.st_nlink > 1 and status.st_uid != base.stat().st_uid:
+        raise ModelFolderError(
+            f"model folder {root}: its {what} {text} is a hard link to a file of another user; a model "
+            "folder may only read its own files: copy the folder (cp -r) if you trust it"
+        )
     return path
 
 

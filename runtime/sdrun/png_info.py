@@ -59,6 +59,10 @@ _REQUIRED_KEYS = ("Steps", "Sampler", "CFG scale", "Seed", "Size")
 MAX_PARAMETERS_CHARACTERS = 65_536
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+# A chunk's type is four ASCII letters (PNG spec, 5.4). PIL writes 64 KiB image chunks, so a 4-megapixel
+# picture has a few hundred; a file of more chunks than this is walked for no picture.
+_CHUNK_TYPE = re.compile(rb"[A-Za-z]{4}")
+MAX_PNG_CHUNKS = 100_000
 _WHOLE = re.compile(r"[0-9]{1,20}")
 _DECIMAL = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 _SIZE = re.compile(r"\s*([0-9]{1,6})\s*x\s*([0-9]{1,6})\s*")
@@ -273,8 +277,12 @@ def _parameters_chunk(path: Path) -> str | None:
         with path.open("rb") as file:
             if file.read(8) != _PNG_SIGNATURE:
                 raise SettingsError(f"{path} is not a PNG file")
-            while len(header := file.read(8)) == 8:
+            for _ in range(MAX_PNG_CHUNKS):
+                if len(header := file.read(8)) < 8:
+                    return None
                 length, kind = struct.unpack(">I4s", header)
+                if not _CHUNK_TYPE.fullmatch(kind):
+                    raise SettingsError(f"{path} is a damaged PNG file (a chunk of no PNG type)")
                 if kind == b"IEND":
                     return None
                 if kind not in _TEXT_CHUNKS:
@@ -287,7 +295,7 @@ def _parameters_chunk(path: Path) -> str | None:
                     if length > len(data):
                         raise SettingsError(f"{path}: its parameters chunk is larger than sdrun reads")
                     return _chunk_text(kind, body)
-            return None
+            raise SettingsError(f"{path} has more than {MAX_PNG_CHUNKS:,} chunks: it is not a picture's PNG")
     except OSError as error:
         raise SettingsError(f"cannot read {path}: {error.strerror or error}") from error
 
