@@ -17,7 +17,7 @@ from pathlib import Path
 import onnx
 
 from sdexport.export.conv_weights_int8 import quantize_conv_weights
-from sdexport.export.graph_files import GRAPH_FILE
+from sdrun.folder_layout import GRAPH_FILE
 
 MANIFEST = "sdexport_manifest.json"
 NEVER_SLICED = 2**40

@@ -269,7 +269,7 @@ def generate(
                 f"{pipeline.clip_skip} (`sdexport build --clip-skip` sets it)",
                 err=True,
             )
-        if low_memory and pipeline.folder.manifest.get("quantization") != "int8-compact":
+        if low_memory and pipeline.folder.facts.quantization != "int8-compact":
             click.echo(
                 "Note: a folder built with `sdexport build --quantize int8-compact` needs about a third "
                 "of this one's memory under --low-memory",

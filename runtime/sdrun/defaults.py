@@ -10,13 +10,13 @@ from typing import Any
 
 from sdrun.config_values import real_number, whole_number
 from sdrun.errors import ModelFolderError
+from sdrun.folder_layout import GENERATION_DEFAULTS_KEY
 from sdrun.limits import MAX_GUIDANCE, MAX_STEPS
 from sdrun.samplers import SAMPLERS
 
-MANIFEST_KEY = "generation_defaults"
 # "tiny": the folder's TAESD (vae_decoder_tiny), when it has one, in place of the full VAE.
 VAE_CHOICES = ("full", "tiny")
-_WHERE = f"manifest {MANIFEST_KEY}"
+_WHERE = f"manifest {GENERATION_DEFAULTS_KEY}"
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class GenerationDefaults:
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> "GenerationDefaults":
-        given = manifest.get(MANIFEST_KEY) or {}
+        given = manifest.get(GENERATION_DEFAULTS_KEY) or {}
         names = [field.name for field in fields(cls)]
         if not isinstance(given, dict) or set(given) - set(names):
             raise ModelFolderError(

@@ -20,25 +20,20 @@ from typing import Any
 
 from sdrun.errors import ModelFolderError
 from sdrun.folder_files import inside, read_json
+from sdrun.folder_layout import (
+    CONFIG_FILE,
+    FILES_KEY,
+    GRAPH_FILE,
+    MANIFEST_FILE,
+    REQUIRED_FILES,
+    REQUIRED_GRAPHS,
+    SCHEDULER_CONFIG,
+    TOKENIZER_DIR,
+    VOCAB_FILE,
+    ManifestFacts,
+)
 from sdrun.onnx_refs import external_data_references
 
-MANIFEST_FILE = "sdexport_manifest.json"
-# Manifest key: the multiple that latent sides must be of for the UNet graph (1 when it resizes each
-# upsampling to its skip connection); folders without it get the one their UNet's depth implies.
-LATENT_MULTIPLE_KEY = "latent_size_multiple"
-# Manifest key: the CLIP skip the text encoder graph was built with (`sdexport build --clip-skip`,
-# AUTOMATIC1111's numbering); 1 when absent.
-CLIP_SKIP_KEY = "clip_skip"
-GRAPH_FILE = "model.onnx"
-CONFIG_FILE = "config.json"
-SCHEDULER_CONFIG = "scheduler/scheduler_config.json"
-TOKENIZER_DIR = "tokenizer"
-# Needed for text-to-image; vae_encoder is needed only for image-to-image and is checked when present.
-REQUIRED_GRAPHS = ("text_encoder", "unet", "vae_decoder")
-# The optional tiny VAE (TAESD), under vae_decoder's and vae_encoder's contracts (DESIGN.md).
-TINY_VAE_DECODER = "vae_decoder_tiny"
-TINY_VAE_ENCODER = "vae_encoder_tiny"
-REQUIRED_FILES = ("vae_decoder/config.json", SCHEDULER_CONFIG, "tokenizer/vocab.json", "tokenizer/merges.txt")
 # A manifest lists a few dozen files; far more is not a folder sdexport wrote.
 MAX_MANIFEST_FILES = 10_000
 # The largest folder sdexport writes (SD 2.x in fp32 with the tiny VAE) is about 5.5 GB; hashing runs at
@@ -65,6 +60,7 @@ class ModelFolder:
 
     path: Path
     manifest: dict[str, Any] = field(default_factory=dict)
+    facts: ManifestFacts = field(default_factory=ManifestFacts)
 
     @property
     def name(self) -> str:
@@ -98,7 +94,7 @@ class ModelFolder:
     @property
     def tokenizer_dir(self) -> Path:
         """The tokenizer folder, resolved: its files are read through the gate against it."""
-        return self.file(f"{TOKENIZER_DIR}/vocab.json", "tokenizer file").parent
+        return self.file(f"{TOKENIZER_DIR}/{VOCAB_FILE}", "tokenizer file").parent
 
     def graph_components(self) -> list[str]:
         """Every subfolder that holds a graph, the required ones first."""
@@ -139,14 +135,14 @@ def check_manifest(folder: Path, verify_checksums: bool = True, require: bool = 
             stacklevel=2,
         )
         return {}
-    files = manifest.get("files")
+    files = manifest.get(FILES_KEY)
     if (
         not isinstance(files, dict)
         or len(files) > MAX_MANIFEST_FILES
         or not all(isinstance(entry, dict) for entry in files.values())
     ):
         raise ModelFolderError(
-            f'{folder / MANIFEST_FILE} has no "files" table of sizes and digests; '
+            f'{folder / MANIFEST_FILE} has no "{FILES_KEY}" table of sizes and digests; '
             "export the model folder again"
         )
     # Every size first, so that a hostile folder is refused before any hashing starts.
@@ -190,7 +186,7 @@ def open_model_folder(
     if not folder.is_dir():
         raise ModelFolderError(f"model folder {folder} does not exist")
     manifest = check_manifest(folder, verify_checksums, require_manifest)
-    model = ModelFolder(folder, manifest)
+    model = ModelFolder(folder, manifest, ManifestFacts.read(manifest))
     for relpath in REQUIRED_FILES:
         model.file(relpath)
     model.check_graph_files()

@@ -20,11 +20,10 @@ which onnxruntime-openvino 1.24.1 crashes the process (segmentation fault) while
 import json
 import os
 import warnings
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from sdrun.errors import ProviderError
+from sdrun.folder_layout import OPENVINO_TARGET, ManifestFacts
 
 OPENVINO = "OpenVINOExecutionProvider"
 PRECISION_ENV = "SDRUN_OPENVINO_PRECISION"
@@ -34,8 +33,6 @@ PRECISION_CHOICES = ("auto", "bf16", "f32")
 CACHE_ENV = "SDRUN_OPENVINO_CACHE"
 # /proc/cpuinfo flags of CPUs with bfloat16 arithmetic (AMD Zen 4+, Intel Cooper Lake; Sapphire Rapids+).
 BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-TARGET_KEY = "target"  # in the manifest: "openvino" for `sdexport build --target openvino`
-_INT8_QUANTIZATIONS = ("int8", "int8-compact")
 
 
 class SplitGraphWarning(UserWarning):
@@ -90,33 +87,23 @@ def provider_options(precision: str) -> dict[str, str]:
     return options
 
 
-def fused_attentions(manifest: Mapping[str, Any]) -> int:
-    """How many onnxruntime-fused attentions the manifest records in the folder's graphs."""
-    components = manifest.get("components")
-    if not isinstance(components, dict):
-        return 0
-    counts = (entry.get("fused_attentions") for entry in components.values() if isinstance(entry, dict))
-    return sum(count for count in counts if isinstance(count, int) and count > 0)
-
-
-def runs_whole(manifest: Mapping[str, Any]) -> bool:
+def runs_whole(facts: ManifestFacts) -> bool:
     """Whether every node of the folder's graphs runs on OpenVINO: what `sdexport build --target openvino`
     writes. A folder without a manifest is not known to (it may hold nodes that split the graph or crash)."""
-    return manifest.get(TARGET_KEY) == "openvino" and manifest.get("quantization") in (None, "none")
+    return facts.target == OPENVINO_TARGET and not facts.int8
 
 
-def check_folder(manifest: Mapping[str, Any]) -> None:
+def check_folder(facts: ManifestFacts) -> None:
     """Refuse a folder the OpenVINO provider would crash on; warn when part of it will run beside."""
-    if manifest.get("quantization") in _INT8_QUANTIZATIONS:
+    if facts.int8:
         raise ProviderError(
             "int8 folders hold onnxruntime's DynamicQuantizeMatMul, on which onnxruntime's OpenVINO provider "
             "crashes: use `sdexport build --target openvino` (OpenVINO picks bf16 itself), or --provider cpu"
         )
-    fused = fused_attentions(manifest)
-    if fused and manifest.get(TARGET_KEY) != "openvino":
+    if facts.fused_attentions and facts.target != OPENVINO_TARGET:
         warnings.warn(
-            f"this folder's {fused} fused attentions run on onnxruntime's CPU provider, between pieces on "
-            "OpenVINO; a `sdexport build --target openvino` folder runs whole on OpenVINO",
+            f"this folder's {facts.fused_attentions} fused attentions run on onnxruntime's CPU provider, "
+            "between pieces on OpenVINO; a `sdexport build --target openvino` folder runs whole on OpenVINO",
             SplitGraphWarning,
             stacklevel=2,
         )

@@ -29,15 +29,8 @@ from PIL import Image
 from sdrun.config_values import real_number, whole_number, whole_numbers
 from sdrun.defaults import VAE_CHOICES, GenerationDefaults
 from sdrun.errors import GraphOutputError, ModelFolderError, SdrunError, SettingsError
-from sdrun.folder import (
-    CLIP_SKIP_KEY,
-    GRAPH_FILE,
-    LATENT_MULTIPLE_KEY,
-    TINY_VAE_DECODER,
-    TINY_VAE_ENCODER,
-    ModelFolder,
-    open_model_folder,
-)
+from sdrun.folder import ModelFolder, open_model_folder
+from sdrun.folder_layout import GRAPH_FILE, TINY_VAE_DECODER, TINY_VAE_ENCODER
 from sdrun.graphs import Graph
 from sdrun.guidance_embedding import guidance_scale_embedding
 from sdrun.images import fit_within, from_pixels, load_rgb, open_image, oriented_size, to_pixels
@@ -236,16 +229,14 @@ class Pipeline:
         vae_factor = 2 ** (len(whole_numbers(decoder_config, "block_out_channels", where, 1, 2**16, 8)) - 1)
         self.latent_channels = whole_number(decoder_config, "latent_channels", where, 1, 1024)
         unet_config = folder.config("unet")
-        latent_multiple = folder.manifest.get(LATENT_MULTIPLE_KEY)
-        if latent_multiple is not None:
-            latent_multiple = whole_number(folder.manifest, LATENT_MULTIPLE_KEY, "manifest", 1, 64)
-        else:
+        latent_multiple = folder.facts.latent_multiple
+        if latent_multiple is None:
             # optimum's UNet graphs upsample by fixed factors of 2: each downsampling must divide evenly.
             blocks = whole_numbers(unet_config, "block_out_channels", "unet/config.json", 1, 2**16, 8)
             latent_multiple = 2 ** (len(blocks) - 1)
         self.vae_factor = vae_factor
         # Baked into the text encoder graph; known here only to be written into each PNG.
-        self.clip_skip = whole_number(folder.manifest, CLIP_SKIP_KEY, "manifest", 1, 64, 1)
+        self.clip_skip = folder.facts.clip_skip
         self.size_multiple = vae_factor * latent_multiple
         sample_size = whole_number(unet_config, "sample_size", "unet/config.json", 1, MAX_SAMPLE_SIZE, None)
         # An LCM-distilled UNet takes the guidance scale as an input (sdrun.guidance_embedding): one pass a

@@ -11,6 +11,7 @@ from typing import Any
 import onnxruntime as ort
 
 from sdrun.errors import ProviderError
+from sdrun.folder_layout import ManifestFacts
 from sdrun.openvino import OPENVINO, check_folder, inference_precision, provider_options, runs_whole
 
 PROVIDER_CHOICES = ("auto", "cpu", "cuda", "openvino")
@@ -39,7 +40,7 @@ def requested_providers(choice: str, manifest: Mapping[str, Any] | None = None) 
     """What to ask onnxruntime for, for the folder with this manifest: "auto" is CUDA when this onnxruntime
     offers it, else OpenVINO when it is offered and the folder runs whole on it (sdrun.openvino), else the
     CPU, with the CPU behind each; "cuda", "openvino" and "cpu" are strict."""
-    manifest = manifest or {}
+    facts = ManifestFacts.read(manifest or {})
     if choice not in PROVIDER_CHOICES:
         raise ProviderError(f"unknown provider {choice!r}; choose one of {', '.join(PROVIDER_CHOICES)}")
     available = ort.get_available_providers()
@@ -55,9 +56,9 @@ def requested_providers(choice: str, manifest: Mapping[str, Any] | None = None) 
             f"onnxruntime {ort.__version__} here has no OpenVINO execution provider (install "
             "onnxruntime-openvino in its own environment: pip install '.[openvino]'), or use --provider cpu"
         )
-    openvino_auto = choice == "auto" and not cuda_offered and openvino_offered and runs_whole(manifest)
+    openvino_auto = choice == "auto" and not cuda_offered and openvino_offered and runs_whole(facts)
     if choice == "openvino" or openvino_auto:
-        check_folder(manifest)
+        check_folder(facts)
         return ProviderRequest((OPENVINO, CPU), strict, {OPENVINO: provider_options(inference_precision())})
     if choice == "cpu" or not cuda_offered:
         return ProviderRequest((CPU,), strict)

@@ -20,16 +20,17 @@ from tokenizers.models import BPE
 
 from sdrun.errors import ModelFolderError, SdrunError
 from sdrun.folder_files import inside, parse_json, read_text
+from sdrun.folder_layout import END_TOKEN, START_TOKEN
 
 # The text encoder's context length, for folders whose tokenizer_config.json does not give one.
 CLIP_CONTEXT_LENGTH = 77
 # CLIP's words: its contractions, runs of letters, single digits, runs of other non-space symbols.
 CLIP_WORD_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 DEFAULT_SPECIAL_TOKENS = {
-    "bos_token": "<|startoftext|>",
-    "eos_token": "<|endoftext|>",
-    "pad_token": "<|endoftext|>",
-    "unk_token": "<|endoftext|>",
+    "bos_token": START_TOKEN,
+    "eos_token": END_TOKEN,
+    "pad_token": END_TOKEN,
+    "unk_token": END_TOKEN,
 }
 # CLIP has 49,408 tokens; a vocabulary this large is not a text encoder's.
 MAX_VOCABULARY = 1_000_000

@@ -16,9 +16,9 @@ import yaml
 from sdexport.checkpoints.errors import CheckpointError
 from sdexport.checkpoints.family import INPAINTING_IN_CHANNELS, unsupported
 from sdexport.models import CLIPTextConfig, OpenCLIPTextConfig, StableDiffusionConfig, UNetConfig, VAEConfig
-from sdrun.defaults import MANIFEST_KEY as GENERATION_DEFAULTS_KEY
 from sdrun.defaults import GenerationDefaults
 from sdrun.errors import SdrunError
+from sdrun.folder_layout import GENERATION_DEFAULTS_KEY
 
 # The original's beta schedule names -> diffusers' (the original's "linear" is linear in sqrt(beta)).
 _SCHEDULES = {"linear": "scaled_linear", "sqrt_linear": "linear", "cosine": "squaredcos_cap_v2"}

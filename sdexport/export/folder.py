@@ -22,7 +22,6 @@ from sdexport.checkpoints.taesd_files import LoadedTAESD
 from sdexport.export.attention_fusion import fuse_attention_in_file
 from sdexport.export.errors import BuildError
 from sdexport.export.fp16 import convert_to_fp16
-from sdexport.export.graph_files import EXTERNAL_DATA_FILE, GRAPH_FILE
 from sdexport.export.inspect_folder import format_size
 from sdexport.export.manifest import FORMAT_VERSION, graph_signature, source_sha256, versions, write_manifest
 from sdexport.export.onnx_export import DEFAULT_OPSET, MIN_OPSET, export_graph
@@ -34,23 +33,49 @@ from sdexport.export.specs import (
     ComponentSpec,
     tiny_vae_components,
 )
-from sdexport.export.tokenizer_files import END_TOKEN, add_tokens, write_tokenizer
+from sdexport.export.tokenizer_files import add_tokens, write_tokenizer
 from sdexport.export.validate import VALIDATION_SEED, Check, check_signature, validate_graph
 from sdexport.models import CLIPTextConfig, OpenCLIPTextConfig, StableDiffusionConfig
 from sdexport.models.open_clip import PAD_TOKEN as OPEN_CLIP_PAD_TOKEN
-from sdrun.defaults import MANIFEST_KEY as GENERATION_DEFAULTS_KEY
 from sdrun.defaults import GenerationDefaults
 from sdrun.errors import SdrunError
-from sdrun.folder import CLIP_SKIP_KEY, LATENT_MULTIPLE_KEY
+from sdrun.folder_layout import (
+    CLIP_SKIP_KEY,
+    COMPONENTS_KEY,
+    CONFIG_FILE,
+    CREATED_KEY,
+    EMBEDDINGS_KEY,
+    END_TOKEN,
+    EXPORTER_KEY,
+    EXTERNAL_DATA_FILE,
+    FILES_KEY,
+    FORMAT_KEY,
+    FORMAT_VERSION_KEY,
+    FUSED_ATTENTIONS_KEY,
+    GENERATION_DEFAULTS_KEY,
+    GRAPH_FILE,
+    INPAINTING_KEY,
+    LATENT_MULTIPLE_KEY,
+    LORAS_KEY,
+    MODEL_INDEX_FILE,
+    NAME_KEY,
+    OPENVINO_TARGET,
+    OPSET_KEY,
+    PRECISION_KEY,
+    QUANTIZATION_KEY,
+    QUANTIZATIONS,
+    SCHEDULER_CONFIG,
+    SCHEDULER_DIR,
+    SOURCE_KEY,
+    TARGET_KEY,
+    TARGETS,
+    TINY_VAE_KEY,
+    TOKENIZER_DIR,
+    VALIDATION_KEY,
+    VERSIONS_KEY,
+)
 
 PRECISIONS = ("fp32", "fp16")
-QUANTIZATIONS = ("none", "int8", "int8-compact")
-# What runs the graphs: onnxruntime (its CPU and CUDA providers run the fused attention), or onnxruntime's
-# OpenVINO provider, which cannot run com.microsoft.MultiHeadAttention (those nodes fall back to the CPU
-# provider and split the graph) and fuses plain attention into its own SDPA: no fusion for it.
-TARGETS = ("onnxruntime", "openvino")
-SCHEDULER_DIR = "scheduler"
-TOKENIZER_DIR = "tokenizer"
 
 
 @dataclass(frozen=True)
@@ -60,7 +85,10 @@ class BuildOptions:
     quantize: str = "none"  # int8, int8-compact: for CPUs (sdexport.export.quantize)
     validate: bool = True
     force: bool = False
-    target: str = "onnxruntime"  # openvino: plain attention, fp32 only (TARGETS)
+    # What runs the graphs: onnxruntime (its CPU and CUDA providers run the fused attention), or
+    # onnxruntime's OpenVINO provider, which cannot run com.microsoft.MultiHeadAttention (those nodes fall
+    # back to the CPU provider and split the graph) and fuses plain attention into its own SDPA: no fusion.
+    target: str = "onnxruntime"
     # Generation defaults written into the folder over the model config's: sampler, steps, guidance_scale.
     generation_defaults: dict[str, Any] = field(default_factory=dict)
     # AUTOMATIC1111's "Clip skip" (sdexport.models.clip), baked into the text encoder graph.
@@ -75,7 +103,7 @@ class BuildOptions:
             raise BuildError("fp16 is for CUDA and int8 for CPUs: choose --precision fp16 or --quantize int8")
         if self.target not in TARGETS:
             raise BuildError(f"target {self.target!r}: choose one of {', '.join(TARGETS)}")
-        if self.target == "openvino" and (self.precision, self.quantize) != ("fp32", "none"):
+        if self.target == OPENVINO_TARGET and (self.precision, self.quantize) != ("fp32", "none"):
             # onnxruntime-openvino 1.24.1 crashes (segfault) on DynamicQuantizeMatMul; OpenVINO picks
             # bfloat16 itself from an fp32 graph.
             raise BuildError(
@@ -130,9 +158,9 @@ def build_folder(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    total = sum(entry["size"] for entry in manifest["files"].values())
+    total = sum(entry["size"] for entry in manifest[FILES_KEY].values())
     log(
-        f"Done in {time.perf_counter() - started:.1f} s: {target} ({len(manifest['components'])} graphs, "
+        f"Done in {time.perf_counter() - started:.1f} s: {target} ({len(manifest[COMPONENTS_KEY])} graphs, "
         f"{format_size(total)}, {_precision_label(options)}, opset {options.opset})"
     )
     return manifest
@@ -155,21 +183,21 @@ def _write_folder(
     components = {}
     for spec in specs:
         components[spec.name] = _build_component(spec, loaded, folder, options, log)
-        (folder / spec.name / "config.json").write_text(configs[spec.name], encoding="utf-8")
+        (folder / spec.name / CONFIG_FILE).write_text(configs[spec.name], encoding="utf-8")
 
     scheduler = scheduler_config_to_diffusers(config)
     (folder / SCHEDULER_DIR).mkdir()
-    (folder / SCHEDULER_DIR / "scheduler_config.json").write_text(_json(scheduler), encoding="utf-8")
+    (folder / SCHEDULER_CONFIG).write_text(_json(scheduler), encoding="utf-8")
     _write_tokenizer(loaded, folder / TOKENIZER_DIR, config.text_encoder.max_position_embeddings)
     index = _model_index(loaded.name, scheduler, _pipeline_class(config))
-    (folder / "model_index.json").write_text(_json(index), encoding="utf-8")
+    (folder / MODEL_INDEX_FILE).write_text(_json(index), encoding="utf-8")
 
     manifest = {
-        "format": "sdexport",
-        "format_version": FORMAT_VERSION,
-        "name": loaded.name,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": {
+        FORMAT_KEY: "sdexport",
+        FORMAT_VERSION_KEY: FORMAT_VERSION,
+        NAME_KEY: loaded.name,
+        CREATED_KEY: datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        SOURCE_KEY: {
             "path": str(loaded.source.resolve()),
             "sha256": source_sha256(loaded.source),
             "kind": loaded.kind,
@@ -177,28 +205,28 @@ def _write_folder(
             "dtype": loaded.source_dtype,
             "notes": loaded.notes,
         },
-        "versions": versions(),
-        "exporter": "torch.onnx.export(dynamo=True)",
-        "opset": options.opset,
-        "precision": options.precision,
-        "quantization": options.quantize,
-        "target": options.target,
-        "inpainting": config.unet.in_channels == INPAINTING_IN_CHANNELS,
+        VERSIONS_KEY: versions(),
+        EXPORTER_KEY: "torch.onnx.export(dynamo=True)",
+        OPSET_KEY: options.opset,
+        PRECISION_KEY: options.precision,
+        QUANTIZATION_KEY: options.quantize,
+        TARGET_KEY: options.target,
+        INPAINTING_KEY: config.unet.in_channels == INPAINTING_IN_CHANNELS,
         LATENT_MULTIPLE_KEY: LATENT_SIZE_MULTIPLE,
         CLIP_SKIP_KEY: options.clip_skip,
         GENERATION_DEFAULTS_KEY: {**config.generation_defaults, **options.generation_defaults},
-        "loras": loaded.loras,
-        "embeddings": loaded.embeddings,
-        "validation": {
+        LORAS_KEY: loaded.loras,
+        EMBEDDINGS_KEY: loaded.embeddings,
+        VALIDATION_KEY: {
             "enabled": options.validate,
             "provider": "CPUExecutionProvider",
             "seed": VALIDATION_SEED,
             "reference": "the float32 PyTorch modules",
         },
-        "components": components,
+        COMPONENTS_KEY: components,
     }
     if tiny_vae:
-        manifest["tiny_vae"] = {
+        manifest[TINY_VAE_KEY] = {
             "layout": tiny_vae.layout,
             "files": [{"name": path.name, "sha256": source_sha256(path)} for path in tiny_vae.sources],
         }
@@ -247,7 +275,7 @@ def _build_component(
     started = time.perf_counter()
     if precision == "fp32":
         graph = export_graph(spec, module, config, out, options.opset)
-        fused = fuse_attention_in_file(graph) if options.target == "onnxruntime" else 0
+        fused = fuse_attention_in_file(graph) if options.target != OPENVINO_TARGET else 0
     else:
         scratch = folder / ".float32" / spec.name
         float32 = export_graph(spec, module, config, scratch, options.opset)
@@ -285,11 +313,11 @@ def _build_component(
     return {
         "graph": graph.relative_to(folder).as_posix(),
         "external_data": (out / EXTERNAL_DATA_FILE).is_file(),
-        "precision": precision,
-        "fused_attentions": fused,
+        PRECISION_KEY: precision,
+        FUSED_ATTENTIONS_KEY: fused,
         **signature,
         "export_seconds": round(export_seconds, 2),
-        "validation": {
+        VALIDATION_KEY: {
             "tolerance": {"atol": tolerance.atol, "rtol": tolerance.rtol},
             "checks": [check.as_json() for check in checks],
             "max_abs_error": max((check.max_abs_error for check in checks), default=None),

@@ -4,8 +4,6 @@ from pathlib import Path
 
 import onnx
 
-GRAPH_FILE = "model.onnx"
-EXTERNAL_DATA_FILE = GRAPH_FILE + ".data"
 # protobuf cannot serialize a message past 2 GiB, and serializing one holds it twice more (protobuf's
 # buffer and Python's bytes: +3.2 GB for the SD 1.5 fp16 UNet's 1.7 GB); past 1 GiB of weights, they are
 # written tensor by tensor to the external file instead.

@@ -1,6 +1,6 @@
 """sdexport_manifest.json: what was built from what, with which tools, and how well it agreed with PyTorch.
 
-The runtime reads its "files" table ({relative path: {"size", "sha256"}}) to refuse a damaged folder.
+The runtime reads its files table ({relative path: {"size", "sha256"}}) to refuse a damaged folder.
 """
 
 import hashlib
@@ -12,8 +12,9 @@ from typing import Any
 
 import onnx
 
-from sdrun.folder import MANIFEST_FILE, sha256_of
 from sdrun.folder import read_manifest as sdrun_read_manifest
+from sdrun.folder import sha256_of
+from sdrun.folder_layout import FILES_KEY, MANIFEST_FILE
 
 FORMAT_VERSION = 1
 _LIBRARIES = ("torch", "onnx", "onnxscript", "onnxruntime")
@@ -75,7 +76,7 @@ def graph_signature(graph: Path) -> dict[str, list[dict[str, Any]]]:
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Add the file table of `folder` to `manifest` and write it (call last, once every file is in place)."""
-    manifest = {**manifest, "files": file_table(folder)}
+    manifest = {**manifest, FILES_KEY: file_table(folder)}
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return manifest
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from sdexport.export.graph_files import GRAPH_FILE
 from sdexport.export.specs import EXPORT_SIZES, ComponentSpec
 from sdexport.models import StableDiffusionConfig
+from sdrun.folder_layout import GRAPH_FILE
 
 DEFAULT_OPSET = 18
 # The lowest opset whose ops the dynamo exporter emits for these graphs (LayerNormalization is opset 17).

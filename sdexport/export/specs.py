@@ -22,7 +22,14 @@ from sdexport.checkpoints.diffusers_layout import (
 from sdexport.checkpoints.taesd_files import taesd_config_to_diffusers
 from sdexport.models import StableDiffusion, StableDiffusionConfig
 from sdexport.models.taesd import TAESD
-from sdrun.folder import TINY_VAE_DECODER, TINY_VAE_ENCODER
+from sdrun.folder_layout import (
+    TEXT_ENCODER,
+    TINY_VAE_DECODER,
+    TINY_VAE_ENCODER,
+    UNET,
+    VAE_DECODER,
+    VAE_ENCODER,
+)
 from sdrun.guidance_embedding import GUIDANCE_INPUT, guidance_scale_embedding
 
 
@@ -241,7 +248,7 @@ def _vae_diffusers_config(config: StableDiffusionConfig) -> dict[str, Any]:
 
 COMPONENTS: tuple[ComponentSpec, ...] = (
     ComponentSpec(
-        name="text_encoder",
+        name=TEXT_ENCODER,
         inputs=_text_encoder_inputs,
         outputs=("last_hidden_state", "pooler_output"),
         wrap=TextEncoderGraph,
@@ -250,7 +257,7 @@ COMPONENTS: tuple[ComponentSpec, ...] = (
         tolerances={"fp32": _FP32, "fp16": _FP16, "int8": _INT8},
     ),
     ComponentSpec(
-        name="unet",
+        name=UNET,
         inputs=_unet_inputs,
         outputs=("out_sample",),
         wrap=UNetGraph,
@@ -259,7 +266,7 @@ COMPONENTS: tuple[ComponentSpec, ...] = (
         tolerances={"fp32": _FP32, "fp16": _FP16, "int8": _INT8},
     ),
     ComponentSpec(
-        name="vae_encoder",
+        name=VAE_ENCODER,
         inputs=_vae_encoder_inputs,
         outputs=("latent_parameters",),
         wrap=VAEEncoderGraph,
@@ -271,7 +278,7 @@ COMPONENTS: tuple[ComponentSpec, ...] = (
         tolerances={"fp32": _FP32},
     ),
     ComponentSpec(
-        name="vae_decoder",
+        name=VAE_DECODER,
         inputs=_vae_decoder_inputs,
         outputs=("sample",),
         wrap=VAEDecoderGraph,

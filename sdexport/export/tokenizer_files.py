@@ -10,12 +10,18 @@ from importlib import resources
 from pathlib import Path
 
 from sdexport.export.errors import BuildError
+from sdrun.folder_layout import (
+    END_TOKEN,
+    MERGES_FILE,
+    SPECIAL_TOKENS_FILE,
+    START_TOKEN,
+    TOKENIZER_CONFIG_FILE,
+    VOCAB_FILE,
+)
 
 BPE_MERGES_FILE = "bpe_simple_vocab_16e6.txt.gz"
 # CLIP's vocabulary keeps the first 49152 - 256 - 2 merges of the file (OpenAI's simple_tokenizer.py).
 MERGE_COUNT = 49152 - 256 - 2
-START_TOKEN = "<|startoftext|>"
-END_TOKEN = "<|endoftext|>"
 END_OF_WORD = "</w>"
 
 
@@ -62,9 +68,9 @@ def write_tokenizer(folder: Path, max_length: int = 77, pad_token: str = END_TOK
     merges = read_merges()
     vocab = build_vocab(merges)
 
-    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
+    (folder / VOCAB_FILE).write_text(json.dumps(vocab, ensure_ascii=False) + "\n", encoding="utf-8")
     merge_lines = ["#version: 0.2", *(" ".join(pair) for pair in merges)]
-    (folder / "merges.txt").write_text("\n".join(merge_lines) + "\n", encoding="utf-8")
+    (folder / MERGES_FILE).write_text("\n".join(merge_lines) + "\n", encoding="utf-8")
 
     special_tokens_map = {
         "bos_token": _added_token(START_TOKEN),
@@ -90,8 +96,8 @@ def write_tokenizer(folder: Path, max_length: int = 77, pad_token: str = END_TOK
         "unk_token": END_TOKEN,
     }
     for name, content in (
-        ("special_tokens_map.json", special_tokens_map),
-        ("tokenizer_config.json", tokenizer_config),
+        (SPECIAL_TOKENS_FILE, special_tokens_map),
+        (TOKENIZER_CONFIG_FILE, tokenizer_config),
     ):
         (folder / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
 
@@ -100,10 +106,10 @@ def add_tokens(folder: Path, tokens: dict[str, int]) -> None:
     """Add `tokens` (content -> id) to the tokenizer folder as whole words, where transformers' `add_tokens`
     and `save_pretrained` put them (tokenizer_config.json's added_tokens_decoder), so that sdrun,
     transformers and optimum read them alike. Their ids must continue the folder's own."""
-    config_path = folder / "tokenizer_config.json"
+    config_path = folder / TOKENIZER_CONFIG_FILE
     config = json.loads(config_path.read_text(encoding="utf-8"))
     decoder = config.setdefault("added_tokens_decoder", {})
-    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+    vocab = json.loads((folder / VOCAB_FILE).read_text(encoding="utf-8"))
     size = max([*vocab.values(), *(int(token_id) for token_id in decoder)]) + 1
     if sorted(tokens.values()) != list(range(size, size + len(tokens))):
         raise BuildError(

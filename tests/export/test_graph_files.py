@@ -9,7 +9,8 @@ import pytest
 from onnx import helper, numpy_helper
 
 from sdexport.export import graph_files
-from sdexport.export.graph_files import EXTERNAL_DATA_FILE, GRAPH_FILE, save_graph
+from sdexport.export.graph_files import save_graph
+from sdrun.folder_layout import EXTERNAL_DATA_FILE, GRAPH_FILE
 
 WEIGHTS = np.arange(1024, dtype=np.float32)  # 4096 bytes
 

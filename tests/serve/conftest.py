@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from serve_helpers import PROMPT, config_for, live_server
 
-from sdrun.defaults import MANIFEST_KEY
-from sdrun.folder import MANIFEST_FILE
+from sdrun.folder_layout import GENERATION_DEFAULTS_KEY, MANIFEST_FILE
 from sdrun.pipeline import Pipeline
 
 # The server's tests need its extra (pip install '.[serve]'); the library's do not.
@@ -31,7 +30,7 @@ def served_folder(tiny_sdexport_dir: Path, tmp_path_factory: pytest.TempPathFact
     )
     manifest_path = folder / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text())
-    manifest[MANIFEST_KEY] = GENERATION_DEFAULTS
+    manifest[GENERATION_DEFAULTS_KEY] = GENERATION_DEFAULTS
     manifest_path.write_text(json.dumps(manifest))
     return folder
 

@@ -11,7 +11,8 @@ from serve_helpers import PROMPT
 
 import sdrun
 from sdrun import ModelFolderError, Pipeline, Progress, SdrunError, SettingsError
-from sdrun.folder import MANIFEST_FILE, UnverifiedFolderWarning
+from sdrun.folder import UnverifiedFolderWarning
+from sdrun.folder_layout import MANIFEST_FILE
 from sdrun.graphs import Graph
 
 

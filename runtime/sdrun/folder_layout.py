@@ -1,0 +1,133 @@
+"""The exported model folder, the one contract between the two halves: sdexport writes it, sdrun reads it.
+
+Every file and folder name and every key of `sdexport_manifest.json` is declared here once; sdexport writes
+through these names, and sdrun reads the manifest through `ManifestFacts`, its typed and checked view. The
+layout is that of the Hugging Face ONNX exports (optimum), so a folder without our manifest runs too
+(DESIGN.md, "The exported folder").
+"""
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sdrun.config_values import whole_number
+from sdrun.errors import ModelFolderError
+
+MODEL_INDEX_FILE = "model_index.json"
+MANIFEST_FILE = "sdexport_manifest.json"
+GRAPH_FILE = "model.onnx"
+# Where sdexport writes a graph's weights when they are large or asked for (onnxruntime memory-maps it).
+EXTERNAL_DATA_FILE = GRAPH_FILE + ".data"
+# Each component's diffusers config, beside its graph (the VAE's carries scaling_factor).
+CONFIG_FILE = "config.json"
+SCHEDULER_DIR = "scheduler"
+SCHEDULER_CONFIG = f"{SCHEDULER_DIR}/scheduler_config.json"
+TOKENIZER_DIR = "tokenizer"
+VOCAB_FILE = "vocab.json"
+MERGES_FILE = "merges.txt"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+SPECIAL_TOKENS_FILE = "special_tokens_map.json"
+# CLIP's special tokens: unknown words and padding are the end token.
+START_TOKEN = "<|startoftext|>"
+END_TOKEN = "<|endoftext|>"
+
+TEXT_ENCODER = "text_encoder"
+UNET = "unet"
+VAE_ENCODER = "vae_encoder"
+VAE_DECODER = "vae_decoder"
+# The optional tiny VAE (TAESD), under vae_decoder's and vae_encoder's contracts.
+TINY_VAE_DECODER = "vae_decoder_tiny"
+TINY_VAE_ENCODER = "vae_encoder_tiny"
+# Needed for text-to-image; vae_encoder is needed only for image-to-image and is checked when present.
+REQUIRED_GRAPHS = (TEXT_ENCODER, UNET, VAE_DECODER)
+REQUIRED_FILES = (
+    f"{VAE_DECODER}/{CONFIG_FILE}",
+    SCHEDULER_CONFIG,
+    f"{TOKENIZER_DIR}/{VOCAB_FILE}",
+    f"{TOKENIZER_DIR}/{MERGES_FILE}",
+)
+
+# Manifest keys. What sdexport records for people (sdexport inspect) and sdrun does not read:
+FORMAT_KEY = "format"  # "sdexport"
+FORMAT_VERSION_KEY = "format_version"
+NAME_KEY = "name"
+CREATED_KEY = "created"
+VERSIONS_KEY = "versions"  # of sdexport and of the libraries that made the graphs
+EXPORTER_KEY = "exporter"
+OPSET_KEY = "opset"
+# {relative path: {"size", "sha256"}} of every file but the manifest.
+FILES_KEY = "files"
+# {"path", "sha256", "kind", "weights", "dtype", "notes"} of the checkpoint the folder was built from.
+SOURCE_KEY = "source"
+PRECISION_KEY = "precision"  # "fp32" or "fp16"
+QUANTIZATION_KEY = "quantization"
+INT8_QUANTIZATIONS = ("int8", "int8-compact")
+QUANTIZATIONS = ("none", *INT8_QUANTIZATIONS)
+TARGET_KEY = "target"
+OPENVINO_TARGET = "openvino"  # attention left unfused for OpenVINO to fuse, fp32 only
+TARGETS = ("onnxruntime", OPENVINO_TARGET)
+INPAINTING_KEY = "inpainting"  # a 9-channel UNet
+# The multiple that latent sides must be of for the UNet graph (1 when it resizes each upsampling to its
+# skip connection); folders without it get the one their UNet's depth implies.
+LATENT_MULTIPLE_KEY = "latent_size_multiple"
+# The CLIP skip the text encoder graph was built with (AUTOMATIC1111's numbering); 1 when absent.
+CLIP_SKIP_KEY = "clip_skip"
+# The settings the model is meant to be sampled at (sdrun.defaults reads them).
+GENERATION_DEFAULTS_KEY = "generation_defaults"
+LORAS_KEY = "loras"  # each LoRA merged at export: file, sha256, scale, layout, layers
+EMBEDDINGS_KEY = "embeddings"  # textual inversions baked in: file, sha256, token, vectors
+TINY_VAE_KEY = "tiny_vae"  # its source files: name, sha256
+VALIDATION_KEY = "validation"
+# {component: {"graph", "precision", "fused_attentions", "inputs", "outputs", "validation", ...}}
+COMPONENTS_KEY = "components"
+FUSED_ATTENTIONS_KEY = "fused_attentions"
+
+
+@dataclass(frozen=True)
+class ManifestFacts:
+    """What sdrun takes from a folder's manifest, checked (the manifest may be a stranger's); a folder
+    without a manifest has the defaults: nothing quantized, for onnxruntime, CLIP skip 1."""
+
+    quantization: str = "none"
+    target: str = "onnxruntime"
+    clip_skip: int = 1
+    latent_multiple: int | None = None
+    fused_attentions: int = 0
+
+    @classmethod
+    def read(cls, manifest: Mapping[str, Any]) -> "ManifestFacts":
+        latent_multiple = None
+        if manifest.get(LATENT_MULTIPLE_KEY) is not None:
+            latent_multiple = whole_number(manifest, LATENT_MULTIPLE_KEY, "manifest", 1, 64)
+        return cls(
+            quantization=_word(manifest, QUANTIZATION_KEY, QUANTIZATIONS, cls.quantization),
+            target=_word(manifest, TARGET_KEY, TARGETS, cls.target),
+            clip_skip=whole_number(manifest, CLIP_SKIP_KEY, "manifest", 1, 64, 1),
+            latent_multiple=latent_multiple,
+            fused_attentions=_fused_attentions(manifest),
+        )
+
+    @property
+    def int8(self) -> bool:
+        return self.quantization in INT8_QUANTIZATIONS
+
+
+def _word(manifest: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
+    value = manifest.get(key)
+    if value is None:
+        return default
+    if value not in choices:
+        raise ModelFolderError(
+            f"manifest {key}={repr(value)[:40]} is not one of {', '.join(choices)}; "
+            "export the model folder again"
+        )
+    return value
+
+
+def _fused_attentions(manifest: Mapping[str, Any]) -> int:
+    """How many onnxruntime-fused attentions the manifest records in the folder's graphs."""
+    components = manifest.get(COMPONENTS_KEY)
+    if not isinstance(components, dict):
+        return 0
+    counts = (entry.get(FUSED_ATTENTIONS_KEY) for entry in components.values() if isinstance(entry, dict))
+    return sum(count for count in counts if isinstance(count, int) and count > 0)
