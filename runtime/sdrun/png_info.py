@@ -25,35 +25,11 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from sdrun.errors import SettingsError
+from sdrun.samplers import a1111_names, sampler_for_a1111
 from sdrun.settings import ImageSettings
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt:"
-KARRAS = "Karras"
-# The web UI's "sgm_uniform" schedule: evenly spaced timesteps from the top that leave out the bottom one,
-# which is the "trailing" spacing of the Hyper-SD and turbo samplers up to fractions of a timestep.
-SGM_UNIFORM = "SGM Uniform"
-# sdrun sampler -> the web UI's sampler label and schedule type.
-SAMPLER_LABELS = {
-    "ddpm": ("DDPM", "Uniform"),
-    "ddim": ("DDIM", "Uniform"),
-    "euler": ("Euler", "Uniform"),
-    "euler_a": ("Euler a", "Uniform"),
-    "dpmpp_2m": ("DPM++ 2M", "Uniform"),
-    "dpmpp_2m_karras": ("DPM++ 2M", KARRAS),
-    "lcm": ("LCM", "Uniform"),
-    "tcd": ("TCD", "Uniform"),
-    "ddim_trailing": ("DDIM", SGM_UNIFORM),
-    "euler_trailing": ("Euler", SGM_UNIFORM),
-}
-# Label -> sampler on the web UI's plain schedule; the schedule types below pick the variants.
-_LABEL_SAMPLERS = {
-    label.lower(): name for name, (label, schedule) in SAMPLER_LABELS.items() if schedule == "Uniform"
-}
-_KARRAS_SAMPLERS = {"dpmpp_2m": "dpmpp_2m_karras"}
-_SGM_UNIFORM_SAMPLERS = {"ddim": "ddim_trailing", "euler": "euler_trailing"}
-# Since web UI 1.9, "Automatic" means each sampler's default schedule, which for DPM++ 2M is Karras.
-_AUTOMATIC_KARRAS = {"dpmpp_2m"}
 _REQUIRED_KEYS = ("Steps", "Sampler", "CFG scale", "Seed", "Size")
 # The web UI's longest texts (prompts with many LoRA and embedding tags) are a few kB.
 MAX_PARAMETERS_CHARACTERS = 65_536
@@ -89,7 +65,7 @@ def _number(value: float) -> str:
 
 def format_parameters(settings: ImageSettings) -> str:
     """The `parameters` text for one image."""
-    label, schedule = SAMPLER_LABELS.get(settings.sampler, (settings.sampler, "Uniform"))
+    label, schedule = a1111_names(settings.sampler)
     pairs = {
         "Steps": settings.steps,
         "Sampler": label,
@@ -106,24 +82,6 @@ def format_parameters(settings: ImageSettings) -> str:
     line = ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items() if value is not None)
     negative = f"\n{NEGATIVE_PREFIX} {settings.negative_prompt}" if settings.negative_prompt else ""
     return f"{settings.prompt}{negative}\n{line}".strip()
-
-
-def sampler_from_label(label: str, schedule: str | None) -> str:
-    """The sdrun sampler for a web UI sampler label and schedule type (sdrun's own names pass through);
-    a combination sdrun lacks comes back as a label for the error message."""
-    if label in SAMPLER_LABELS:
-        return label
-    base_label, karras = label, schedule == KARRAS
-    if label.endswith(f" {KARRAS}"):  # before web UI 1.9 the schedule was part of the label
-        base_label, karras = label[: -len(KARRAS) - 1], True
-    base = _LABEL_SAMPLERS.get(base_label.lower())
-    if base is None:
-        return label
-    if karras or (schedule == "Automatic" and base in _AUTOMATIC_KARRAS):
-        return _KARRAS_SAMPLERS.get(base, f"{base_label} {KARRAS}")
-    if schedule == SGM_UNIFORM:
-        return _SGM_UNIFORM_SAMPLERS.get(base, f"{base_label} {SGM_UNIFORM}")
-    return base
 
 
 def _parse_pairs(line: str) -> dict[str, str]:
@@ -215,7 +173,7 @@ def parse_parameters(text: str) -> ImageSettings:
         prompt="\n".join(prompt_lines),
         negative_prompt="\n".join(negative_lines),
         steps=_integer(pairs, "Steps"),
-        sampler=sampler_from_label(pairs["Sampler"], pairs.get("Schedule type")),
+        sampler=sampler_for_a1111(pairs["Sampler"], pairs.get("Schedule type")),
         guidance_scale=_float(pairs, "CFG scale"),
         seed=_integer(pairs, "Seed"),
         width=int(size.group(1)),

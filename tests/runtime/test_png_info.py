@@ -7,13 +7,12 @@ from PIL import Image
 
 from sdrun.errors import SettingsError
 from sdrun.png_info import (
-    SAMPLER_LABELS,
     format_parameters,
     parse_parameters,
     read_png_settings,
     save_png,
 )
-from sdrun.samplers import SAMPLERS
+from sdrun.samplers import SAMPLER_TABLE, SAMPLERS
 from sdrun.settings import ImageSettings
 
 BASE = ImageSettings(
@@ -62,7 +61,7 @@ def test_empty_negative_prompt_writes_no_line() -> None:
         ("Steps: 3, looks like a field", ""),
     ],
 )
-@pytest.mark.parametrize("sampler", list(SAMPLER_LABELS))
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_round_trip(prompt: str, negative: str, sampler: str) -> None:
     settings = ImageSettings(
         prompt=prompt,
@@ -80,8 +79,10 @@ def test_round_trip(prompt: str, negative: str, sampler: str) -> None:
 
 
 def test_every_sampler_has_a_label_of_its_own() -> None:
-    assert set(SAMPLER_LABELS) == set(SAMPLERS)
-    assert len(set(SAMPLER_LABELS.values())) == len(SAMPLER_LABELS)
+    names = {(spec.a1111_label, spec.a1111_schedule) for spec in SAMPLER_TABLE}
+    assert len(names) == len(SAMPLER_TABLE)
+    automatic = [spec.a1111_label for spec in SAMPLER_TABLE if spec.a1111_automatic]
+    assert sorted(automatic) == sorted({spec.a1111_label for spec in SAMPLER_TABLE}), "one Automatic each"
 
 
 def test_parses_what_the_web_ui_writes() -> None:
@@ -124,6 +125,7 @@ def test_parses_what_the_web_ui_writes() -> None:
         ("Sampler: LCM, Schedule type: Automatic", "lcm"),
         ("Sampler: TCD", "tcd"),
         ("Sampler: Euler a, Schedule type: SGM Uniform", "Euler a SGM Uniform"),
+        ("Sampler: Euler, Schedule type: Exponential", "Euler Exponential"),
     ],
 )
 def test_web_ui_sampler_labels(sampler_fields: str, expected: str) -> None:

@@ -19,7 +19,6 @@ from scheduler_configs import SD1_CONFIG
 
 from sdrun.errors import SdrunError
 from sdrun.samplers import (
-    DISTILLED,
     SAMPLERS,
     SamplerError,
     check_sampler_name,
@@ -77,7 +76,7 @@ def test_clip_sample_and_set_alpha_to_one_match_diffusers(name: str) -> None:
     assert_same_run(name, config, 10)
 
 
-@pytest.mark.parametrize("name", [name for name in SAMPLERS if name not in DISTILLED])
+@pytest.mark.parametrize("name", [name for name, spec in SAMPLERS.items() if not spec.distilled])
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
 def test_timesteps_match_diffusers(name: str, spacing: str) -> None:
     config = {**SD1_CONFIG, "timestep_spacing": spacing}

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from sdrun import a1111
 from sdrun.errors import SettingsError
 from sdrun.samplers.consistency import LCM, TCD, distillation_steps
 from sdrun.samplers.discrete import DDIM, DDPM
@@ -30,6 +31,8 @@ from sdrun.schedule import NoiseSchedule, ScheduleError
 
 __all__ = [
     "SAMPLERS",
+    "SAMPLER_TABLE",
+    "SamplerSpec",
     "KnownLatents",
     "SamplerError",
     "Sampler",
@@ -37,7 +40,9 @@ __all__ = [
     "check_strength",
     "first_step",
     "make_sampler",
+    "a1111_names",
     "sample",
+    "sampler_for_a1111",
 ]
 
 
@@ -85,27 +90,67 @@ def _trailing(sampler: Callable[..., Sampler]) -> Callable[..., Sampler]:
     return make
 
 
-SAMPLERS: dict[str, Callable[..., Sampler]] = {
-    "ddpm": DDPM,
-    "ddim": DDIM,
-    "euler": Euler,
-    "euler_a": EulerAncestral,
-    "dpmpp_2m": DPMSolverPP2M,
-    "dpmpp_2m_karras": partial(DPMSolverPP2M, karras=True),
-    "lcm": LCM,
-    "tcd": TCD,
-    "ddim_trailing": _trailing(DDIM),
-    "euler_trailing": _trailing(Euler),
-}
-# The samplers that take eta, with its value when none is given: DDIM's eta (Song et al. 2021, eq. 16; 0 is
-# deterministic) and TCD's gamma (Zheng et al. 2024; diffusers passes it as eta too, 0.3 by default).
-ETA_DEFAULTS = {"ddim": 0.0, "ddim_trailing": 0.0, "tcd": 0.3}
-_ETA_MAXIMA = {"tcd": 1.0}
-# Samplers that run on their distillation schedule, so no more steps than it has.
-DISTILLED = ("lcm", "tcd")
-# Samplers whose img2img strength picks their timesteps instead of skipping first steps: all the steps run,
-# within the strength's share of the schedule (diffusers' LatentConsistencyModelImg2ImgPipeline).
-STRENGTH_SETS_TIMESTEPS = ("lcm",)
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampler: how it is made and what it takes. `eta_default` None: it takes no eta; else the eta
+    used when none is given, up to `eta_max` (None: no maximum). `distilled`: it runs on its distillation
+    schedule, so no more steps than that has. `strength_sets_timesteps`: its img2img strength picks its
+    timesteps instead of skipping first steps (all the steps run, within the strength's share of the
+    schedule, as diffusers' LatentConsistencyModelImg2ImgPipeline). `a1111_label` and `a1111_schedule`
+    name it as AUTOMATIC1111 does; `a1111_automatic` marks the schedule that A1111's "Automatic" picks for
+    that label."""
+
+    name: str
+    make: Callable[..., Sampler]
+    a1111_label: str
+    a1111_schedule: str = a1111.UNIFORM
+    a1111_automatic: bool = True
+    eta_default: float | None = None
+    eta_max: float | None = None
+    distilled: bool = False
+    strength_sets_timesteps: bool = False
+
+
+# DDIM's eta: Song et al. 2021, eq. 16 (0 is deterministic); TCD's gamma: Zheng et al. 2024 (diffusers
+# passes it as eta too, 0.3 by default).
+SAMPLER_TABLE = (
+    SamplerSpec("ddpm", DDPM, "DDPM"),
+    SamplerSpec("ddim", DDIM, "DDIM", eta_default=0.0),
+    SamplerSpec("euler", Euler, "Euler"),
+    SamplerSpec("euler_a", EulerAncestral, "Euler a"),
+    SamplerSpec("dpmpp_2m", DPMSolverPP2M, "DPM++ 2M", a1111_automatic=False),
+    SamplerSpec("dpmpp_2m_karras", partial(DPMSolverPP2M, karras=True), "DPM++ 2M", a1111.KARRAS),
+    SamplerSpec("lcm", LCM, "LCM", distilled=True, strength_sets_timesteps=True),
+    SamplerSpec("tcd", TCD, "TCD", eta_default=0.3, eta_max=1.0, distilled=True),
+    SamplerSpec(
+        "ddim_trailing", _trailing(DDIM), "DDIM", a1111.SGM_UNIFORM, a1111_automatic=False, eta_default=0.0
+    ),
+    SamplerSpec("euler_trailing", _trailing(Euler), "Euler", a1111.SGM_UNIFORM, a1111_automatic=False),
+)
+SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in SAMPLER_TABLE}
+
+
+def sampler_for_a1111(label: str, schedule: str | None = None) -> str:
+    """The sdrun sampler that AUTOMATIC1111's sampler `label` and schedule type stand for. sdrun's own
+    names pass through; "Automatic" is the label's own schedule (web UI 1.9 and later) and no schedule
+    the plain one (before 1.9, when "DPM++ 2M Karras" was a label of its own). A combination sdrun lacks
+    comes back as a name that is not a sampler's, for the error message ("DPM++ SDE", "Euler a Karras")."""
+    if label in SAMPLERS:
+        return label
+    if label.endswith(f" {a1111.KARRAS}"):  # before web UI 1.9 the schedule was part of the label
+        label, schedule = label[: -len(a1111.KARRAS) - 1], a1111.KARRAS
+    rows = [spec for spec in SAMPLER_TABLE if spec.a1111_label.lower() == label.lower()]
+    for spec in rows:
+        automatic = schedule == a1111.AUTOMATIC and spec.a1111_automatic
+        if automatic or spec.a1111_schedule == (schedule or a1111.UNIFORM):
+            return spec.name
+    return f"{label} {schedule}" if rows else label
+
+
+def a1111_names(sampler: str) -> tuple[str, str]:
+    """AUTOMATIC1111's sampler label and schedule type for the sdrun sampler (a name sdrun lacks as is)."""
+    spec = SAMPLERS.get(sampler)
+    return (spec.a1111_label, spec.a1111_schedule) if spec else (sampler, a1111.UNIFORM)
 
 
 def check_sampler_name(name: str) -> None:
@@ -120,9 +165,9 @@ def check_strength(strength: float) -> None:
 
 def first_step(num_steps: int, strength: float, sampler: str = "") -> int:
     """Index of the first step img2img runs (diffusers' StableDiffusionImg2ImgPipeline.get_timesteps), 0 for
-    the samplers in STRENGTH_SETS_TIMESTEPS."""
+    the samplers whose strength sets their timesteps."""
     check_strength(strength)
-    if sampler in STRENGTH_SETS_TIMESTEPS:
+    if sampler in SAMPLERS and SAMPLERS[sampler].strength_sets_timesteps:
         return 0
     first = max(num_steps - min(int(num_steps * strength), num_steps), 0)
     if first >= num_steps:
@@ -136,31 +181,32 @@ def make_sampler(
     name: str, schedule: NoiseSchedule, num_steps: int, eta: float | None = None, strength: float = 1.0
 ) -> Sampler:
     """The sampler ``name`` with its whole schedule for ``num_steps`` precomputed. ``eta`` None is the
-    sampler's default (ETA_DEFAULTS); ``strength`` is the img2img strength, which only the samplers in
-    STRENGTH_SETS_TIMESTEPS need here."""
+    sampler's default; ``strength`` is the img2img strength, which only the samplers whose strength sets
+    their timesteps need here."""
     check_sampler_name(name)
     try:
         schedule.check_num_steps(num_steps)
     except ScheduleError as error:
         raise SamplerError(str(error)) from error
     check_strength(strength)
-    own_strength = name in STRENGTH_SETS_TIMESTEPS
-    if name in DISTILLED:
-        _check_distilled_steps(name, schedule, num_steps, strength if own_strength else 1.0)
-    if name not in ETA_DEFAULTS:
+    spec = SAMPLERS[name]
+    if spec.distilled:
+        _check_distilled_steps(name, schedule, num_steps, strength if spec.strength_sets_timesteps else 1.0)
+    if spec.eta_default is None:
         if eta not in (None, 0.0):
-            named = ", ".join(ETA_DEFAULTS)
+            named = ", ".join(sorted(other.name for other in SAMPLER_TABLE if other.eta_default is not None))
             raise SamplerError(f"eta applies to the {named} samplers only: leave it at 0 for {name}")
-        sampler = SAMPLERS[name]
-        return sampler(schedule, num_steps, strength) if own_strength else sampler(schedule, num_steps)
-    eta = ETA_DEFAULTS[name] if eta is None else eta
-    most = _ETA_MAXIMA.get(name)
+        if spec.strength_sets_timesteps:
+            return spec.make(schedule, num_steps, strength)
+        return spec.make(schedule, num_steps)
+    eta = spec.eta_default if eta is None else eta
+    most = spec.eta_max
     if not (eta >= 0.0 and (most is None or eta <= most)):
         allowed = ">= 0" if most is None else f"from 0 to {most}"
         raise SamplerError(
             f"eta {eta!r} for {name} is out of range: give a value {allowed} (0 is deterministic)"
         )
-    return SAMPLERS[name](schedule, num_steps, eta)
+    return spec.make(schedule, num_steps, eta)
 
 
 def _check_distilled_steps(name: str, schedule: NoiseSchedule, num_steps: int, strength: float) -> None:
@@ -196,7 +242,7 @@ def sample(
 
     txt2img starts from ``noise`` scaled to the sampler's initial noise level. img2img (``init_latents``
     given, already scaled by the VAE factor) skips the first steps as ``strength`` says (or, for the
-    samplers in STRENGTH_SETS_TIMESTEPS, runs them all lower in the schedule) and starts from
+    samplers whose strength sets their timesteps, runs them all lower in the schedule) and starts from
     ``init_latents`` noised to the first step it runs. ``eta`` None is the sampler's default. ``known``
     latents are pasted outside their mask after every step.
     ``callback(step, total, latents)`` follows every step (step counts from 0 within this run); a truthy

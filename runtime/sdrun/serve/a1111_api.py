@@ -18,7 +18,8 @@ from fastapi import APIRouter, Body, Depends, Request
 from sdrun.errors import SettingsError
 from sdrun.inpaint import DEFAULT_MASK_BLUR, mask_channel
 from sdrun.pipeline import GeneratedImage
-from sdrun.png_info import SAMPLER_LABELS, format_parameters
+from sdrun.png_info import format_parameters
+from sdrun.samplers import a1111_names
 from sdrun.serve.dependencies import run_job, served_models
 from sdrun.serve.encoding import image_from_base64, inverted_mask, png_base64
 from sdrun.serve.jobs import Models
@@ -68,7 +69,7 @@ def _response(
 ) -> A1111ImagesResponse:
     made = [item.settings for item in images]
     first = made[0]
-    label, schedule = SAMPLER_LABELS.get(first.sampler, (first.sampler, "Uniform"))
+    label, schedule = a1111_names(first.sampler)
     info = {
         "prompt": first.prompt,
         "all_prompts": [settings.prompt for settings in made],

@@ -1,23 +1,16 @@
-"""Sampler names both ways: sdrun's own and the AUTOMATIC1111 labels (sdrun.png_info.SAMPLER_LABELS)."""
+"""Sampler names both ways for the AUTOMATIC1111 routes: its labels and scheduler names (sdrun.a1111) and
+sdrun's own, through the sampler table (sdrun.samplers.SAMPLER_TABLE)."""
 
+from sdrun import a1111
 from sdrun.errors import SettingsError
-from sdrun.png_info import SAMPLER_LABELS, sampler_from_label
-from sdrun.samplers import SAMPLERS
-
-# A1111's scheduler names (its API takes these or their labels) -> the labels png_info reads.
-SCHEDULER_LABELS = {
-    "automatic": "Automatic",
-    "uniform": "Uniform",
-    "karras": "Karras",
-    "sgm_uniform": "SGM Uniform",
-}
+from sdrun.samplers import SAMPLER_TABLE, SAMPLERS, sampler_for_a1111
 
 
 def _schedule(scheduler: str | None) -> str:
-    schedule = SCHEDULER_LABELS.get((scheduler or "automatic").lower(), scheduler)
-    if schedule not in SCHEDULER_LABELS.values():
+    schedule = a1111.SCHEDULER_NAMES.get((scheduler or "automatic").lower(), scheduler)
+    if schedule not in a1111.SCHEDULER_NAMES.values():
         raise SettingsError(
-            f"unknown scheduler {str(scheduler)[:60]!r}: choose one of {', '.join(SCHEDULER_LABELS)}"
+            f"unknown scheduler {str(scheduler)[:60]!r}: choose one of {', '.join(a1111.SCHEDULER_NAMES)}"
         )
     return schedule
 
@@ -28,12 +21,12 @@ def sampler_for(name: str | None, scheduler: str | None = None) -> str | None:
     scheduler but Automatic. Unknown names are refused with the choices."""
     schedule = _schedule(scheduler)
     if name is None:
-        if schedule != "Automatic":
+        if schedule != a1111.AUTOMATIC:
             raise SettingsError(f"scheduler {scheduler!r} needs a sampler_name to go with")
         return None
-    sampler = sampler_from_label(name, schedule)
+    sampler = sampler_for_a1111(name, schedule)
     if sampler not in SAMPLERS:
-        labels = ", ".join(dict.fromkeys(label for label, _ in SAMPLER_LABELS.values()))
+        labels = ", ".join(dict.fromkeys(spec.a1111_label for spec in SAMPLER_TABLE))
         raise SettingsError(
             f"unknown sampler {name[:60]!r} (with scheduler {schedule}): choose one of {labels} "
             "(GET /sdapi/v1/samplers)"
@@ -44,7 +37,6 @@ def sampler_for(name: str | None, scheduler: str | None = None) -> str | None:
 def a1111_samplers() -> list[dict]:
     """GET /sdapi/v1/samplers: each label once, with the sdrun names it stands for as aliases."""
     by_label: dict[str, list[str]] = {}
-    for sampler in SAMPLERS:
-        label, _ = SAMPLER_LABELS.get(sampler, (sampler, None))
-        by_label.setdefault(label, []).append(sampler)
+    for spec in SAMPLER_TABLE:
+        by_label.setdefault(spec.a1111_label, []).append(spec.name)
     return [{"name": label, "aliases": names, "options": {}} for label, names in by_label.items()]
