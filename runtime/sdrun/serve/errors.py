@@ -30,8 +30,16 @@ _LIBRARY_STATUS: tuple[tuple[type[SdrunError], int], ...] = (
 )
 # nginx's "client closed request": logged and counted, never read by the client that left.
 CLIENT_CLOSED_STATUS = 499
-_OPENAI_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
-_A1111_KINDS = {400: "BadRequest", 401: "Unauthorized", 413: "PayloadTooLarge", 429: "TooManyRequests"}
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+_A1111_KINDS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    408: "RequestTimeout",
+    413: "PayloadTooLarge",
+    429: "TooManyRequests",
+    503: "ServiceUnavailable",
+}
 
 
 def error_response(
