@@ -91,6 +91,22 @@ def test_sd_models_names_no_path(guarded: TestClient, served_folder: Path) -> No
     assert [model["filename"] for model in answer.json()] == [served_folder.name]
 
 
+def test_library_errors_name_no_server_path(
+    guarded: TestClient, served_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder error at request time (a --low-memory server opens graphs then) names the folder only."""
+    from sdrun.errors import ModelFolderError
+    from sdrun.pipeline import Pipeline
+
+    def unreadable(pipeline: Pipeline, **settings: object) -> None:
+        raise ModelFolderError(f"cannot read {served_folder.resolve()}/unet/model.onnx: Permission denied")
+
+    monkeypatch.setattr(Pipeline, "prepare", unreadable)
+    answer = guarded.post("/sdapi/v1/txt2img", json={"prompt": PROMPT})
+    assert answer.status_code == 503 and str(served_folder.parent) not in answer.text
+    assert answer.json()["detail"] == f"cannot read {served_folder.name}/unet/model.onnx: Permission denied"
+
+
 # --- item 3: cross-site requests ---------------------------------------------------------------------
 
 
