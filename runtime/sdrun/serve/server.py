@@ -21,6 +21,7 @@ from sdrun.serve.config import KEEP_ALIVE_SECONDS, MAX_HEADER_BYTES, ServeConfig
 from sdrun.serve.connections import bounded_protocol
 from sdrun.serve.jobs import Models
 
+log = logging.getLogger("sdrun.serve")
 # After the grace, uvicorn waits this much longer for the answers (all 503s by then) before it cancels
 # what is left; cancelling would answer a plain-text 500 and log a traceback.
 ANSWER_MARGIN_SECONDS = 5
@@ -80,6 +81,8 @@ def serve_forever(config: ServeConfig, host: str, port: int) -> None:
     try:
         app = create_app(config)
         app.state.models = load_models(config, app.state.metrics)
+        # uvicorn names no address when given a socket.
+        log.info("serving on http://%s:%d", f"[{host}]" if ":" in host else host, port)
         build_server(app, config).run(sockets=[sock])
     finally:
         sock.close()
