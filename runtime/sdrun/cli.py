@@ -348,6 +348,18 @@ def bench(
 @click.option("--low-memory", is_flag=True, help="Each model loaded for its stage only (generate --help).")
 @click.option("--max-pixels", type=click.IntRange(min=64), default=DEFAULT_MAX_PIXELS, show_default=True)
 @click.option("--skip-checksums", is_flag=True, help="Check only file sizes against each folder's manifest.")
+@click.option(
+    "--allowed-hosts",
+    default="",
+    help="Host names (comma-separated) requests may give in Host besides localhost and the --host name "
+    "(addresses always pass); '*' lets any through. Others get 400 (DNS rebinding).",
+)
+@click.option(
+    "--cors-origin",
+    "cors_origins",
+    multiple=True,
+    help="A web origin (https://app.example) whose pages may call the API; repeatable. Default: none.",
+)
 @click.option("--ray", "use_ray", is_flag=True, help="Deploy on Ray Serve (pip install '.[ray]').")
 @click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True, help="With --ray.")
 @_reported
@@ -361,6 +373,8 @@ def serve(
     low_memory: bool,
     max_pixels: int,
     skip_checksums: bool,
+    allowed_hosts: str,
+    cors_origins: tuple[str, ...],
     use_ray: bool,
     replicas: int,
 ) -> None:
@@ -369,6 +383,7 @@ def serve(
     if replicas > 1 and not use_ray:
         raise click.UsageError("--replicas needs --ray (one process serves one replica)")
     try:
+        from sdrun.serve.browser_guard import default_allowed_hosts, is_loopback
         from sdrun.serve.config import ServeConfig, serve_limits
 
         if use_ray:
@@ -389,7 +404,15 @@ def serve(
         low_memory=low_memory,
         verify_checksums=not skip_checksums,
         limits=serve_limits(max_pixels),
+        allowed_hosts=default_allowed_hosts(host) + tuple(name for name in allowed_hosts.split(",") if name),
+        cors_origins=cors_origins,
     )
+    if api_key is None and not is_loopback(host):
+        warnings.warn(
+            f"--host {host} lets other machines in and there is no --api-key: anyone who can reach this "
+            "port can use it; set --api-key KEY (or SDRUN_API_KEY)",
+            stacklevel=1,
+        )
     if use_ray:
         serve_forever(config, replicas, host, port)
     else:

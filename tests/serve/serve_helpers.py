@@ -21,8 +21,12 @@ SIDE = 64
 LEFT, RIGHT = slice(0, SIDE // 2), slice(SIDE // 2, SIDE)
 
 
+# FastAPI's TestClient sends `Host: testserver`, a name the server must be told it answers to.
+TEST_HOSTS = ("localhost", "testserver")
+
+
 def config_for(folder: Path, **options: object) -> ServeConfig:
-    return ServeConfig(folders=(folder,), provider="cpu", **options)  # type: ignore[arg-type]
+    return ServeConfig(folders=(folder,), provider="cpu", **{"allowed_hosts": TEST_HOSTS, **options})  # type: ignore[arg-type]
 
 
 def free_port() -> int:

@@ -17,6 +17,7 @@ from serve_helpers import (
     PROMPT,
     RIGHT,
     SIDE,
+    TEST_HOSTS,
     assert_repainted_only,
     decode,
     init_image,
@@ -183,7 +184,7 @@ def test_sd_model_checkpoint_switches_among_the_served_folders(served_folder: Pa
     from sdrun.serve.app import create_app
 
     other = Path(shutil.copytree(served_folder, tmp_path / "other-model"))
-    config = ServeConfig(folders=(served_folder, other), provider="cpu")
+    config = ServeConfig(folders=(served_folder, other), provider="cpu", allowed_hosts=TEST_HOSTS)
     body = {"prompt": PROMPT, "seed": 1, "steps": 1}
     with TestClient(create_app(config)) as two:
         assert [model["title"] for model in two.get("/sdapi/v1/sd-models").json()] == [

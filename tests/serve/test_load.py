@@ -79,7 +79,8 @@ def test_a_client_that_disconnects_has_its_job_cancelled(served_folder: Path) ->
         address = urlsplit(url)
         with socket.create_connection((address.hostname, address.port)) as connection:
             connection.sendall(
-                b"POST /v1/images/generations HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                b"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\n"
                 + f"Content-Length: {len(body)}\r\n\r\n".encode()
                 + body
             )

@@ -157,8 +157,9 @@ async def interrupt(models: ServedModels) -> dict:
 @router.get("/sd-models")
 async def sd_models(models: ServedModels) -> list[A1111Model]:
     return [
-        A1111Model(title=name, model_name=name, filename=str(worker.pipeline.folder.path))
-        for name, worker in models.workers.items()
+        # The folder's name, never its path: where the server keeps its files is no client's business.
+        A1111Model(title=name, model_name=name, filename=name)
+        for name in models.workers
     ]
 
 

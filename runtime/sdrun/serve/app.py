@@ -1,5 +1,7 @@
-"""The FastAPI app: both APIs, the health and metrics routes, authentication, body limit, request log,
-and one error handler; the models load when the app starts (its lifespan) and are closed when it stops.
+"""The FastAPI app: both APIs, the health and metrics routes, the API docs, authentication, the Host and
+cross-site checks, CORS (off unless origins are given), body limit, request log, and one error handler;
+the models load when the app starts (its lifespan) unless they were loaded before (sdrun.serve.server
+loads them before it listens, so that a broken folder is a one-line error), and are closed when it stops.
 
 Loading at startup rather than in `create_app` keeps the app a plain, picklable value, which Ray Serve
 ships to each replica (sdrun.serve.ray_deploy).
@@ -10,13 +12,16 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 
 from sdrun.errors import SettingsError
 from sdrun.pipeline import Pipeline
 from sdrun.serve import a1111_api, openai_api
 from sdrun.serve.auth import bearer_key
 from sdrun.serve.body_limit import BodyLimit
+from sdrun.serve.browser_guard import BrowserGuard
 from sdrun.serve.config import ServeConfig
 from sdrun.serve.errors import install_error_handler
 from sdrun.serve.jobs import Models, ModelWorker
@@ -57,19 +62,49 @@ def create_app(config: ServeConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.models = load_models(config, metrics)
+        if not hasattr(app.state, "models"):
+            app.state.models = load_models(config, metrics)
         try:
             yield
         finally:
             app.state.models.stop()
 
-    app = FastAPI(title="sdrun", summary="Stable Diffusion on onnxruntime", lifespan=lifespan)
+    # FastAPI's own docs routes would answer without the key: ours below take it like every route.
+    app = FastAPI(
+        title="sdrun",
+        summary="Stable Diffusion on onnxruntime",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.metrics = metrics
     install_error_handler(app)
-    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes, timeout=config.body_timeout_seconds)
+    app.add_middleware(BrowserGuard, allowed_hosts=config.allowed_hosts, cors_origins=config.cors_origins)
+    if config.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+        )
     app.add_middleware(RequestLog, metrics=metrics)  # outermost: it sees every answer, 413s included
     authorized = [Depends(bearer_key(config.api_key))]
     app.include_router(openai_api.router, dependencies=authorized)
     app.include_router(a1111_api.router, dependencies=authorized)
+
+    @app.get("/openapi.json", dependencies=authorized, include_in_schema=False)
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", dependencies=authorized, include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="sdrun")
+
+    @app.get("/redoc", dependencies=authorized, include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title="sdrun")
 
     @app.get("/health")
     async def health(request: Request) -> dict:

@@ -30,8 +30,16 @@ _LIBRARY_STATUS: tuple[tuple[type[SdrunError], int], ...] = (
 )
 # nginx's "client closed request": logged and counted, never read by the client that left.
 CLIENT_CLOSED_STATUS = 499
-_OPENAI_TYPES = {401: "authentication_error", 429: "rate_limit_error"}
-_A1111_KINDS = {400: "BadRequest", 401: "Unauthorized", 413: "PayloadTooLarge", 429: "TooManyRequests"}
+_OPENAI_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+_A1111_KINDS = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    403: "Forbidden",
+    408: "RequestTimeout",
+    413: "PayloadTooLarge",
+    429: "TooManyRequests",
+    503: "ServiceUnavailable",
+}
 
 
 def error_response(
@@ -44,6 +52,17 @@ def error_response(
     else:
         body = {"error": _A1111_KINDS.get(status, "HTTPException"), "detail": message}
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _without_paths(request: Request, message: str) -> str:
+    """The message with each served folder's absolute path cut to the folder's name: where the server
+    keeps its files is no client's business (the log keeps the whole message)."""
+    models = getattr(request.app.state, "models", None)
+    for worker in models.workers.values() if models is not None else ():
+        path = worker.pipeline.folder.path
+        for spelling in dict.fromkeys([str(path.resolve()), str(path)]):
+            message = message.replace(spelling, worker.name)
+    return message
 
 
 def _validation_message(errors: list) -> tuple[str, str | None]:
@@ -74,7 +93,7 @@ async def _handle(request: Request, error: Exception) -> JSONResponse:
         status = next(code for kind, code in _LIBRARY_STATUS if isinstance(error, kind))
         if status >= 500:
             log.error("%s: %s", path, error)
-        return error_response(path, status, str(error))
+        return error_response(path, status, _without_paths(request, str(error)))
     log.exception("unexpected error on %s", path, exc_info=error)
     return error_response(
         path, 500, f"internal error ({type(error).__name__}); the server log has the details"

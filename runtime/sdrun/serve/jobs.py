@@ -5,6 +5,9 @@ or, when `queue_depth` jobs already wait, refuses it at once with `QueueFullErro
 burst never hangs connections. The worker runs each job with a progress hook that records where it is
 (for A1111's progress route) and returns True once the job is cancelled, which stops the sampler at its
 next step: a client that disconnects, or `interrupt()`, costs at most one more step.
+
+When the server stops, `refuse_waiting` answers the waiting jobs (and any new one) with
+ServerStoppingError, and `abandon_running` answers the running one so too and stops it at its next step.
 """
 
 import asyncio
@@ -27,6 +30,9 @@ log = logging.getLogger("sdrun.serve")
 DISCONNECT_POLL_SECONDS = 0.2
 # Retry-After before any job has been timed.
 FIRST_JOB_SECONDS_GUESS = 5.0
+# How long `stop` waits for the thread to leave a step it is in; a step longer than that (a huge image)
+# is left to end with the process, and its pipeline is not closed under it.
+STOP_JOIN_SECONDS = 5.0
 
 
 class QueueFullError(Exception):
@@ -38,7 +44,10 @@ class QueueFullError(Exception):
 
 
 class ServerStoppingError(SdrunError):
-    """The server shut down before the job ran."""
+    """The server shut down before the job ran or finished."""
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down: try again later")
 
 
 class ClientDisconnectedError(Exception):
@@ -58,6 +67,16 @@ class Job:
 
     def cancel(self) -> None:
         self.cancelled.set()
+
+    def answer(self, images: list[GeneratedImage] | None = None, error: BaseException | None = None) -> None:
+        """Set the job's result or error, unless the server already answered it (`abandon_running`)."""
+        try:
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(images)
+        except concurrent.futures.InvalidStateError:
+            pass
 
     def on_progress(self, progress: Progress) -> bool:
         """The pipeline's progress hook: remember where the job is; True (stop) once cancelled."""
@@ -79,6 +98,7 @@ class ModelWorker:
         self._on_done = on_done
         self.running: Job | None = None
         self._seconds_per_job: float | None = None
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name=f"sdrun-serve-{name}", daemon=True)
         self._thread.start()
 
@@ -87,6 +107,8 @@ class ModelWorker:
         return self._queue.qsize()
 
     def submit(self, settings: dict[str, Any]) -> Job:
+        if self._stopping:
+            raise ServerStoppingError
         job = Job(settings)
         try:
             self._queue.put_nowait(job)
@@ -101,18 +123,37 @@ class ModelWorker:
             job.interrupted = True
             job.cancel()
 
-    def stop(self) -> None:
-        """Refuse the waiting jobs, stop the running one, and end the thread."""
+    def refuse_waiting(self) -> None:
+        """Answer the waiting jobs, and any submitted from now on, with ServerStoppingError."""
+        self._stopping = True
         while True:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
                 break
             if job is not None:
-                job.future.set_exception(ServerStoppingError("the server is shutting down: try again later"))
+                job.answer(error=ServerStoppingError())
+
+    def abandon_running(self) -> None:
+        """Answer the running job with ServerStoppingError now; it stops at its next step."""
+        job = self.running
+        if job is not None:
+            job.cancel()
+            job.answer(error=ServerStoppingError())
+
+    def stop(self) -> None:
+        """Refuse the waiting jobs, stop the running one, and end the thread."""
+        self.refuse_waiting()
         self.interrupt()
         self._queue.put(None)
-        self._thread.join()
+        self._thread.join(STOP_JOIN_SECONDS)
+        if self._thread.is_alive():
+            log.warning(
+                "model %s: its running step did not end within %g s; not waiting",
+                self.name,
+                STOP_JOIN_SECONDS,
+            )
+            return
         self.pipeline.close()
 
     def _retry_after(self) -> int:
@@ -128,13 +169,13 @@ class ModelWorker:
             try:
                 images = list(self.pipeline.generate_each(**job.settings, progress=job.on_progress))
             except Exception as error:  # every failure goes back to the request, which maps it to a status
-                job.future.set_exception(error)
+                job.answer(error=error)
             else:
                 seconds = time.perf_counter() - job.started
                 self._seconds_per_job = seconds
                 if self._on_done is not None:
                     self._on_done(len(images), seconds)
-                job.future.set_result(images)
+                job.answer(images)
             finally:
                 self.running = None
 
@@ -179,6 +220,14 @@ class Models:
     def interrupt(self) -> None:
         for worker in self.workers.values():
             worker.interrupt()
+
+    def refuse_waiting(self) -> None:
+        for worker in self.workers.values():
+            worker.refuse_waiting()
+
+    def abandon_running(self) -> None:
+        for worker in self.workers.values():
+            worker.abandon_running()
 
     def stop(self) -> None:
         for worker in self.workers.values():

@@ -48,13 +48,18 @@ def app_from_environment(args: dict[str, str]) -> serve.Application:
         serve run sdrun.serve.ray_deploy:app_from_environment folders=/models/a,/models/b replicas=2
 
     `folders` (comma-separated) defaults to $SDRUN_MODEL_DIRS, `queue` to 4, `replicas` to 1, and the API
-    key comes from $SDRUN_API_KEY (kept out of the config file); every path must exist on every node."""
+    key comes from $SDRUN_API_KEY (kept out of the config file); every path must exist on every node.
+    `allowed_hosts` (comma-separated, or $SDRUN_ALLOWED_HOSTS) defaults to '*': behind Ray's proxy on a
+    cluster, clients use the cluster's names, which only its operator knows."""
     folders = args.get("folders") or os.environ.get("SDRUN_MODEL_DIRS", "")
     config = ServeConfig(
         folders=tuple(Path(folder) for folder in folders.split(",") if folder),
         queue_depth=int(args.get("queue", DEFAULT_QUEUE_DEPTH)),
         api_key=os.environ.get("SDRUN_API_KEY"),
         provider=args.get("provider", "auto"),
+        allowed_hosts=tuple(
+            (args.get("allowed_hosts") or os.environ.get("SDRUN_ALLOWED_HOSTS", "*")).split(",")
+        ),
     )
     return deployment(config, int(args.get("replicas", 1)))
 
