@@ -84,3 +84,94 @@ def test_health_answers_while_pngs_are_encoded(
         )
         seconds = _health_while(entered, server_url, send)
     assert seconds < HEALTH_BOUND_SECONDS, f"/health took {seconds:.1f} s while {route} encoded its PNG"
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("/v1/images/generations", {"size": "2048x2048", "n": 16, "steps": 150}),
+        ("/sdapi/v1/txt2img", {"width": 2048, "height": 2048, "batch_size": 16, "steps": 150}),
+    ],
+    ids=["openai", "a1111"],
+)
+def test_work_above_the_servers_bound_is_refused(route: str, body: dict, server_url: str) -> None:
+    """The issue's request (4.5 minutes a step on a CPU, 150 steps, 16 images) within every other limit:
+    400 before it is queued, saying the bound and what to ask instead."""
+    answer = httpx.post(f"{server_url}{route}", json={"prompt": PROMPT, **body}, timeout=30)
+    assert answer.status_code == 400, answer.text
+    assert "above the limit of 1,600" in answer.text and "fewer images or a smaller size" in answer.text
+    assert httpx.get(f"{server_url}/health").json()["jobs"] == 0
+
+
+PASS_SECONDS = 1.0
+
+
+@pytest.fixture(scope="module")
+def sequential_url(served_folder) -> Iterator[str]:
+    """A server whose guidance runs as two UNet passes a step (--low-memory)."""
+    from serve_helpers import config_for, live_server
+
+    with live_server(config_for(served_folder, low_memory=True)) as url:
+        yield url
+
+
+@pytest.fixture
+def slow_passes(monkeypatch: pytest.MonkeyPatch) -> tuple[dict[str, int], threading.Event]:
+    """UNet passes of PASS_SECONDS, counted with the VAE decodes; the event is set as the first begins."""
+    from sdrun.networks import UNetGraph, VaeDecoderGraph
+
+    counts = {"unet": 0, "vae": 0}
+    entered = threading.Event()
+    predict, decode = UNetGraph.predict, VaeDecoderGraph.decode
+
+    def slow_predict(*args: Any, **kwargs: Any) -> Any:
+        counts["unet"] += 1
+        entered.set()
+        time.sleep(PASS_SECONDS)
+        return predict(*args, **kwargs)
+
+    def counted_decode(*args: Any, **kwargs: Any) -> Any:
+        counts["vae"] += 1
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(UNetGraph, "predict", slow_predict)
+    monkeypatch.setattr(VaeDecoderGraph, "decode", counted_decode)
+    return counts, entered
+
+
+def test_interrupt_stops_within_one_unet_pass(sequential_url: str, slow_passes) -> None:
+    counts, entered = slow_passes
+    body = {"prompt": PROMPT, "steps": 3, "cfg_scale": 7, "seed": 1}
+    answers: list[httpx.Response] = []
+    sent = threading.Thread(
+        target=lambda: answers.append(httpx.post(f"{sequential_url}/sdapi/v1/txt2img", json=body, timeout=60))
+    )
+    sent.start()
+    assert entered.wait(30)
+    httpx.post(f"{sequential_url}/sdapi/v1/interrupt", timeout=10)
+    sent.join(60)
+    assert answers and answers[0].status_code == 200, answers
+    assert len(answers[0].json()["images"]) == 1
+    assert counts == {"unet": 1, "vae": 1}  # the first step's second pass never ran
+
+
+def test_a_departed_clients_job_stops_within_one_unet_pass(sequential_url: str, slow_passes) -> None:
+    import json
+    import socket
+    from urllib.parse import urlsplit
+
+    counts, entered = slow_passes
+    address = urlsplit(sequential_url)
+    payload = json.dumps({"prompt": PROMPT, "steps": 3, "guidance_scale": 7, "seed": 1}).encode()
+    with socket.create_connection((address.hostname, address.port), timeout=10) as connection:
+        connection.sendall(
+            b"POST /v1/images/generations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        assert entered.wait(30)
+    deadline = time.monotonic() + 10 * PASS_SECONDS
+    while httpx.get(f"{sequential_url}/health").json()["jobs"]:
+        assert time.monotonic() < deadline, "the job outlived its client"
+        time.sleep(0.05)
+    assert counts == {"unet": 1, "vae": 0}  # no second pass, nothing decoded for nobody

@@ -148,7 +148,7 @@ async def progress(models: ServedModels) -> A1111Progress:
 
 @router.post("/interrupt")
 async def interrupt(models: ServedModels) -> dict:
-    """Stop the running jobs at their next step; each answers with the images made so far."""
+    """Stop the running jobs before their next UNet pass; each answers with the images made so far."""
     models.interrupt()
     return {}
 
