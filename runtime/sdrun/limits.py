@@ -23,8 +23,13 @@ from sdrun.errors import SettingsError
 
 # 4 megapixels: 2048x2048, sixteen times SD 1.x's 512x512 (a 2048x2048 decode in tiles takes ~1.5 GB).
 DEFAULT_MAX_PIXELS = 2048 * 2048
-# An init image is refused above this many pixels before it is decoded (a 48-megapixel photo passes;
-# decoded as RGBA it takes under 200 MB before being scaled down to the model's size).
+# An init image (or mask) is refused above this many pixels before it is decoded (a 48-megapixel photo
+# passes; a JPEG is decoded at a reduced scale). Decoding and converting one to 8-bit RGB (sdrun.images:
+# PNG, JPEG or WebP only, converted in strips, a WebP counting twice) takes at most ~12 bytes per pixel of
+# this limit, 600 MB at 50 megapixels: the sdrun process's peak over its 119 MB without one was 421 MB for
+# a 7000x7000 16-bit grey PNG, 577 MB for an RGBA one, 589 MB for a 7071x7071 RGBA one turned by EXIF,
+# and 495 MB for a 5000x5000 RGBA WebP turned by EXIF (before strips: 1.42 and 1.24 GB, and a
+# MemoryError under the tests' 1.5 GiB of address space).
 DEFAULT_MAX_INIT_PIXELS = 50_000_000
 MAX_IMAGES = 1000
 MAX_STEPS = 1000
