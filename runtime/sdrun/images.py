@@ -6,9 +6,10 @@ read as a person sees it: EXIF orientation applied, 16-bit samples scaled (not c
 transparency composited over white (the colour under a transparent pixel is undefined).
 
 Only PNG, JPEG and WebP files are opened: each has one size, in its header, that bounds every frame (an
-APNG's or animated WebP's frames lie within its canvas), and PIL decodes none of them when opening. The
-formats PIL also reads hold several images of their own sizes (ICO, ICNS, TIFF, MPO, GIF), and some are
-decoded whole when opened (PIL's ICO loads its largest image: 781 MB for a 13000x13000 PNG inside).
+APNG's or animated WebP's frames lie within its canvas; of a JPEG with more pictures, MPO, only the first
+is decoded, the one the header describes), and PIL decodes none of them when opening. Other formats PIL
+reads hold several images of their own sizes (ICO, ICNS, TIFF, GIF), and some are decoded when opened
+(PIL's ICO loads its largest image: 781 MB for a 13000x13000 PNG inside).
 Conversions to 8-bit RGB run in strips of rows, so that memory holds the decoded image, the converted one
 and one strip's temporaries (sdrun.limits states the bound).
 """

@@ -13,8 +13,9 @@ MAX_STEPS_PER_REQUEST = 150
 MAX_INIT_PIXELS = 4096 * 4096
 MAX_BODY_BYTES = 20 * 1024 * 1024
 # The work of one request, in UNet passes at 512x512 (sdrun.limits): 16 images of 50 guided steps at
-# 512x512; or one 1024x1024 image of 129 guided steps, or one 2048x2048 image of 13. SD 1.5's guided step
-# takes 0.8 s to 4.5 s at 512x512 on CPUs (~40 s to 60 min per request at this bound), 16 ms on an H200.
+# 512x512; or one 1024x1024 image of 129 guided steps, or one 2048x2048 image of 13. That is 800 guided
+# steps at 512x512: about an hour on the 2-core CPU of BENCHMARKS.md (4.2-4.8 s a step), 13 s on an H200
+# (16 ms a step); a server on slower hardware, or with more clients, sets a lower --max-work.
 DEFAULT_MAX_WORK = 1600.0
 DEFAULT_QUEUE_DEPTH = 4
 
