@@ -16,10 +16,12 @@ from sdrun.pipeline import GeneratedImage, NegativePromptIgnoredWarning, Pipelin
 from sdrun.progress import Progress
 from sdrun.samplers import SAMPLERS
 from sdrun.settings import ImageSettings
+from sdrun.stopping import GenerationCancelled, StopSignal
 
 __all__ = [
     "SAMPLERS",
     "GeneratedImage",
+    "GenerationCancelled",
     "GraphOutputError",
     "ImageSettings",
     "Limits",
@@ -32,4 +34,5 @@ __all__ = [
     "Result",
     "SdrunError",
     "SettingsError",
+    "StopSignal",
 ]

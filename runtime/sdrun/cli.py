@@ -20,6 +20,7 @@ from sdrun.pipeline import Pipeline
 from sdrun.png_info import read_png_settings, save_png
 from sdrun.providers import PROVIDER_CHOICES
 from sdrun.samplers import SAMPLERS
+from sdrun.serve.config import DEFAULT_MAX_WORK
 from sdrun.settings import ImageSettings
 
 # Where `sdexport build` puts the model that ships with the project.
@@ -347,6 +348,13 @@ def bench(
 @click.option("--provider", type=click.Choice(PROVIDER_CHOICES), default="auto", show_default=True)
 @click.option("--low-memory", is_flag=True, help="Each model loaded for its stage only (generate --help).")
 @click.option("--max-pixels", type=click.IntRange(min=64), default=DEFAULT_MAX_PIXELS, show_default=True)
+@click.option(
+    "--max-work",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_MAX_WORK,
+    show_default=True,
+    help="Refuse a request above this work, in UNet passes at 512x512 (sdrun.limits; docs/api.md).",
+)
 @click.option("--skip-checksums", is_flag=True, help="Check only file sizes against each folder's manifest.")
 @click.option(
     "--allowed-hosts",
@@ -372,6 +380,7 @@ def serve(
     provider: str,
     low_memory: bool,
     max_pixels: int,
+    max_work: float,
     skip_checksums: bool,
     allowed_hosts: str,
     cors_origins: tuple[str, ...],
@@ -403,7 +412,7 @@ def serve(
         provider=provider,
         low_memory=low_memory,
         verify_checksums=not skip_checksums,
-        limits=serve_limits(max_pixels),
+        limits=serve_limits(max_pixels, max_work),
         allowed_hosts=default_allowed_hosts(host) + tuple(name for name in allowed_hosts.split(",") if name),
         cors_origins=cors_origins,
     )

@@ -4,6 +4,14 @@ An init image comes from anywhere, so it is opened lazily and its pixel count ch
 decoded; PIL's own decompression-bomb guard and decoding errors become one-line SettingsErrors. It is
 read as a person sees it: EXIF orientation applied, 16-bit samples scaled (not clipped) to 8 bits, and
 transparency composited over white (the colour under a transparent pixel is undefined).
+
+Only PNG, JPEG and WebP files are opened: each has one size, in its header, that bounds every frame (an
+APNG's or animated WebP's frames lie within its canvas; of a JPEG with more pictures, MPO, only the first
+is decoded, the one the header describes), and PIL decodes none of them when opening. Other formats PIL
+reads hold several images of their own sizes (ICO, ICNS, TIFF, GIF), and some are decoded when opened
+(PIL's ICO loads its largest image: 781 MB for a 13000x13000 PNG inside).
+Conversions to 8-bit RGB run in strips of rows, so that memory holds the decoded image, the converted one
+and one strip's temporaries (sdrun.limits states the bound).
 """
 
 import warnings
@@ -21,28 +29,47 @@ _TRANSPOSING_ORIENTATIONS = {5, 6, 7, 8}  # those that swap width and height
 _SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
 _UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, zlib.error, Image.DecompressionBombError)
+# The formats opened (PIL's names), and how they are named to people.
+ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
+_ACCEPTED_NAMES = "a PNG, JPEG or WebP image"
+# A WebP image counts this many times against the pixel limit: PIL decodes it through libwebp's animation
+# decoder, which holds two canvases of its own beside PIL's copy (a 7000x7000 one peaked at 1.1 GB,
+# against 0.7 GB as a PNG).
+WEBP_PIXEL_WEIGHT = 2
+# Pixels converted at a time: a strip's float64 temporaries stay near 8 MiB whatever the image's size.
+STRIP_PIXELS = 2**20
 
 
 def _refuse(source: object, error: BaseException, what: str) -> SettingsError:
     if isinstance(error, Image.DecompressionBombError):
         return SettingsError(f"{what} {source} has too many pixels to decode safely: scale it down first")
+    if isinstance(error, Image.UnidentifiedImageError):
+        return SettingsError(
+            f"cannot read {what} {source}: it is not {_ACCEPTED_NAMES} (or it is damaged): save it as one"
+        )
     reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
     return SettingsError(f"cannot read {what} {source}: {reason}")
 
 
 def open_image(image: Image.Image | str | Path, max_pixels: int, what: str = "init image") -> Image.Image:
-    """The image, opened but not decoded, refused when it has more than `max_pixels` pixels; `what` names
-    it in errors."""
+    """The image, opened but not decoded, refused when it has more than `max_pixels` pixels or is not a PNG,
+    JPEG or WebP file (an Image given is taken as it is); `what` names it in errors."""
     if isinstance(image, Image.Image):
         opened = image
     else:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our limit is lower
-                opened = Image.open(image)
+                opened = Image.open(image, formats=ACCEPTED_FORMATS)
         except _UNREADABLE as error:
             raise _refuse(image, error, what) from error
     pixels = opened.width * opened.height
+    if opened.format == "WEBP" and pixels * WEBP_PIXEL_WEIGHT > max_pixels:
+        raise SettingsError(
+            f"the {what} is a WebP image of {opened.width}x{opened.height} ({pixels:,} pixels), above the "
+            f"limit of {max_pixels // WEBP_PIXEL_WEIGHT:,} pixels for WebP (its decoder holds more copies "
+            "than PNG's and JPEG's): scale it down or save it as PNG or JPEG first"
+        )
     if pixels > max_pixels:
         raise SettingsError(
             f"the {what} is {opened.width}x{opened.height} ({pixels:,} pixels), above "
@@ -102,16 +129,39 @@ def decode_upright(
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
+    """The decoded `image` as 8-bit RGB, converted in strips (every step is per pixel, so strips give the
+    whole conversion's pixels)."""
     if image.mode in _SIXTEEN_BIT_MODES:
-        levels = np.asarray(image, dtype=np.float64) / 257.0
-        return Image.fromarray(np.clip(levels.round(), 0, 255).astype(np.uint8), mode="L").convert("RGB")
+        return in_strips(image, "L", _eight_bit).convert("RGB")
     if image.mode == "F":
         raise SettingsError("an image has 32-bit float samples: save it with 8 or 16 bits per sample")
     if has_alpha(image):
-        rgba = image.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
+        return in_strips(image, "RGB", _over_white)
     return image.convert("RGB")
+
+
+def in_strips(image: Image.Image, mode: str, convert: Callable[[Image.Image], Image.Image]) -> Image.Image:
+    """`convert` (a per-pixel conversion to `mode`) applied to strips of STRIP_PIXELS or so, pasted into
+    one image: its temporaries are a strip's, not the whole image's."""
+    width, height = image.size
+    rows = max(1, STRIP_PIXELS // max(width, 1))
+    out = Image.new(mode, image.size)
+    for top in range(0, height, rows):
+        box = (0, top, width, min(top + rows, height))
+        out.paste(convert(image.crop(box)), box)
+    return out
+
+
+def _eight_bit(strip: Image.Image) -> Image.Image:
+    """16-bit samples scaled to 8 bits (rounded, as 65535 -> 255)."""
+    levels = np.asarray(strip, dtype=np.float64) / 257.0
+    return Image.fromarray(np.clip(levels.round(), 0, 255).astype(np.uint8), mode="L")
+
+
+def _over_white(strip: Image.Image) -> Image.Image:
+    rgba = strip.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
 
 
 def has_alpha(image: Image.Image) -> bool:

@@ -57,6 +57,7 @@ from sdrun.samplers import KnownLatents, first_step, make_sampler, sample
 from sdrun.samplers.prediction import Model
 from sdrun.schedule import NoiseSchedule, ScheduleError
 from sdrun.settings import ImageSettings
+from sdrun.stopping import StopSignal
 from sdrun.tiled_vae import decode_tiled
 from sdrun.tokenizer import CLIPTokenizer, TokenizerError
 
@@ -359,10 +360,14 @@ class Pipeline:
             return True
         return self._network("unet", UNetGraph).batch_of_one
 
+    def unconditional_pass(self, guidance_scale: float) -> bool:
+        """Whether guidance runs an unconditional UNet pass beside the conditional one (two a step)."""
+        return guidance_scale != 1.0 and self.guidance_embedding_dim is None
+
     def encode_prompt(self, prompt: str, negative_prompt: str, guidance_scale: float) -> PromptEmbeddings:
         """Text encoder states of both prompts in one call; the negative one is skipped at guidance 1 and
         under an LCM UNet (whose guidance is an input, not an unconditional pass)."""
-        with_negative = guidance_scale != 1.0 and self.guidance_embedding_dim is None
+        with_negative = self.unconditional_pass(guidance_scale)
         prompts = [prompt, negative_prompt] if with_negative else [prompt]
         ids = self.tokenizer.encode(prompts)
         with self.sessions.use("text_encoder"):
@@ -381,18 +386,25 @@ class Pipeline:
             return self._network(self.vae_encoder, VaeEncoderGraph).encode(pixels)
 
     def guided_model(
-        self, embeddings: PromptEmbeddings, guidance_scale: float, conditioning: np.ndarray | None = None
+        self,
+        embeddings: PromptEmbeddings,
+        guidance_scale: float,
+        conditioning: np.ndarray | None = None,
+        before_pass: Callable[[], None] | None = None,
     ) -> Model:
         """model(x, t) for the samplers: classifier-free guidance, eps_u + s (eps_c - eps_u)
         (Ho & Salimans 2022, eq. 6), or the conditional prediction alone when there is no negative; an
         LCM UNet is given the guidance scale as its embedding instead, in one pass. An inpainting UNet's
-        `conditioning` (mask and masked-image latents, [1, 5, h, w]) goes with every latent it sees."""
+        `conditioning` (mask and masked-image latents, [1, 5, h, w]) goes with every latent it sees.
+        `before_pass()` runs before every UNet pass (StopSignal.before_unet_pass)."""
         cond, uncond = embeddings.conditional, embeddings.unconditional
         predict = self._network("unet", UNetGraph).predict
 
         def unet(
             x: np.ndarray, t: float, context: np.ndarray, guidance: np.ndarray | None = None
         ) -> np.ndarray:
+            if before_pass is not None:
+                before_pass()
             extra = None if conditioning is None else np.repeat(conditioning, len(x), axis=0)
             return predict(x, t, context, guidance, extra)
 
@@ -433,13 +445,14 @@ class Pipeline:
         mask: np.ndarray | None = None,
         masked_latents: np.ndarray | None = None,
         callback: StepCallback | None = None,
+        stop: StopSignal | None = None,
     ) -> np.ndarray:
         """Sample latents from `noise` (or, with `init_latents`, from those noised to `strength`).
 
         With a `mask` (latent size, 1 where to repaint), inpainting as diffusers'
         StableDiffusionInpaintPipeline does it: at strength 1 from pure noise; an inpainting UNet sees the
         mask and `masked_latents` beside the latents, a plain one has `init_latents` pasted back outside the
-        mask after every step."""
+        mask after every step. `stop` is looked at before every UNet pass (sdrun.stopping)."""
         known, conditioning = None, None
         if mask is not None:
             if self.inpainting:
@@ -449,7 +462,8 @@ class Pipeline:
             if strength == 1.0:
                 init_latents = None
         with self.sessions.use("unet"):
-            model = self.guided_model(embeddings, guidance_scale, conditioning)
+            before_pass = None if stop is None else stop.before_unet_pass
+            model = self.guided_model(embeddings, guidance_scale, conditioning, before_pass)
             return sample(
                 sampler,
                 model,
@@ -469,13 +483,19 @@ class Pipeline:
         with self.sessions.use(self.vae_decoder):
             return [self._decode_one(item[None]) for item in latents]
 
-    def _decode_one(self, latent: np.ndarray) -> Image.Image:
+    def _decode_one(self, latent: np.ndarray, stop: StopSignal | None = None) -> Image.Image:
         decoder = self._network(self.vae_decoder, VaeDecoderGraph)
+
+        def decode(latents: np.ndarray) -> np.ndarray:
+            if stop is not None:
+                stop.check()  # before the whole decode, or before each tile
+            return decoder.decode(latents)
+
         item = latent / self.latent_scale
         tiled = self.memory.tiled_vae
         if tiled is None:
             tiled = item.shape[2] * item.shape[3] * self.vae_factor**2 > AUTO_TILE_PIXELS
-        pixels = decode_tiled(decoder.decode, item, self.vae_factor) if tiled else decoder.decode(item)
+        pixels = decode_tiled(decode, item, self.vae_factor) if tiled else decode(item)
         return from_pixels(pixels)
 
     def check_settings(
@@ -563,6 +583,9 @@ class Pipeline:
         width = self.default_size if width is None else width
         height = self.default_size if height is None else height
         self.check_settings(steps, sampler, height, width, strength if image is not None else None)
+        steps_run = steps - first_step(steps, strength, sampler) if image is not None else steps
+        passes = 2 if self.unconditional_pass(guidance_scale) else 1
+        self.limits.check_work(num_images, steps_run, passes, int(width), int(height), self.vae_factor)
         return GenerationRequest(
             prompt=prompt,
             negative_prompt=negative_prompt,
@@ -599,6 +622,7 @@ class Pipeline:
         overlay: bool = True,
         callback: StepCallback | None = None,
         progress: ProgressCallback | None = None,
+        stop: StopSignal | None = None,
     ) -> Result:
         """Text-to-image, image-to-image when `init_image` is given, inpainting with a `mask` too: the
         images of `generate_each` (which says what each setting does), all kept in the Result."""
@@ -620,6 +644,7 @@ class Pipeline:
             overlay=overlay,
             callback=callback,
             progress=progress,
+            stop=stop,
         ):
             images.append(generated.image)
             made.append(generated.settings)
@@ -646,6 +671,7 @@ class Pipeline:
         overlay: bool = True,
         callback: StepCallback | None = None,
         progress: ProgressCallback | None = None,
+        stop: StopSignal | None = None,
     ) -> Iterator[GeneratedImage]:
         """Text-to-image, or image-to-image when `init_image` is given; each image is yielded as soon as
         it is decoded, so that a caller can write it and let it go.
@@ -656,7 +682,9 @@ class Pipeline:
         rounded down to the model's multiple; an init image of another size than the one asked for is
         resized. `callback(step, total, latents)` counts steps over all images; `progress(Progress)`
         says which image and step (sdrun.progress) without the latents; either returning True stops the
-        run. Steps, guidance scale, sampler and strength not given are the model folder's (`self.defaults`).
+        run. `stop` (sdrun.stopping), set from another thread, interrupts or cancels the run within one
+        UNet pass, VAE pass or tile. Steps, guidance scale, sampler and strength not given are the model
+        folder's (`self.defaults`).
 
         Inpainting: `mask` (white = repaint; its alpha channel if it has transparency) is resized to the
         image size and blurred by `mask_blur` pixels (sdrun.inpaint); an inpainting UNet (9 input channels)
@@ -689,6 +717,8 @@ class Pipeline:
             mask = Mask.everywhere(size)
         # An inpainting UNet at full strength starts from pure noise and sees the init image only masked.
         init_unused = self.inpainting and request.strength == 1.0
+        if stop is not None:
+            stop.check()
         distribution = self.encode_image(init) if init is not None and not init_unused else None
         masked_distribution = None
         if self.inpainting and mask is not None:
@@ -710,6 +740,7 @@ class Pipeline:
             request.num_images,
             callback,
             progress,
+            stop,
             steps=request.steps,
             guidance_scale=request.guidance_scale,
             sampler=request.sampler,
@@ -737,7 +768,7 @@ class Pipeline:
                     overlay=request.overlay,
                     clip_skip=self.clip_skip,
                 )
-                picture = self._decode_one(latents)
+                picture = self._decode_one(latents, stop)
                 if request.overlay and request.mask is not None and init is not None and mask is not None:
                     picture = paste_unmasked(picture, init, mask)
                 yield GeneratedImage(picture, settings, stopped)
@@ -758,10 +789,11 @@ class Pipeline:
         num_images: int,
         callback: StepCallback | None,
         progress: ProgressCallback | None,
+        stop: StopSignal | None,
         **sampling: Any,
     ) -> Iterator[tuple[np.ndarray, bool]]:
         """(latents, stopped) of image i from default_rng(seed + i), in the order the module docstring
-        gives; stops after the image during which the callback asked to."""
+        gives; stops after the image during which the callback asked to or `stop` was interrupted."""
         for index in range(num_images):
             rng = np.random.default_rng(seed + index)
             init_latents = None
@@ -793,8 +825,10 @@ class Pipeline:
                     mask=latent_mask,
                     masked_latents=masked_latents,
                     callback=on_step,
+                    stop=stop,
                     **sampling,
                 )
+            stopped = stopped or (stop is not None and stop.interrupted.is_set())
             if not np.isfinite(latents).all():
                 raise GraphOutputError(
                     f"sampling with {sampling['sampler']} diverged to NaN or infinite latents; nothing was "

@@ -153,7 +153,7 @@ def _truncated(work: Path) -> dict:
 
 # (case, generate's arguments (a callable of the folder of `files`), what the error must say)
 LIBRARY_REFUSALS = [
-    ("not an image", lambda work: {"mask": work / "mask.txt"}, r"cannot read mask .*: cannot identify"),
+    ("not an image", lambda work: {"mask": work / "mask.txt"}, "cannot read mask .*: it is not a PNG"),
     ("missing", lambda work: {"mask": work / "missing.png"}, "cannot read mask .*: .*No such file"),
     ("truncated", _truncated, "cannot read mask .*: image file is truncated"),
     ("no init image", lambda work: {"init_image": None}, "give the init image too"),

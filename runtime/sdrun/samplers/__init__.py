@@ -36,6 +36,7 @@ __all__ = [
     "KnownLatents",
     "SamplerError",
     "Sampler",
+    "SamplingStopped",
     "check_sampler_name",
     "check_strength",
     "first_step",
@@ -48,6 +49,11 @@ __all__ = [
 
 class SamplerError(SettingsError, ValueError):
     """A sampler name, step count, strength or eta the samplers cannot use."""
+
+
+class SamplingStopped(Exception):
+    """Raised by a model before its pass to end sampling there: `sample` returns the latents of the last
+    finished step (the starting latents if none has finished)."""
 
 
 class Sampler(Protocol):
@@ -246,7 +252,8 @@ def sample(
     ``init_latents`` noised to the first step it runs. ``eta`` None is the sampler's default. ``known``
     latents are pasted outside their mask after every step.
     ``callback(step, total, latents)`` follows every step (step counts from 0 within this run); a truthy
-    return stops the run and returns those latents.
+    return stops the run and returns those latents. A model raising SamplingStopped stops it too, within
+    a step.
     """
     if init_latents is None and strength != 1.0:
         raise SamplerError(f"strength {strength} is for img2img only: give init_latents or leave it at 1")
@@ -265,9 +272,12 @@ def sample(
         x = sampler.noised(init_latents, noise, first)
     total = num_steps - first
     steps = sampler.steps(model, x, first, rng)
-    for step, x in enumerate(steps):
-        if known is not None:
-            known.paste(sampler, x, noise, first + step + 1)
-        if callback is not None and callback(step, total, x):
-            break
+    try:
+        for step, x in enumerate(steps):
+            if known is not None:
+                known.paste(sampler, x, noise, first + step + 1)
+            if callback is not None and callback(step, total, x):
+                break
+    except SamplingStopped:
+        pass  # x is the last step's, as the samplers make a new array each step
     return x

@@ -21,7 +21,7 @@ from sdrun.pipeline import GeneratedImage
 from sdrun.png_info import format_parameters
 from sdrun.samplers import a1111_names
 from sdrun.serve.dependencies import run_job, served_models
-from sdrun.serve.encoding import image_from_base64, inverted_mask, png_base64
+from sdrun.serve.encoding import image_from_base64, inverted_mask, pngs_base64
 from sdrun.serve.jobs import Models
 from sdrun.serve.samplers import a1111_samplers, sampler_for
 from sdrun.serve.schemas import (
@@ -64,7 +64,7 @@ def _settings(body: A1111Txt2ImgRequest) -> dict[str, Any]:
     }
 
 
-def _response(
+async def _response(
     body: A1111Txt2ImgRequest, images: list[GeneratedImage], interrupted: bool
 ) -> A1111ImagesResponse:
     made = [item.settings for item in images]
@@ -95,7 +95,7 @@ def _response(
         "job_timestamp": time.strftime("%Y%m%d%H%M%S"),
     }
     return A1111ImagesResponse(
-        images=[png_base64(item.image, item.settings) for item in images],
+        images=await pngs_base64(images),
         parameters=body.model_dump(exclude={"init_images", "mask"}),
         info=json.dumps(info),
     )
@@ -104,7 +104,7 @@ def _response(
 @router.post("/txt2img")
 async def txt2img(body: A1111Txt2ImgRequest, request: Request, models: ServedModels) -> A1111ImagesResponse:
     images, interrupted = await run_job(request, models, _model(body), _settings(body))
-    return _response(body, images, interrupted)
+    return await _response(body, images, interrupted)
 
 
 @router.post("/img2img")
@@ -113,17 +113,17 @@ async def img2img(body: A1111Img2ImgRequest, request: Request, models: ServedMod
     limit = models.get(model).pipeline.limits.max_init_pixels
     settings = {
         **_settings(body),
-        "init_image": image_from_base64(body.init_images[0], "init_images[0]", limit),
+        "init_image": await image_from_base64(body.init_images[0], "init_images[0]", limit),
         "strength": body.denoising_strength,
     }
     if body.mask is not None:
-        mask = image_from_base64(body.mask, "mask", limit, "mask")
+        mask = await image_from_base64(body.mask, "mask", limit, "mask")
         if body.inpainting_mask_invert:
             mask = await inverted_mask(mask, mask_channel)
         blur = DEFAULT_MASK_BLUR if body.mask_blur is None else body.mask_blur
         settings.update(mask=mask, mask_blur=blur)
     images, interrupted = await run_job(request, models, model, settings)
-    return _response(body, images, interrupted)
+    return await _response(body, images, interrupted)
 
 
 @router.get("/progress")
@@ -149,7 +149,7 @@ async def progress(models: ServedModels) -> A1111Progress:
 
 @router.post("/interrupt")
 async def interrupt(models: ServedModels) -> dict:
-    """Stop the running jobs at their next step; each answers with the images made so far."""
+    """Stop the running jobs before their next UNet pass; each answers with the images made so far."""
     models.interrupt()
     return {}
 

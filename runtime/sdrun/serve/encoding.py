@@ -1,6 +1,10 @@
 """Images in and out of HTTP bodies: PNGs carrying their `parameters` chunk, uploaded or base64 init images
 and masks opened through the library's one gate (sdrun.images.open_image) with the pipeline's pixel limit,
-and masks of the opposite polarity turned into the library's (white = repaint)."""
+and masks of the opposite polarity turned into the library's (white = repaint).
+
+The routes call the async functions here: base64, opening an image and PNG encoding run in a worker thread,
+since the event loop serves every other request (/health included) while one body's images are converted
+(sixteen PNGs at 1024x1024 took the loop for seconds)."""
 
 import base64
 import binascii
@@ -12,6 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sdrun.errors import SettingsError
 from sdrun.images import decode_upright, open_image
+from sdrun.pipeline import GeneratedImage
 from sdrun.png_info import PARAMETERS_KEY, format_parameters
 from sdrun.settings import ImageSettings
 
@@ -29,6 +34,11 @@ class _Upload(io.BytesIO):
     __repr__ = __str__  # PIL's messages show the file's repr
 
 
+async def pngs_base64(images: list[GeneratedImage]) -> list[str]:
+    """Each image as `png_base64`, encoded in a worker thread."""
+    return await run_in_threadpool(lambda: [png_base64(made.image, made.settings) for made in images])
+
+
 def png_base64(image: Image.Image, settings: ImageSettings) -> str:
     """The image as a base64 PNG whose `parameters` chunk reproduces it (as A1111's API returns them)."""
     info = PngImagePlugin.PngInfo()
@@ -38,21 +48,30 @@ def png_base64(image: Image.Image, settings: ImageSettings) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def image_from_bytes(data: bytes, name: str, max_pixels: int, what: str = "init image") -> Image.Image:
-    """An uploaded image, opened but not decoded, refused above `max_pixels` (a decompression bomb); `what`
-    says in errors which image it is (an init image, a mask)."""
+async def image_from_bytes(data: bytes, name: str, max_pixels: int, what: str = "init image") -> Image.Image:
+    """An uploaded image, opened (in a worker thread) but not decoded, refused above `max_pixels` (a
+    decompression bomb); `what` says in errors which image it is (an init image, a mask)."""
+    return await run_in_threadpool(_open_bytes, data, name, max_pixels, what)
+
+
+async def image_from_base64(text: str, name: str, max_pixels: int, what: str = "init image") -> Image.Image:
+    """A base64 image (a `data:image/...;base64,` URL too, as browsers send them), decoded from base64 and
+    opened in a worker thread."""
+    return await run_in_threadpool(_open_base64, text, name, max_pixels, what)
+
+
+def _open_bytes(data: bytes, name: str, max_pixels: int, what: str) -> Image.Image:
     return open_image(_Upload(data, name), max_pixels, what)  # type: ignore[arg-type]  # PIL opens files
 
 
-def image_from_base64(text: str, name: str, max_pixels: int, what: str = "init image") -> Image.Image:
-    """A base64 image (a `data:image/...;base64,` URL too, as browsers send them)."""
+def _open_base64(text: str, name: str, max_pixels: int, what: str) -> Image.Image:
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as error:
         raise SettingsError(f"{name} is not base64 image data") from error
-    return image_from_bytes(data, name, max_pixels, what)
+    return _open_bytes(data, name, max_pixels, what)
 
 
 async def inverted_mask(mask: Image.Image, channel: Callable[[Image.Image], Image.Image]) -> Image.Image:

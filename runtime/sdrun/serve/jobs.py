@@ -3,11 +3,12 @@
 A request becomes a `Job` (the `Pipeline.generate_each` keyword arguments); `ModelWorker.submit` queues it
 or, when `queue_depth` jobs already wait, refuses it at once with `QueueFullError` (HTTP 429), so that a
 burst never hangs connections. The worker runs each job with a progress hook that records where it is
-(for A1111's progress route) and returns True once the job is cancelled, which stops the sampler at its
-next step: a client that disconnects, or `interrupt()`, costs at most one more step.
+(for A1111's progress route) and the job's StopSignal (sdrun.stopping): a client that disconnects cancels
+its job before the next UNet pass, VAE pass or tile (nothing is decoded for it), and `interrupt()` ends the
+sampling before the next UNet pass and answers with the images made so far.
 
 When the server stops, `refuse_waiting` answers the waiting jobs (and any new one) with
-ServerStoppingError, and `abandon_running` answers the running one so too and stops it at its next step.
+ServerStoppingError, and `abandon_running` answers the running one so too and cancels it.
 """
 
 import asyncio
@@ -24,6 +25,7 @@ from typing import Any
 from sdrun.errors import SdrunError, SettingsError
 from sdrun.pipeline import GeneratedImage, Pipeline
 from sdrun.progress import Progress
+from sdrun.stopping import StopSignal
 
 log = logging.getLogger("sdrun.serve")
 # How often a waiting request looks whether its client is still there.
@@ -60,13 +62,13 @@ class Job:
 
     settings: dict[str, Any]
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
-    cancelled: threading.Event = field(default_factory=threading.Event)
-    interrupted: bool = False
+    stop: StopSignal = field(default_factory=StopSignal)
     progress: Progress | None = None
     started: float | None = None
 
-    def cancel(self) -> None:
-        self.cancelled.set()
+    @property
+    def interrupted(self) -> bool:
+        return self.stop.interrupted.is_set()
 
     def answer(self, images: list[GeneratedImage] | None = None, error: BaseException | None = None) -> None:
         """Set the job's result or error, unless the server already answered it (`abandon_running`)."""
@@ -78,10 +80,12 @@ class Job:
         except concurrent.futures.InvalidStateError:
             pass
 
-    def on_progress(self, progress: Progress) -> bool:
-        """The pipeline's progress hook: remember where the job is; True (stop) once cancelled."""
+    def cancel(self) -> None:
+        self.stop.cancel()
+
+    def on_progress(self, progress: Progress) -> None:
+        """The pipeline's progress hook: remember where the job is (the StopSignal stops it)."""
         self.progress = progress
-        return self.cancelled.is_set()
 
 
 class ModelWorker:
@@ -117,11 +121,10 @@ class ModelWorker:
         return job
 
     def interrupt(self) -> None:
-        """Stop the running job at its next step; it answers with the images made so far."""
+        """Stop the running job before its next UNet pass; it answers with the images made so far."""
         job = self.running
         if job is not None:
-            job.interrupted = True
-            job.cancel()
+            job.stop.interrupt()
 
     def refuse_waiting(self) -> None:
         """Answer the waiting jobs, and any submitted from now on, with ServerStoppingError."""
@@ -162,12 +165,14 @@ class ModelWorker:
 
     def _run(self) -> None:
         while (job := self._queue.get()) is not None:
-            if job.cancelled.is_set() or not job.future.set_running_or_notify_cancel():
+            if job.stop.cancelled.is_set() or not job.future.set_running_or_notify_cancel():
                 job.future.cancel()
                 continue
             self.running, job.started = job, time.perf_counter()
             try:
-                images = list(self.pipeline.generate_each(**job.settings, progress=job.on_progress))
+                images = list(
+                    self.pipeline.generate_each(**job.settings, progress=job.on_progress, stop=job.stop)
+                )
             except Exception as error:  # every failure goes back to the request, which maps it to a status
                 job.answer(error=error)
             else:
@@ -190,6 +195,7 @@ async def finished(job: Job, disconnected: Callable[[], Awaitable[bool]]) -> lis
             return future.result()
         if await disconnected():
             job.cancel()
+            future.cancel()  # nobody will read the job's GenerationCancelled
             raise ClientDisconnectedError
 
 

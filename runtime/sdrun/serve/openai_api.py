@@ -22,7 +22,7 @@ from sdrun.errors import SettingsError
 from sdrun.images import has_alpha
 from sdrun.pipeline import GeneratedImage
 from sdrun.serve.dependencies import run_job, served_models
-from sdrun.serve.encoding import image_from_bytes, inverted_mask, png_base64
+from sdrun.serve.encoding import image_from_bytes, inverted_mask, pngs_base64
 from sdrun.serve.jobs import Models
 from sdrun.serve.samplers import sampler_for
 from sdrun.serve.schemas import (
@@ -72,11 +72,9 @@ def _settings(body: OpenAISettings) -> dict[str, Any]:
     }
 
 
-def _response(images: list[GeneratedImage]) -> OpenAIImagesResponse:
-    return OpenAIImagesResponse(
-        created=int(time.time()),
-        data=[OpenAIImage(b64_json=png_base64(made.image, made.settings)) for made in images],
-    )
+async def _response(images: list[GeneratedImage]) -> OpenAIImagesResponse:
+    pngs = await pngs_base64(images)
+    return OpenAIImagesResponse(created=int(time.time()), data=[OpenAIImage(b64_json=png) for png in pngs])
 
 
 @router.post("/images/generations")
@@ -84,7 +82,7 @@ async def generations(
     body: OpenAIGenerationRequest, request: Request, models: ServedModels
 ) -> OpenAIImagesResponse:
     images, _ = await run_job(request, models, body.model, _settings(body))
-    return _response(images)
+    return await _response(images)
 
 
 def _alpha(image: Image.Image) -> Image.Image:
@@ -116,13 +114,13 @@ async def edits(request: Request, models: ServedModels) -> OpenAIImagesResponse:
             {key: value for key, value in form.items() if isinstance(value, str)}
         )
         limit = models.get(body.model).pipeline.limits.max_init_pixels
-        image = image_from_bytes(await uploads[0].read(), "image", limit)
+        image = await image_from_bytes(await uploads[0].read(), "image", limit)
         settings = {**_settings(body), "init_image": image, "strength": body.strength}
         if mask_upload is not None:
-            mask = image_from_bytes(await mask_upload.read(), "mask", limit, "mask")
+            mask = await image_from_bytes(await mask_upload.read(), "mask", limit, "mask")
             settings.update(mask=await _repaint_where_transparent(mask), mask_blur=body.mask_blur)
     images, _ = await run_job(request, models, body.model, settings)
-    return _response(images)
+    return await _response(images)
 
 
 @router.get("/models")
