@@ -230,6 +230,7 @@ class Pipeline:
         self.closed = False
 
         self.limits = limits
+        _check_token_length(tokenizer, folder.config("text_encoder"))
         decoder_config = folder.config("vae_decoder")
         where = "vae_decoder/config.json"
         self.latent_scale = real_number(decoder_config, "scaling_factor", where, 0.0, 1e3, open_low=True)
@@ -812,6 +813,19 @@ class Pipeline:
             yield latents, stopped
             if stopped:
                 return
+
+
+def _check_token_length(tokenizer: CLIPTokenizer, encoder_config: dict[str, Any]) -> None:
+    """Refuse a tokenizer whose model_max_length the text encoder has no positions for: it would fail
+    inside onnxruntime at the first prompt instead of when the folder opens."""
+    where = "text_encoder/config.json"
+    positions = whole_number(encoder_config, "max_position_embeddings", where, 1, 2**20, None)
+    if positions is not None and tokenizer.max_length > positions:
+        raise ModelFolderError(
+            f"tokenizer/tokenizer_config.json: model_max_length {tokenizer.max_length} is more than the "
+            f"{positions} positions of the text encoder ({where}); set it to {positions} or export the "
+            "model folder again"
+        )
 
 
 def _vae_graphs(folder: ModelFolder, vae: str) -> tuple[str, str]:
