@@ -279,7 +279,7 @@ def generate(
     with _ProgressBar(enabled=not quiet) as progress:
         generated = pipeline.generate_each(num_images=num_images, callback=progress.update, **arguments)
         for made, path in zip(generated, paths, strict=False):
-            save_png(made.image, path, made.settings)
+            save_png(made.image, path, made.settings, overwrite=overwrite)
             progress.echo(f"Wrote {path}")
 
 

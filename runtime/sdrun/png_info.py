@@ -25,6 +25,7 @@ from pathlib import Path
 from PIL import Image, PngImagePlugin
 
 from sdrun.errors import SettingsError
+from sdrun.outputs import place_file
 from sdrun.settings import ImageSettings
 
 PARAMETERS_KEY = "parameters"
@@ -224,11 +225,15 @@ def parse_parameters(text: str) -> ImageSettings:
     )
 
 
-def save_png(image: Image.Image, path: str | Path, settings: ImageSettings) -> None:
+def save_png(
+    image: Image.Image, path: str | Path, settings: ImageSettings, *, overwrite: bool = False
+) -> None:
     """Write `image` as a PNG carrying its settings (a tEXt chunk, or iTXt when the text is not Latin-1).
 
-    The file is written under a temporary name beside `path` and renamed into place, so a full disk or
-    an interruption leaves no half-written picture; a failure is a one-line SettingsError."""
+    The file is written under a temporary name beside `path` and then given its name, so a full disk or
+    an interruption leaves no half-written picture; a failure is a one-line SettingsError. The name is
+    taken only if free at that moment (sdrun.outputs.place_file): a file, link or dangling link that
+    appeared at `path` while the picture was made is kept and refused, unless `overwrite`."""
     path = Path(path)
     info = PngImagePlugin.PngInfo()
     info.add_text(PARAMETERS_KEY, format_parameters(settings))
@@ -241,13 +246,11 @@ def save_png(image: Image.Image, path: str | Path, settings: ImageSettings) -> N
         with os.fdopen(handle, "wb") as file:
             image.save(file, format="PNG", pnginfo=info)
         os.chmod(partial, 0o666 & ~_umask())
-        os.replace(partial, path)
+        place_file(Path(partial), path, overwrite)
     except OSError as error:
-        Path(partial).unlink(missing_ok=True)
         raise SettingsError(f"cannot write {path}: {error.strerror or error}; nothing was written") from error
-    except BaseException:
+    finally:
         Path(partial).unlink(missing_ok=True)
-        raise
 
 
 def _umask() -> int:
