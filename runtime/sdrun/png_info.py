@@ -24,9 +24,9 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from sdrun.errors import SettingsError
+from sdrun.errors import SettingsError, quoted
 from sdrun.outputs import place_file
-from sdrun.settings import ImageSettings
+from sdrun.settings import MAX_SEED, ImageSettings
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt:"
@@ -164,19 +164,28 @@ def _closing_quote(line: str, opening: int) -> int:
 
 def _integer(pairs: dict[str, str], key: str) -> int:
     if not _WHOLE.fullmatch(pairs[key]):
-        raise SettingsError(f"parameters field {key}: {pairs[key][:40]!r} is not a whole number")
+        raise SettingsError(f"parameters field {key}: {quoted(pairs[key])} is not a whole number")
     return int(pairs[key])
+
+
+def _seed(pairs: dict[str, str]) -> int:
+    seed = _integer(pairs, "Seed")
+    if seed > MAX_SEED:
+        raise SettingsError(
+            f"parameters field Seed: {seed} is above {MAX_SEED}, the largest seed sdrun takes"
+        )
+    return seed
 
 
 def _float(pairs: dict[str, str], key: str) -> float:
     if not _DECIMAL.fullmatch(pairs[key]):
-        raise SettingsError(f"parameters field {key}: {pairs[key][:40]!r} is not a number")
+        raise SettingsError(f"parameters field {key}: {quoted(pairs[key])} is not a number")
     return float(pairs[key])
 
 
 def _switch(pairs: dict[str, str], key: str) -> bool:
     if pairs[key] not in ("on", "off"):
-        raise SettingsError(f"parameters field {key}: {pairs[key][:40]!r} is not on or off")
+        raise SettingsError(f"parameters field {key}: {quoted(pairs[key])} is not on or off")
     return pairs[key] == "on"
 
 
@@ -207,14 +216,14 @@ def parse_parameters(text: str) -> ImageSettings:
         (negative_lines if in_negative else prompt_lines).append(line)
     size = _SIZE.fullmatch(pairs["Size"])
     if size is None:
-        raise SettingsError(f"parameters field Size: {pairs['Size'][:40]!r} is not WIDTHxHEIGHT")
+        raise SettingsError(f"parameters field Size: {quoted(pairs['Size'])} is not WIDTHxHEIGHT")
     return ImageSettings(
         prompt="\n".join(prompt_lines),
         negative_prompt="\n".join(negative_lines),
         steps=_integer(pairs, "Steps"),
         sampler=sampler_from_label(pairs["Sampler"], pairs.get("Schedule type")),
         guidance_scale=_float(pairs, "CFG scale"),
-        seed=_integer(pairs, "Seed"),
+        seed=_seed(pairs),
         width=int(size.group(1)),
         height=int(size.group(2)),
         model=pairs.get("Model", ""),

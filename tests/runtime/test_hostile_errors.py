@@ -287,3 +287,77 @@ def test_a_name_taken_mid_run_stops_with_earlier_pictures_kept(tiny_sdexport_dir
     assert "Traceback" not in done.stderr
     assert (out / "x-1.png").read_bytes() == b"mine"
     assert read_png_settings(out / "x-0.png").seed == 3 and not _leftovers(out)
+
+
+# --- 15: the small ones ----------------------------------------------------------------------------------
+
+
+def test_one_seed_range_everywhere(tiny_sdexport_dir: Path, out: Path) -> None:
+    """Every seed the library and the CLI take is one the PNG reader reads back (the server's schemas
+    import the same MAX_SEED)."""
+    from sdrun.png_info import parse_parameters
+    from sdrun.serve import schemas
+    from sdrun.settings import MAX_SEED
+
+    assert schemas.MAX_SEED == MAX_SEED == 2**32 - 1
+    line = "a cube\nSteps: 2, Sampler: Euler, CFG scale: 4, Seed: {}, Size: 64x64"
+    assert parse_parameters(line.format(MAX_SEED)).seed == MAX_SEED
+    with pytest.raises(SettingsError, match="Seed: 4294967296 is above 4294967295"):
+        parse_parameters(line.format(MAX_SEED + 1))
+    for arguments, message in (
+        (["--seed", "1" * 21], "--seed"),
+        (["--seed", str(MAX_SEED), "--num-images", "2"], "seed 4294967295 is out of range"),
+    ):
+        run = sdrun(
+            "a cube", "--model", tiny_sdexport_dir, *FAST, *arguments, "--out", out / "x.png", cwd=out
+        )
+        assert_refused(run, message, out)
+
+
+def test_library_refuses_odd_values_in_one_line(tiny_sdexport_dir: Path) -> None:
+    from sdrun.errors import SdrunError
+    from sdrun.pipeline import Pipeline
+    from sdrun.settings import MAX_SEED
+
+    with Pipeline.load(tiny_sdexport_dir, provider="cpu") as pipeline:
+        for arguments, message in (
+            ({"seed": MAX_SEED + 1}, "seed 4294967296 is out of range"),
+            ({"seed": MAX_SEED, "num_images": 2}, "gets seed \\+ i"),
+            ({"seed": 10**100}, r"\.\.\. is out of range"),  # quoted, and cut
+            ({"sampler": ["euler"]}, "unknown sampler \\['euler'\\]"),
+            ({"sampler": "x" * 60_000}, "unknown sampler 'x{80}'\\.\\.\\.: choose"),
+            ({"init_image": 123}, "init image must be a PIL image or a file path, not int"),
+            (
+                {"init_image": Image.new("RGB", (64, 64)), "mask": 4.5},
+                "mask must be a PIL image or a file path, not float",
+            ),
+        ):
+            with pytest.raises(SettingsError, match=message) as error:
+                pipeline.prepare("a cube", **arguments)
+            assert len(str(error.value)) < 300
+        pipeline.prepare("a cube", seed=MAX_SEED)  # the top of the range itself
+    assert not pipeline.sessions.open_graphs
+    with pytest.raises(SdrunError, match="pipeline is closed"):
+        pipeline.encode_prompt("a cube", "", 1.0)
+    assert not pipeline.sessions.open_graphs, "a closed pipeline reopened a session"
+
+
+def test_long_sampler_field_gives_a_short_line(tiny_sdexport_dir: Path, out: Path) -> None:
+    from test_hostile_inputs import _png_parameters
+
+    text = "a cube\nSteps: 2, Sampler: " + "x" * 60_000 + ", CFG scale: 4, Seed: 1, Size: 64x64"
+    png = _png_parameters(out.parent / "long.png", text)
+    run = sdrun(
+        "--model", tiny_sdexport_dir, *FAST, "--from-png", png, "--out", out / "x.png", cwd=out.parent
+    )
+    assert_refused(run, "unknown sampler", out)
+    assert len(run.stderr) < 400, len(run.stderr)
+
+
+def test_bench_json_to_an_unwritable_path_is_one_line(tmp_path: Path) -> None:
+    from sdrun.bench import Report, write_json
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(SettingsError, match=f"cannot write {blocker}/r.json: .*choose another --json"):
+        write_json(Report("test", 64), blocker / "r.json")
