@@ -167,6 +167,13 @@ def test_memory_error_in_a_run_is_one_line(monkeypatch: pytest.MonkeyPatch) -> N
         graph.run({graph.inputs[0]: np.zeros(2, np.float32)})
 
 
+def test_the_server_answers_a_failed_run_with_500() -> None:
+    """The server's fault (memory, or a folder it serves), as a graph's NaN is; not the request's 400."""
+    from sdrun.serve.errors import _LIBRARY_STATUS
+
+    assert next(code for kind, code in _LIBRARY_STATUS if isinstance(GraphRunError("x"), kind)) == 500
+
+
 def test_bool_outputs_are_refused_in_process() -> None:
     graph = Graph("unet", _session(_cast_to(TensorProto.BOOL)))
     feeds = {
