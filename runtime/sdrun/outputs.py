@@ -44,7 +44,8 @@ def _pattern_fields(pattern: str) -> set[str]:
         parsed = list(string.Formatter().parse(pattern))
     except ValueError as error:  # an unmatched brace
         raise SettingsError(
-            f"--out {quoted(pattern)}: {error}; write a literal brace as {{{{ or }}}}"
+            f"--out {quoted(pattern)}: {error}; a pattern may use only {{i}} and {{seed}} (a literal brace "
+            "is written {{ or }})"
         ) from None
     fields = set()
     for _, name, spec, conversion in parsed:
