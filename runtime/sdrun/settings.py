@@ -24,7 +24,7 @@ def check_seed(seed: object, num_images: int = 1) -> int:
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed <= highest:
         images = f" (image i of {num_images} gets seed + i, at most {MAX_SEED})" if num_images > 1 else ""
         raise SettingsError(
-            f"seed {quoted(seed)} is out of range: give a whole number from 0 to {highest}{images}"
+            f"seed must be a whole number from 0 to {highest}{images}, not {quoted(seed)}"
         )
     return int(seed)
 
