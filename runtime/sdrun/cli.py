@@ -67,6 +67,10 @@ def _reported(command: Callable[..., None]) -> Callable[..., None]:
                 command(*args, **kwargs)
             except SdrunError as error:
                 raise click.ClickException(str(error)) from None
+            except MemoryError:  # numpy's allocations too, not only onnxruntime's (sdrun.graphs)
+                raise click.ClickException(
+                    "sdrun ran out of memory: choose a smaller size or fewer images, or add --low-memory"
+                ) from None
 
     return run
 

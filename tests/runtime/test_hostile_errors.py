@@ -174,6 +174,25 @@ def test_the_server_answers_a_failed_run_with_500() -> None:
     assert next(code for kind, code in _LIBRARY_STATUS if isinstance(GraphRunError("x"), kind)) == 500
 
 
+def test_memory_error_outside_a_graph_is_one_line(tiny_sdexport_dir: Path, out: Path) -> None:
+    """numpy runs out too (latents, tiles, the picture): the CLI reports it as onnxruntime's."""
+    script = (
+        "import sys\n"
+        "import sdrun.cli as cli\n"
+        "def exhausted(*args, **kwargs):\n"
+        "    raise MemoryError\n"
+        "cli.Pipeline.generate_each = exhausted\n"
+        "cli.main(sys.argv[1:])\n"
+    )
+    arguments = ["a cube", "--model", str(tiny_sdexport_dir), "--out", str(out / "x.png"), *FAST]
+    done = subprocess.run(
+        [sys.executable, "-c", script, *arguments], capture_output=True, text=True, timeout=60
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert done.returncode == 1 and len(errors) == 1 and "ran out of memory" in errors[0], done.stderr
+    assert "Traceback" not in done.stderr and not list(out.iterdir())
+
+
 def test_bool_outputs_are_refused_in_process() -> None:
     graph = Graph("unet", _session(_cast_to(TensorProto.BOOL)))
     feeds = {
