@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from sdrun.errors import SettingsError
+
 if TYPE_CHECKING:  # imported where timed: loading it is part of what a benchmark measures
     from sdrun.pipeline import Pipeline, StepCallback
 
@@ -115,8 +117,14 @@ def sampler_seconds_per_step(sampler: str, schedule: Any, steps: int, latent_sha
 
 
 def write_json(report: Report, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+    """The report as JSON at `path`; a path that cannot be written is a one-line SettingsError."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
+    except OSError as error:
+        raise SettingsError(
+            f"cannot write {path}: {error.strerror or error}; choose another --json"
+        ) from error
 
 
 BENCH_PROMPT = "a photograph of an astronaut riding a horse"

@@ -21,14 +21,13 @@ from sdrun.png_info import read_png_settings, save_png
 from sdrun.providers import PROVIDER_CHOICES
 from sdrun.samplers import SAMPLERS
 from sdrun.serve.config import DEFAULT_MAX_WORK
-from sdrun.settings import ImageSettings
+from sdrun.settings import MAX_SEED, ImageSettings, check_seed, random_seed
 
 # Where `sdexport build` puts the model that ships with the project.
 DEFAULT_MODEL_DIR = Path("exported") / "tiny-shapes"
 DEFAULT_OUT = "sdrun-{seed}.png"
 # Shown in --help; a model folder may carry defaults of its own (see sdrun.defaults).
 _SD = GenerationDefaults()
-_SEED_RANGE = 2**32
 
 
 class _PromptFirstGroup(click.Group):
@@ -69,6 +68,10 @@ def _reported(command: Callable[..., None]) -> Callable[..., None]:
                 command(*args, **kwargs)
             except SdrunError as error:
                 raise click.ClickException(str(error)) from None
+            except MemoryError:  # numpy's allocations too, not only onnxruntime's (sdrun.graphs)
+                raise click.ClickException(
+                    "sdrun ran out of memory: choose a smaller size or fewer images, or add --low-memory"
+                ) from None
 
     return run
 
@@ -100,8 +103,9 @@ def _open_pipeline(
 @click.option("--overwrite", is_flag=True, help="Replace output files that exist (else they are refused).")
 @click.option(
     "--seed",
-    type=click.IntRange(min=0),
-    help="Seed of the first image (image i gets seed + i). Random when not given.",
+    type=click.IntRange(min=0, max=MAX_SEED),
+    help="Seed of the first image (image i gets seed + i, each within the web UI's 32-bit range). Random "
+    "when not given.",
 )
 @click.option(
     "--steps",
@@ -241,7 +245,8 @@ def generate(
     recorded = read_png_settings(from_png) if from_png is not None else None
     arguments = _settings_from_options(prompt, recorded, init_image, overrides)
     # The seeds name the files, and every file is checked before any work starts.
-    arguments.setdefault("seed", int(np.random.default_rng().integers(_SEED_RANGE)))
+    seed = arguments.get("seed")
+    arguments["seed"] = random_seed(num_images) if seed is None else check_seed(seed, num_images)
     paths = output_paths(out, [arguments["seed"] + index for index in range(num_images)])
     check_outputs(paths, overwrite)
     model_is_default = ctx.get_parameter_source("model") == click.core.ParameterSource.DEFAULT
@@ -280,7 +285,7 @@ def generate(
     with _ProgressBar(enabled=not quiet) as progress:
         generated = pipeline.generate_each(num_images=num_images, callback=progress.update, **arguments)
         for made, path in zip(generated, paths, strict=False):
-            save_png(made.image, path, made.settings)
+            save_png(made.image, path, made.settings, overwrite=overwrite)
             progress.echo(f"Wrote {path}")
 
 

@@ -22,3 +22,21 @@ class SettingsError(SdrunError):
 
 class GraphOutputError(SdrunError):
     """A graph returned values that cannot make a picture: NaN or infinite, or of the wrong shape."""
+
+
+class GraphRunError(SdrunError):
+    """onnxruntime could not run a graph on the inputs sdrun gave it (a graph that cannot take them, or
+    memory it cannot allocate)."""
+
+
+# Long enough to recognise a value, short enough that a 60 KB prompt or sampler field stays one line.
+QUOTED_CHARACTERS = 80
+
+
+def quoted(value: object) -> str:
+    """`value` as an error message quotes it: repr() of at most QUOTED_CHARACTERS of its text, with "..."
+    when cut (a stranger's value would otherwise make a message as long as itself)."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= QUOTED_CHARACTERS:
+        return repr(value)
+    return f"{text[:QUOTED_CHARACTERS]!r}..."

@@ -9,8 +9,18 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state
 
-from sdrun.errors import GraphOutputError, ModelFolderError
+from sdrun.errors import GraphOutputError, GraphRunError, ModelFolderError
+
+# What InferenceSession.run raises when a graph cannot run on its inputs (Fail, InvalidArgument,
+# RuntimeException, ...): each onnxruntime release has its own set of these classes, so take them all.
+_ONNXRUNTIME_ERRORS = tuple(
+    kind
+    for kind in vars(onnxruntime_pybind11_state).values()
+    if isinstance(kind, type) and issubclass(kind, Exception)
+)
+_MESSAGE_CHARACTERS = 200  # onnxruntime's messages run to kilobytes with shapes and node names
 
 _ONNX_TO_NUMPY = {
     "tensor(float)": np.float32,
@@ -85,8 +95,7 @@ class Graph:
         if self.session is None:
             raise RuntimeError(f"the {self.component} session was released; open the graph again")
         arrays = {node.name: np.asarray(value, dtype=node.dtype, order="C") for node, value in feeds.items()}
-        (result,) = self.session.run([output or self.output_names[0]], arrays)
-        result = np.asarray(result)
+        result = self._run_session(output or self.output_names[0], arrays)
         if shape is not None and (
             result.ndim != len(shape)
             or any(want not in (None, got) for want, got in zip(shape, result.shape, strict=True))
@@ -96,8 +105,13 @@ class Graph:
                 f"the {self.component} graph returned shape {list(result.shape)}, not {expected}; "
                 "the model folder is not a working Stable Diffusion export"
             )
-        if not np.issubdtype(result.dtype, np.floating):
+        if np.issubdtype(result.dtype, np.integer):
             return result
+        if not np.issubdtype(result.dtype, np.floating):
+            raise GraphOutputError(
+                f"the {self.component} graph returned {result.dtype} values, not numbers; "
+                "the model folder is not a working Stable Diffusion export"
+            )
         result = result.astype(np.float32)
         if not np.isfinite(result).all():
             raise GraphOutputError(
@@ -105,3 +119,27 @@ class Graph:
                 "(the model's weights or its settings are broken: try another guidance scale or model folder)"
             )
         return result
+
+    def _run_session(self, output: str, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """One output of the session, onnxruntime's failures as one line naming the graph and the fix."""
+        assert self.session is not None
+        try:
+            (result,) = self.session.run([output], arrays)
+        except MemoryError as error:
+            raise GraphRunError(
+                f"the {self.component} graph ran out of memory; choose a smaller size or fewer images, or "
+                "add --low-memory"
+            ) from error
+        except _ONNXRUNTIME_ERRORS as error:
+            message = " ".join(str(error).split())
+            if len(message) > _MESSAGE_CHARACTERS:
+                message = message[:_MESSAGE_CHARACTERS] + "..."
+            fix = (
+                "choose a smaller size or fewer images, or add --low-memory"
+                if "alloc" in message.lower()
+                else "export the model folder again (sdexport build), or use another one"
+            )
+            raise GraphRunError(
+                f"onnxruntime could not run the {self.component} graph ({message}); {fix}"
+            ) from error
+        return np.asarray(result)

@@ -28,7 +28,7 @@ from PIL import Image
 
 from sdrun.config_values import real_number, whole_number, whole_numbers
 from sdrun.defaults import VAE_CHOICES, GenerationDefaults
-from sdrun.errors import GraphOutputError, ModelFolderError, SdrunError, SettingsError
+from sdrun.errors import GraphOutputError, ModelFolderError, SdrunError, SettingsError, quoted
 from sdrun.folder import ModelFolder, open_model_folder
 from sdrun.folder_layout import GRAPH_FILE, TINY_VAE_DECODER, TINY_VAE_ENCODER
 from sdrun.graphs import Graph
@@ -56,7 +56,7 @@ from sdrun.providers import ProviderRequest, create_session, provider_name, requ
 from sdrun.samplers import KnownLatents, first_step, make_sampler, sample
 from sdrun.samplers.prediction import Model
 from sdrun.schedule import NoiseSchedule, ScheduleError
-from sdrun.settings import ImageSettings
+from sdrun.settings import ImageSettings, check_seed, random_seed
 from sdrun.stopping import StopSignal
 from sdrun.tiled_vae import decode_tiled
 from sdrun.tokenizer import CLIPTokenizer, TokenizerError
@@ -64,7 +64,6 @@ from sdrun.tokenizer import CLIPTokenizer, TokenizerError
 # callback(step, total, latents) after each sampler step; returning True stops the run.
 StepCallback = Callable[[int, int, np.ndarray], bool | None]
 FALLBACK_SIZE = 512
-_SEED_RANGE = 2**32
 # A UNet sample_size above this (2048 pixels for SD's VAE) is not a Stable Diffusion config.
 MAX_SAMPLE_SIZE = 256
 # Automatic tiled VAE decoding above this many image pixels: a whole 768x768 decode already holds
@@ -135,16 +134,16 @@ class GeneratedImage:
 def _whole(value: object, name: str, low: int) -> int:
     """An integral setting (numpy integers too; bools are not numbers here)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-        raise SettingsError(f"{name} must be a whole number >= {low}, not {value!r}")
+        raise SettingsError(f"{name} must be a whole number >= {low}, not {quoted(value)}")
     return int(value)
 
 
 def _finite(value: object, name: str, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise SettingsError(f"{name} must be a number, not {value!r}")
+        raise SettingsError(f"{name} must be a number, not {quoted(value)}")
     if not (math.isfinite(value) and low <= value <= high):
         raise SettingsError(
-            f"{name} {value!r} is out of range: give a finite number from {low:g} to {high:g}"
+            f"{name} {quoted(value)} is out of range: give a finite number from {low:g} to {high:g}"
         )
     return float(value)
 
@@ -224,6 +223,7 @@ class Pipeline:
         self.closed = False
 
         self.limits = limits
+        _check_token_length(tokenizer, folder.config("text_encoder"))
         decoder_config = folder.config("vae_decoder")
         where = "vae_decoder/config.json"
         self.latent_scale = real_number(decoder_config, "scaling_factor", where, 0.0, 1e3, open_low=True)
@@ -327,7 +327,10 @@ class Pipeline:
         return pipeline
 
     def _open_graph(self, component: str) -> Graph:
-        """A session on `component`'s graph, wrapped as the network it is."""
+        """A session on `component`'s graph, wrapped as the network it is; refused once the pipeline is
+        closed (every stage method opens its graph through here, so none reopens a released session)."""
+        if self.closed:
+            raise SdrunError("this pipeline is closed: load the model folder again to use it")
         session = _create_session(self.folder, component, self._providers, self.memory)
         if self.provider is None:
             self.provider = provider_name(session)
@@ -540,6 +543,11 @@ class Pipeline:
         a SettingsError here is the one that call would raise. A server calls it before queueing a job."""
         if mask is not None and init_image is None:
             raise SettingsError("a mask marks what to repaint in an init image: give the init image too")
+        for what, given in (("init image", init_image), ("mask", mask)):
+            if given is not None and not isinstance(given, Image.Image | str | Path):
+                raise SettingsError(
+                    f"the {what} must be a PIL image or a file path, not {type(given).__name__}"
+                )
         if not isinstance(overlay, bool):
             raise SettingsError(f"overlay must be True or False, not {overlay!r}")
         mask_blur = _whole(mask_blur, "mask blur", 0)
@@ -567,7 +575,7 @@ class Pipeline:
         strength = _finite(defaults.strength if strength is None else strength, "strength", 0.0, 1.0)
         num_images = _whole(num_images, "the number of images", 1)
         self.limits.check_counts(num_images, steps)
-        seed = int(np.random.default_rng().integers(_SEED_RANGE)) if seed is None else _whole(seed, "seed", 0)
+        seed = random_seed(num_images) if seed is None else check_seed(seed, num_images)
         image = None
         if init_image is not None:
             image = open_image(init_image, self.limits.max_init_pixels)
@@ -837,6 +845,19 @@ class Pipeline:
             yield latents, stopped
             if stopped:
                 return
+
+
+def _check_token_length(tokenizer: CLIPTokenizer, encoder_config: dict[str, Any]) -> None:
+    """Refuse a tokenizer whose model_max_length the text encoder has no positions for: it would fail
+    inside onnxruntime at the first prompt instead of when the folder opens."""
+    where = "text_encoder/config.json"
+    positions = whole_number(encoder_config, "max_position_embeddings", where, 1, 2**20, None)
+    if positions is not None and tokenizer.max_length > positions:
+        raise ModelFolderError(
+            f"tokenizer/tokenizer_config.json: model_max_length {tokenizer.max_length} is more than the "
+            f"{positions} positions of the text encoder ({where}); set it to {positions} or export the "
+            "model folder again"
+        )
 
 
 def _vae_graphs(folder: ModelFolder, vae: str) -> tuple[str, str]:

@@ -24,9 +24,10 @@ from pathlib import Path
 
 from PIL import Image, PngImagePlugin
 
-from sdrun.errors import SettingsError
+from sdrun.errors import SettingsError, quoted
+from sdrun.outputs import place_file
 from sdrun.samplers import a1111_names, sampler_for_a1111
-from sdrun.settings import ImageSettings
+from sdrun.settings import MAX_SEED, ImageSettings
 
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt:"
@@ -125,19 +126,28 @@ def _closing_quote(line: str, opening: int) -> int:
 
 def _integer(pairs: dict[str, str], key: str) -> int:
     if not _WHOLE.fullmatch(pairs[key]):
-        raise SettingsError(f"parameters field {key}: {pairs[key][:40]!r} is not a whole number")
+        raise SettingsError(f"parameters field {key}: {quoted(pairs[key])} is not a whole number")
     return int(pairs[key])
+
+
+def _seed(pairs: dict[str, str]) -> int:
+    seed = _integer(pairs, "Seed")
+    if seed > MAX_SEED:
+        raise SettingsError(
+            f"parameters field Seed: {seed} is above {MAX_SEED}, the largest seed sdrun takes"
+        )
+    return seed
 
 
 def _float(pairs: dict[str, str], key: str) -> float:
     if not _DECIMAL.fullmatch(pairs[key]):
-        raise SettingsError(f"parameters field {key}: {pairs[key][:40]!r} is not a number")
+        raise SettingsError(f"parameters field {key}: {quoted(pairs[key])} is not a number")
     return float(pairs[key])
 
 
 def _switch(pairs: dict[str, str], key: str) -> bool:
     if pairs[key] not in ("on", "off"):
-        raise SettingsError(f"parameters field {key}: {pairs[key][:40]!r} is not on or off")
+        raise SettingsError(f"parameters field {key}: {quoted(pairs[key])} is not on or off")
     return pairs[key] == "on"
 
 
@@ -168,14 +178,14 @@ def parse_parameters(text: str) -> ImageSettings:
         (negative_lines if in_negative else prompt_lines).append(line)
     size = _SIZE.fullmatch(pairs["Size"])
     if size is None:
-        raise SettingsError(f"parameters field Size: {pairs['Size'][:40]!r} is not WIDTHxHEIGHT")
+        raise SettingsError(f"parameters field Size: {quoted(pairs['Size'])} is not WIDTHxHEIGHT")
     return ImageSettings(
         prompt="\n".join(prompt_lines),
         negative_prompt="\n".join(negative_lines),
         steps=_integer(pairs, "Steps"),
         sampler=sampler_for_a1111(pairs["Sampler"], pairs.get("Schedule type")),
         guidance_scale=_float(pairs, "CFG scale"),
-        seed=_integer(pairs, "Seed"),
+        seed=_seed(pairs),
         width=int(size.group(1)),
         height=int(size.group(2)),
         model=pairs.get("Model", ""),
@@ -186,11 +196,15 @@ def parse_parameters(text: str) -> ImageSettings:
     )
 
 
-def save_png(image: Image.Image, path: str | Path, settings: ImageSettings) -> None:
+def save_png(
+    image: Image.Image, path: str | Path, settings: ImageSettings, *, overwrite: bool = False
+) -> None:
     """Write `image` as a PNG carrying its settings (a tEXt chunk, or iTXt when the text is not Latin-1).
 
-    The file is written under a temporary name beside `path` and renamed into place, so a full disk or
-    an interruption leaves no half-written picture; a failure is a one-line SettingsError."""
+    The file is written under a temporary name beside `path` and then given its name, so a full disk or
+    an interruption leaves no half-written picture; a failure is a one-line SettingsError. The name is
+    taken only if free at that moment (sdrun.outputs.place_file): a file, link or dangling link that
+    appeared at `path` while the picture was made is kept and refused, unless `overwrite`."""
     path = Path(path)
     info = PngImagePlugin.PngInfo()
     info.add_text(PARAMETERS_KEY, format_parameters(settings))
@@ -203,13 +217,11 @@ def save_png(image: Image.Image, path: str | Path, settings: ImageSettings) -> N
         with os.fdopen(handle, "wb") as file:
             image.save(file, format="PNG", pnginfo=info)
         os.chmod(partial, 0o666 & ~_umask())
-        os.replace(partial, path)
+        place_file(Path(partial), path, overwrite)
     except OSError as error:
-        Path(partial).unlink(missing_ok=True)
         raise SettingsError(f"cannot write {path}: {error.strerror or error}; nothing was written") from error
-    except BaseException:
+    finally:
         Path(partial).unlink(missing_ok=True)
-        raise
 
 
 def _umask() -> int:

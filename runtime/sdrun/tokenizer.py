@@ -127,6 +127,10 @@ class CLIPTokenizer:
         # transformers writes a huge sentinel (1e30) when a tokenizer has no length of its own.
         if not isinstance(max_length, int) or isinstance(max_length, bool) or max_length > 1_000_000:
             max_length = CLIP_CONTEXT_LENGTH
+        if max_length < 3:  # a prompt needs the start and end tokens and one of its own
+            raise TokenizerError(
+                f"model_max_length {max_length} in tokenizer_config.json leaves no room for a prompt"
+            )
         return cls(vocab, merges, special_tokens, max_length, added_tokens)
 
     def tokenize(self, prompts: Sequence[str]) -> TokenizedPrompts:

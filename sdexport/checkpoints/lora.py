@@ -1,4 +1,4 @@
-"""LoRA files merged into the weights before export, so the exported graphs are those of a plain model.
+r"""LoRA files merged into the weights before export, so the exported graphs are those of a plain model.
 
 A LoRA (Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models", eq. 3) adds to a layer's
 weight W (out x in) a product of rank r: W' = W + scale * (alpha / r) * B A, with B the "up" matrix
@@ -15,6 +15,19 @@ Two layouts are read, each as diffusers' `load_lora_weights` + `fuse_lora` reads
   names with `.lora_A.weight` / `.lora_B.weight` (or the older `.lora.down` / `.lora_linear_layer.down`
   forms); alpha from the `lora_adapter_metadata` that diffusers writes into the .safetensors header
   (`lora_alpha`, `alpha_pattern`), else alpha = r, as diffusers assumes.
+
+peft reads `alpha_pattern` keys as regular expressions matched against the end of a module name
+(`re.match(rf"(.*\.)?({key})$", name)`, the first key in order that matches wins). A LoRA file is a
+stranger's, and such a key can hang the matcher (`([^!]+)+!`) or not compile (`(`), so here a key is a
+literal module name or a dotted suffix of one (`key == name` or `name.endswith("." + key)`, first match in
+order): the keys diffusers writes (module names such as `down_blocks.1.attentions.0.proj_in`) resolve as
+peft resolves them, and a key with any character a module name cannot hold is refused, not guessed at.
+`rank_pattern` is not read: the ranks are the tensors' own shapes.
+
+Every value that enters the merge is checked: tensors finite, alpha a finite number, the user's scale
+finite and within +-MAX_SCALE, and no update able to move a weight by more than MAX_CHANGE (bounded without
+computing it: |scale| |alpha| max|B| max|A|, since the 1/r and the sum over r cancel), so the merged
+weights are finite and a broken file is refused here instead of as a NaN in validation.
 
 Layer names are resolved against the model's own layers, each known by its original name and by its
 diffusers name (from the one module table of `diffusers_layout`). A file is merged whole or not at all:
@@ -63,6 +76,14 @@ _OTHER_ADAPTERS = {
 # Cross-attention widths of other families, told from the LoRA of a UNet's attn2.to_k.
 _OTHER_CONTEXT_WIDTHS = {2048: "an SDXL LoRA", 1024: "an SD 2.x LoRA"}
 _SDXL_NAMES = ("lora_te1_", "lora_te2_", "text_encoder_2.")
+# Strengths people use run from about -2 to 2 (slider LoRAs go to +-10); 100 is far beyond any of them and
+# keeps scale * delta finite.
+MAX_SCALE = 100.0
+# The largest change a merge may make to one weight value: real updates change weights by well under 1, and
+# a change beyond this is a broken file, not a style (it also keeps float32 weights finite).
+MAX_CHANGE = 1e6
+# What a module name (and so a literal alpha_pattern key) is made of.
+_MODULE_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*")
 
 
 @dataclass(frozen=True)
@@ -120,9 +141,16 @@ def parse_lora_option(text: str) -> LoraSpec:
                 f"--lora {text}: the scale {tail!r} is not a number (FILE:SCALE, e.g. :0.8)"
             )
         return LoraSpec(Path(text))
-    if not math.isfinite(scale):
-        raise CheckpointError(f"--lora {text}: the scale must be a finite number (FILE:SCALE, e.g. :0.8)")
+    _check_scale(scale, f"--lora {text}")
     return LoraSpec(Path(path), scale)
+
+
+def _check_scale(scale: float, where: str) -> None:
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not abs(scale) <= MAX_SCALE:
+        raise CheckpointError(
+            f"{where}: the scale must be a finite number from -{MAX_SCALE:g} to {MAX_SCALE:g} "
+            "(FILE:SCALE, e.g. :0.8)"
+        )
 
 
 def merge_loras(model: StableDiffusion, specs: Sequence[LoraSpec]) -> list[dict[str, Any]]:
@@ -146,6 +174,7 @@ def read_lora(spec: LoraSpec, model: StableDiffusion) -> Lora:
     adapter, a LoRA for another family, tensors that map onto no layer, and shapes that do not fit.
     """
     path = spec.path
+    _check_scale(spec.scale, f"LoRA {path}")
     try:
         if not path.is_file():
             raise CheckpointError("no such file")
@@ -163,6 +192,8 @@ def read_lora(spec: LoraSpec, model: StableDiffusion) -> Lora:
                 f"{_few(list(tensors))}"
             )
         _check_shapes(updates, model)
+        for update in updates:
+            _check_values(update, spec.scale)
     except CheckpointError as error:
         raise CheckpointError(f"LoRA {path}: {error}") from None
     return Lora(spec, layout, updates)
@@ -215,7 +246,7 @@ def _kohya_updates(tensors: Mapping[str, Any], names: Mapping[str, Mapping[str, 
         if layer is None or down is None or up is None:
             unmatched += [f"{name}.{part}" for part in parts]
             continue
-        alpha = float(parts["alpha"]) if "alpha" in parts else float(down.shape[0])
+        alpha = _alpha(parts["alpha"], f"{name}.alpha") if "alpha" in parts else float(down.shape[0])
         updates.append(LayerUpdate(layer, down, up, alpha))
     _refuse_unmatched(unmatched, len(tensors))
     return updates
@@ -286,12 +317,49 @@ def _adapter_config(metadata: Mapping[str, Any], component: str) -> dict[str, An
 
 
 def _peft_alpha(config: Mapping[str, Any], module: str, rank: int) -> float:
-    """The layer's alpha as peft resolves it: the first `alpha_pattern` key that ends its name (peft's
-    `get_pattern_key`), else `lora_alpha`, else the rank (diffusers' assumption without metadata)."""
-    for pattern, alpha in (config.get("alpha_pattern") or {}).items():
-        if re.match(rf"(.*\.)?({pattern})$", module):
-            return float(alpha)
-    return float(config.get("lora_alpha", rank))
+    """The layer's alpha as peft resolves it: the first `alpha_pattern` key naming the module or a dotted
+    suffix of its name (literally: see the module docstring), else `lora_alpha`, else the rank (diffusers'
+    assumption without metadata)."""
+    patterns = config.get("alpha_pattern") or {}
+    if not isinstance(patterns, dict):
+        raise CheckpointError(f"its alpha_pattern is {type(patterns).__name__}, not a JSON object")
+    for key, alpha in patterns.items():
+        if not _MODULE_NAME.fullmatch(key):
+            raise CheckpointError(
+                f"its alpha_pattern key {key[:80]!r} is not a module name: sdexport matches these keys as "
+                "module names or dotted suffixes of them, never as regular expressions"
+            )
+        if module == key or module.endswith("." + key):
+            return _alpha(alpha, f"alpha_pattern[{key!r}]")
+    if "lora_alpha" in config:
+        return _alpha(config["lora_alpha"], "lora_alpha")
+    return float(rank)
+
+
+def _alpha(value: object, where: str) -> float:
+    """An alpha from a file (a number, or a tensor of one value), refused unless finite."""
+    if isinstance(value, Tensor):
+        value = value.item() if value.numel() == 1 else None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        shown = repr(value)[:80] if value is not None else "a tensor of several values"
+        raise CheckpointError(f"its {where} is {shown}, not a finite number; the file is broken")
+    return float(value)
+
+
+def _check_values(update: LayerUpdate, scale: float) -> None:
+    """Refuse non-finite tensors, and an update that could move a weight by more than MAX_CHANGE."""
+    largest = []
+    for role, tensor in (("down", update.down), ("up", update.up)):
+        values = tensor.detach().float()
+        if not torch.isfinite(values).all():
+            raise CheckpointError(f"its {role} tensor of {update.layer} holds NaN or infinite values")
+        largest.append(float(values.abs().max()) if values.numel() else 0.0)
+    bound = abs(scale) * abs(update.alpha) * largest[0] * largest[1]
+    if not bound <= MAX_CHANGE:
+        raise CheckpointError(
+            f"its update of {update.layer} at scale {scale:g} could change a weight by up to {bound:.3g}, "
+            f"beyond the {MAX_CHANGE:g} of any working LoRA; the file (or the scale) is broken"
+        )
 
 
 def _check_shapes(updates: Sequence[LayerUpdate], model: StableDiffusion) -> None:

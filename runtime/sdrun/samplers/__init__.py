@@ -21,7 +21,7 @@ from typing import Protocol
 import numpy as np
 
 from sdrun import a1111
-from sdrun.errors import SettingsError
+from sdrun.errors import SettingsError, quoted
 from sdrun.samplers.consistency import LCM, TCD, distillation_steps
 from sdrun.samplers.discrete import DDIM, DDPM
 from sdrun.samplers.dpm_solver import DPMSolverPP2M
@@ -160,8 +160,8 @@ def a1111_names(sampler: str) -> tuple[str, str]:
 
 
 def check_sampler_name(name: str) -> None:
-    if name not in SAMPLERS:
-        raise SamplerError(f"unknown sampler {name!r}: choose one of {', '.join(SAMPLERS)}")
+    if not isinstance(name, str) or name not in SAMPLERS:
+        raise SamplerError(f"unknown sampler {quoted(name)}: choose one of {', '.join(SAMPLERS)}")
 
 
 def check_strength(strength: float) -> None:

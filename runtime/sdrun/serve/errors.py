@@ -13,7 +13,14 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
-from sdrun.errors import GraphOutputError, ModelFolderError, ProviderError, SdrunError, SettingsError
+from sdrun.errors import (
+    GraphOutputError,
+    GraphRunError,
+    ModelFolderError,
+    ProviderError,
+    SdrunError,
+    SettingsError,
+)
 from sdrun.serve.jobs import ClientDisconnectedError, QueueFullError, ServerStoppingError
 
 log = logging.getLogger("sdrun.serve")
@@ -26,6 +33,7 @@ _LIBRARY_STATUS: tuple[tuple[type[SdrunError], int], ...] = (
     (ModelFolderError, 503),
     (ProviderError, 503),
     (GraphOutputError, 500),
+    (GraphRunError, 500),
     (SdrunError, 400),
 )
 # nginx's "client closed request": logged and counted, never read by the client that left.

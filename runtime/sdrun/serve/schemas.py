@@ -13,8 +13,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sdrun.inpaint import DEFAULT_MASK_BLUR
 from sdrun.limits import MAX_GUIDANCE, MAX_PROMPT_CHARACTERS
 from sdrun.serve.config import MAX_IMAGES_PER_REQUEST, MAX_STEPS_PER_REQUEST
+from sdrun.settings import MAX_SEED  # one seed range for every adapter
 
-MAX_SEED = 2**32 - 1
 MAX_SIDE = 8192  # the pixel limit (sdrun.limits) bounds the area; this only bounds each number
 
 
