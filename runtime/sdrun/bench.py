@@ -187,8 +187,8 @@ def bench_folder(
         embeddings = timed(
             stage, lambda: pipeline.encode_prompt(BENCH_PROMPT, BENCH_NEGATIVE, BENCH_GUIDANCE), repeats + 1
         )
-    latent_side = size // pipeline.vae_factor
-    shape = (1, pipeline.latent_channels, latent_side, latent_side)
+    latent_side = size // pipeline.facts.vae_factor
+    shape = (1, pipeline.facts.latent_channels, latent_side, latent_side)
     latents = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
     with pipeline.sessions.use("unet"):
         model = pipeline.guided_model(embeddings, BENCH_GUIDANCE)
@@ -201,7 +201,7 @@ def bench_folder(
         for _ in range(repeats):  # a loop of `steps` steps each; microseconds, so the best of a few
             stage.seconds.append(sampler_seconds_per_step(BENCH_SAMPLER, pipeline.schedule, steps, shape))
     with report.stage("VAE decode (1 image)") as stage:
-        timed(stage, lambda: pipeline.decode(latents * pipeline.latent_scale), repeats)
+        timed(stage, lambda: pipeline.decode(latents * pipeline.facts.latent_scale), repeats)
     log(f"VAE decode {stage.best:.3f} s")
     if full:
         with report.stage(f"generation, {steps} steps", note=BENCH_SAMPLER) as stage:

@@ -21,7 +21,7 @@ from sdrun.png_info import read_png_settings, save_png
 from sdrun.providers import PROVIDER_CHOICES
 from sdrun.samplers import SAMPLERS
 from sdrun.serve.config import DEFAULT_MAX_WORK
-from sdrun.settings import MAX_SEED, ImageSettings, check_seed, random_seed
+from sdrun.settings import MAX_SEED, GenerationSettings, ImageSettings, check_seed, random_seed
 
 # Where `sdexport build` puts the model that ships with the project.
 DEFAULT_MODEL_DIR = Path("exported") / "tiny-shapes"
@@ -243,11 +243,12 @@ def generate(
     if low_memory and fast:
         raise click.UsageError("--low-memory and --fast pull opposite ways: choose one")
     recorded = read_png_settings(from_png) if from_png is not None else None
-    arguments = _settings_from_options(prompt, recorded, init_image, overrides)
+    options = {**overrides, "num_images": num_images, "init_image": init_image}
+    settings = _settings_from_options(prompt, recorded, options)
     # The seeds name the files, and every file is checked before any work starts.
-    seed = arguments.get("seed")
-    arguments["seed"] = random_seed(num_images) if seed is None else check_seed(seed, num_images)
-    paths = output_paths(out, [arguments["seed"] + index for index in range(num_images)])
+    seed = random_seed(num_images) if settings.seed is None else check_seed(settings.seed, num_images)
+    settings = settings.but(seed=seed)
+    paths = output_paths(out, [seed + index for index in range(num_images)])
     check_outputs(paths, overwrite)
     model_is_default = ctx.get_parameter_source("model") == click.core.ParameterSource.DEFAULT
     pipeline = _open_pipeline(
@@ -269,10 +270,10 @@ def generate(
         )
         if recorded is not None and recorded.model and recorded.model != pipeline.folder.name:
             click.echo(f"Note: {from_png} was made with model {recorded.model!r}", err=True)
-        if recorded is not None and recorded.clip_skip != pipeline.clip_skip:
+        if recorded is not None and recorded.clip_skip != pipeline.facts.clip_skip:
             click.echo(
                 f"Note: {from_png} was made with Clip skip {recorded.clip_skip}, this model folder has "
-                f"{pipeline.clip_skip} (`sdexport build --clip-skip` sets it)",
+                f"{pipeline.facts.clip_skip} (`sdexport build --clip-skip` sets it)",
                 err=True,
             )
         if low_memory and pipeline.folder.facts.quantization != "int8-compact":
@@ -283,7 +284,7 @@ def generate(
             )
 
     with _ProgressBar(enabled=not quiet) as progress:
-        generated = pipeline.generate_each(num_images=num_images, callback=progress.update, **arguments)
+        generated = pipeline.generate_each(settings, callback=progress.update)
         for made, path in zip(generated, paths, strict=False):
             save_png(made.image, path, made.settings, overwrite=overwrite)
             progress.echo(f"Wrote {path}")
@@ -434,49 +435,27 @@ def serve(
 
 
 def _settings_from_options(
-    prompt: str | None, recorded: ImageSettings | None, init_image: str | None, overrides: dict[str, Any]
-) -> dict[str, Any]:
-    """generate() keyword arguments: the recorded settings (if any), then the options given."""
-    base: dict[str, Any] = {"negative_prompt": ""}
-    if recorded is not None:
-        if recorded.strength is not None and init_image is None:
-            raise SettingsError(
-                f"the PNG was made from an init image (denoising strength {recorded.strength}); "
-                "pass that image with --init-image"
-            )
-        base.update(
-            prompt=recorded.prompt,
-            negative_prompt=recorded.negative_prompt,
-            steps=recorded.steps,
-            sampler=recorded.sampler,
-            guidance_scale=recorded.guidance_scale,
-            seed=recorded.seed,
-            width=recorded.width,
-            height=recorded.height,
-        )
-        if recorded.strength is not None:
-            base["strength"] = recorded.strength
-        if recorded.mask_blur is not None:
-            if overrides["mask"] is None:
-                raise SettingsError(
-                    f"the PNG was inpainted with a mask (mask blur {recorded.mask_blur}); pass that mask "
-                    "with --mask"
-                )
-            base["mask_blur"] = recorded.mask_blur
-            base["overlay"] = recorded.overlay
-    elif prompt is None:
-        raise SettingsError('give a prompt (sdrun "a prompt") or --from-png IMAGE')
-    if init_image is None and overrides["strength"] is not None:
-        raise SettingsError("--strength applies to image-to-image only: give --init-image too")
-    if overrides["mask"] is not None and init_image is None:
-        raise SettingsError("--mask marks what to repaint in an init image: give --init-image too")
-    if overrides["mask"] is None and overrides["mask_blur"] is not None:
-        raise SettingsError("--mask-blur applies to inpainting only: give --mask too")
+    prompt: str | None, recorded: ImageSettings | None, overrides: dict[str, Any]
+) -> GenerationSettings:
+    """The call's settings: the recorded ones (if any), then the options given."""
     renamed = {"guidance": "guidance_scale", "negative": "negative_prompt"}
     given = {renamed.get(key, key): value for key, value in overrides.items() if value is not None}
     if prompt is not None:
         given["prompt"] = prompt
-    return {**base, **given, "init_image": init_image}
+    if recorded is None:
+        if prompt is None:
+            raise SettingsError('give a prompt (sdrun "a prompt") or --from-png IMAGE')
+        return GenerationSettings().but(**given)
+    if recorded.strength is not None and "init_image" not in given:
+        raise SettingsError(
+            f"the PNG was made from an init image (denoising strength {recorded.strength}); "
+            "pass that image with --init-image"
+        )
+    if recorded.mask_blur is not None and "mask" not in given:
+        raise SettingsError(
+            f"the PNG was inpainted with a mask (mask blur {recorded.mask_blur}); pass that mask with --mask"
+        )
+    return GenerationSettings.from_image(recorded, **given)
 
 
 class _ProgressBar:

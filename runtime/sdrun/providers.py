@@ -10,7 +10,7 @@ from typing import Any
 
 import onnxruntime as ort
 
-from sdrun.errors import ProviderError
+from sdrun.errors import ModelFolderError, ProviderError
 from sdrun.folder_layout import ManifestFacts
 from sdrun.openvino import OPENVINO, check_folder, inference_precision, provider_options, runs_whole
 
@@ -80,19 +80,26 @@ def _preload_cuda_libraries() -> None:
 def create_session(
     path: Path, request: ProviderRequest, options: ort.SessionOptions | None = None
 ) -> ort.InferenceSession:
-    """A session on the first requested provider that works; for a strict request, only on the first.
+    """A session on the first requested provider that works; for a strict request, only on the first. A
+    graph onnxruntime cannot load is a one-line ModelFolderError.
 
     onnxruntime-gpu lists CUDA as available even where its CUDA libraries fail to load, and then quietly
     runs on the CPU, so a strict request checks the session's own providers.
     """
     options = options or ort.SessionOptions()
     options.log_severity_level = _LOG_ERRORS_ONLY
-    session = ort.InferenceSession(
-        str(path),
-        sess_options=options,
-        providers=list(request.providers),
-        provider_options=[request.options.get(name, {}) for name in request.providers],
-    )
+    try:
+        session = ort.InferenceSession(
+            str(path),
+            sess_options=options,
+            providers=list(request.providers),
+            provider_options=[request.options.get(name, {}) for name in request.providers],
+        )
+    except Exception as error:  # onnxruntime raises its own classes for unreadable or invalid graphs
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelFolderError(
+            f"onnxruntime cannot load {path}: {first_line}; export the model folder again"
+        ) from error
     wanted = request.providers[0]
     if request.strict and session.get_providers()[0] != wanted:
         raise ProviderError(

@@ -1,8 +1,15 @@
-"""The settings that made one image: what the PNG records and what reproduces it."""
+"""The settings of a generation: `GenerationSettings`, what one call asks for (the one object that the CLI,
+both HTTP APIs, `--from-png` and library callers build), and `ImageSettings`, what made one image (what the
+PNG records and what reproduces it).
+"""
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from sdrun.errors import SettingsError, quoted
 
@@ -53,3 +60,63 @@ class ImageSettings:
     overlay: bool = True
     # The model folder's CLIP skip (fixed when it was built), recorded as the web UI records it.
     clip_skip: int = 1
+
+
+# An init image or a mask: a picture, or the path of its file.
+ImageSource = Image.Image | str | Path
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Every setting one generation call can give. None means the model folder's: its generation defaults
+    (sdrun.defaults) for steps, guidance scale, sampler and strength, the UNet's sample size (or the init
+    image's size) for width and height, a random seed, and a mask blur of
+    sdrun.inpaint.DEFAULT_MASK_BLUR pixels. `Pipeline.prepare` checks and completes them into a
+    GenerationRequest; `Pipeline.generate_each` says what each does.
+    """
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int | None = None
+    guidance_scale: float | None = None
+    sampler: str | None = None
+    seed: int | None = None
+    width: int | None = None
+    height: int | None = None
+    num_images: int = 1
+    init_image: ImageSource | None = None
+    strength: float | None = None
+    mask: ImageSource | None = None
+    mask_blur: int | None = None
+    overlay: bool = True
+
+    def but(self, **changes: Any) -> "GenerationSettings":
+        """These settings with `changes`; a name that is not a setting is a SettingsError naming them."""
+        unknown = set(changes) - set(SETTING_NAMES)
+        if unknown:
+            raise SettingsError(
+                f"unknown setting {quoted(sorted(unknown)[0])}: the settings are {', '.join(SETTING_NAMES)}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_image(cls, recorded: "ImageSettings", **changes: Any) -> "GenerationSettings":
+        """The settings that make `recorded`'s image again (its init image and mask, which a PNG does not
+        carry, come in `changes`, with anything else to change)."""
+        made = cls(
+            prompt=recorded.prompt,
+            negative_prompt=recorded.negative_prompt,
+            steps=recorded.steps,
+            guidance_scale=recorded.guidance_scale,
+            sampler=recorded.sampler,
+            seed=recorded.seed,
+            width=recorded.width,
+            height=recorded.height,
+            strength=recorded.strength,
+            mask_blur=recorded.mask_blur,
+            overlay=recorded.overlay,
+        )
+        return made.but(**changes)
+
+
+SETTING_NAMES = tuple(field.name for field in dataclasses.fields(GenerationSettings))

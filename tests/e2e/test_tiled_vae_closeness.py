@@ -42,7 +42,7 @@ def latents(whole: Pipeline) -> np.ndarray:
     for top in range(0, SIDE, tile):
         for left in range(0, SIDE, tile):
             mosaic.paste(drawings[rng.integers(len(drawings))], (left, top))
-    return whole.encode_image(mosaic).mean * whole.latent_scale
+    return whole.encode_image(mosaic).mean * whole.facts.latent_scale
 
 
 def _levels(whole_image: Image.Image, other: Image.Image) -> tuple[float, float]:
@@ -69,12 +69,13 @@ def test_tiled_decode_is_close_to_the_whole(tiny_folder: Path, whole: Pipeline, 
 def _decode_with(
     whole: Pipeline, latents: np.ndarray, decoder: Callable, tile: int, overlap: int
 ) -> Image.Image:
-    return from_pixels(decode_tiled(decoder, latents / whole.latent_scale, whole.vae_factor, tile, overlap))
+    facts = whole.facts
+    return from_pixels(decode_tiled(decoder, latents / facts.latent_scale, facts.vae_factor, tile, overlap))
 
 
 def test_the_bounds_refuse_broken_tiling(whole: Pipeline, latents: np.ndarray) -> None:
     (reference,) = whole.decode(latents)
-    decode = whole.sessions.get(whole.vae_decoder)
+    decode = whole.sessions.get(whole.facts.vae_decoder)
     assert isinstance(decode, VaeDecoderGraph)
     misplaced = _decode_with(
         whole, latents, lambda tile: decode.decode(np.roll(tile, 1, axis=3)), DEFAULT_TILE, 8

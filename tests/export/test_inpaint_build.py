@@ -118,7 +118,7 @@ def sdrun_trajectory(folder: Path) -> list[np.ndarray]:
     """sdrun's latents after each step of one inpainting call on `folder`."""
     trajectory: list[np.ndarray] = []
     with Pipeline.load(folder, provider="cpu") as pipeline:
-        assert pipeline.inpainting
+        assert pipeline.facts.inpainting
         pipeline.generate(
             PROMPT,
             NEGATIVE,

@@ -181,7 +181,7 @@ def test_checksum_failure_error(folder_copy: Path) -> None:
     [
         (["--init-image", "missing.png"], "cannot read init image missing.png"),
         (["--init-image", "{init}", "--strength", "1.5"], "strength 1.5 is out of range"),
-        (["--strength", "0.5"], "--strength applies to image-to-image only"),
+        (["--strength", "0.5"], "strength applies to image-to-image only: give an init image too"),
         (["--height", "100"], "height 100 is not a positive multiple of 16"),
         (["--width", "4096", "--height", "8"], "height 8 is not a positive multiple of 16"),
         (["--sampler", "heun"], "Invalid value for '--sampler'"),

@@ -36,7 +36,7 @@ def plain(tiny_sdexport_dir: Path) -> Pipeline:
 @pytest.fixture(scope="module")
 def inpainting(inpainting_sdexport_dir: Path) -> Pipeline:
     pipeline = Pipeline.load(inpainting_sdexport_dir, provider="cpu")
-    assert pipeline.inpainting
+    assert pipeline.facts.inpainting
     return pipeline
 
 
@@ -191,12 +191,12 @@ CLI_REFUSALS = [
     (
         "--mask without --init-image",
         ["--mask", "{mask.png}"],
-        "--mask marks what to repaint in an init image",
+        "a mask marks what to repaint in an init image",
     ),
     (
         "--mask-blur without --mask",
         ["--init-image", "{init.png}", "--mask-blur", "4"],
-        "--mask-blur applies to inpainting only",
+        "a mask blur applies to inpainting only",
     ),
     (
         "negative --mask-blur",

@@ -47,7 +47,7 @@ def models(request: pytest.FixtureRequest) -> tuple[StableDiffusionInpaintPipeli
     folder = request.getfixturevalue("inpainting_sdexport_dir" if inpainting else "tiny_sdexport_dir")
     reference = StableDiffusionInpaintPipeline.from_pretrained(source).to(torch.float32)
     pipeline = Pipeline.load(folder, provider="cpu")
-    assert pipeline.inpainting == inpainting
+    assert pipeline.facts.inpainting == inpainting
     return reference, pipeline
 
 

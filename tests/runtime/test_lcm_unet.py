@@ -26,7 +26,8 @@ from optimum.onnxruntime import ORTDiffusionPipeline, ORTLatentConsistencyModelP
 
 from sdrun.cli import main
 from sdrun.errors import ModelFolderError
-from sdrun.pipeline import NegativePromptIgnoredWarning, Pipeline
+from sdrun.pipeline import Pipeline
+from sdrun.request import NegativePromptIgnoredWarning
 
 PROMPT = "a red cube on a wooden table, studio light"
 COND_DIM = 32

@@ -122,8 +122,8 @@ def _feeds(folder: Path) -> dict[str, np.ndarray]:
     pictures of the model's size."""
     pipeline = Pipeline.load(folder, provider="cpu")
     rng = np.random.default_rng(0)
-    size = pipeline.default_size
-    side, channels = size // pipeline.vae_factor, pipeline.latent_channels
+    size = pipeline.facts.default_size
+    side, channels = size // pipeline.facts.vae_factor, pipeline.facts.latent_channels
     context_dim = json.loads((folder / "unet" / "config.json").read_text())["cross_attention_dim"]
     return {
         "text_encoder/input_ids": pipeline.tokenizer.encode([PROMPT, ""]),

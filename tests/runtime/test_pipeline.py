@@ -103,8 +103,8 @@ def test_image_i_of_a_batch_is_the_single_image_of_seed_plus_i(pipeline: Pipelin
 
 def test_noise_is_drawn_in_the_documented_order(pipeline: Pipeline) -> None:
     """From default_rng(seed): (img2img: the VAE sample's noise,) the starting noise, then the sampler's."""
-    size = pipeline.default_size
-    shape = (1, pipeline.latent_channels, size // 8, size // 8)
+    size = pipeline.facts.default_size
+    shape = (1, pipeline.facts.latent_channels, size // 8, size // 8)
     init_image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (size, size, 3), dtype=np.uint8))
     result = pipeline.generate(
         PROMPT, steps=4, seed=7, sampler="euler_a", init_image=init_image, strength=0.5
@@ -120,7 +120,7 @@ def test_noise_is_drawn_in_the_documented_order(pipeline: Pipeline) -> None:
         steps=4,
         guidance_scale=7.5,
         sampler="euler_a",
-        init_latents=init_latents * pipeline.latent_scale,
+        init_latents=init_latents * pipeline.facts.latent_scale,
         strength=0.5,
     )
     np.testing.assert_array_equal(_pixels(result.images[0]), _pixels(pipeline.decode(latents)[0]))

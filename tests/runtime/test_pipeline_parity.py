@@ -100,7 +100,7 @@ def _init_image(size: int) -> Image.Image:
 
 @pytest.mark.parametrize("sampler", DETERMINISTIC_SAMPLERS)
 def test_text_to_image_matches_diffusers(reference, sdrun_pipeline: Pipeline, sampler: str) -> None:
-    noise = _noise(sdrun_pipeline.latent_channels)
+    noise = _noise(sdrun_pipeline.facts.latent_channels)
     their_latents = _reference_latents(reference, sampler, noise)
     theirs = _decoded(reference, their_latents)
 
@@ -149,11 +149,11 @@ def test_image_to_image_matches_diffusers(reference, sdrun_pipeline: Pipeline, s
     theirs = _decoded(reference, their_latents)
 
     generator = torch.Generator().manual_seed(seed)
-    shape = (1, sdrun_pipeline.latent_channels, size // 8, size // 8)
+    shape = (1, sdrun_pipeline.facts.latent_channels, size // 8, size // 8)
     vae_noise = randn_tensor(shape, generator=generator).numpy()
     start_noise = randn_tensor(shape, generator=generator).numpy()
     distribution = sdrun_pipeline.encode_image(load_rgb(open_image(init_image, 10**6), init_image.size))
-    init_latents = distribution.sample(vae_noise) * sdrun_pipeline.latent_scale
+    init_latents = distribution.sample(vae_noise) * sdrun_pipeline.facts.latent_scale
     embeddings = sdrun_pipeline.encode_prompt(PROMPT, NEGATIVE, GUIDANCE)
     latents = sdrun_pipeline.denoise(
         embeddings,

@@ -107,14 +107,15 @@ def test_vae_tiny_decodes_the_latents_with_taesd(tiny_vae_folder: Path, referenc
 
 def test_image_to_image_encodes_with_taesd(tiny_vae_folder: Path, reference) -> None:
     pipeline = Pipeline.load(tiny_vae_folder, "cpu", vae="tiny")
-    assert (pipeline.vae_decoder, pipeline.vae_encoder) == ("vae_decoder_tiny", "vae_encoder_tiny")
+    facts = pipeline.facts
+    assert (facts.vae_decoder, facts.vae_encoder) == ("vae_decoder_tiny", "vae_encoder_tiny")
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 256, (64, 48, 3), dtype=np.uint8))
     distribution = pipeline.encode_image(image)
     with torch.no_grad():
         expected = reference.encode(torch.from_numpy(to_pixels(image))).latents.numpy()
     assert not distribution.std.any()  # one point: TAESD's latent, in vae_decoder's units
-    np.testing.assert_allclose(distribution.mean * pipeline.latent_scale, expected, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(distribution.mean * facts.latent_scale, expected, atol=1e-4, rtol=1e-4)
     result = pipeline.generate(PROMPT, init_image=image, strength=0.5, **SETTINGS)
     assert result.images[0].size == (48, 64)
 
@@ -124,7 +125,7 @@ def test_folder_defaults_choose_the_vae_and_a_missing_tiny_encoder_falls_back(
 ) -> None:
     copy = _copy_with_manifest(tiny_vae_folder, tmp_path / "copy", without="vae_encoder_tiny", vae="tiny")
     pipeline = Pipeline.load(copy, "cpu")
-    assert (pipeline.vae_decoder, pipeline.vae_encoder) == ("vae_decoder_tiny", "vae_encoder")
+    assert (pipeline.facts.vae_decoder, pipeline.facts.vae_encoder) == ("vae_decoder_tiny", "vae_encoder")
     assert Pipeline.load(copy, "cpu", vae="full").vae_decoder == "vae_decoder"
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Request
 
 from sdrun.errors import SettingsError
-from sdrun.inpaint import DEFAULT_MASK_BLUR, mask_channel
+from sdrun.inpaint import mask_channel
 from sdrun.pipeline import GeneratedImage
 from sdrun.png_info import format_parameters
 from sdrun.samplers import a1111_names
@@ -33,6 +33,7 @@ from sdrun.serve.schemas import (
     A1111State,
     A1111Txt2ImgRequest,
 )
+from sdrun.settings import GenerationSettings
 
 router = APIRouter(prefix="/sdapi/v1")
 ServedModels = Annotated[Models, Depends(served_models)]
@@ -48,20 +49,20 @@ def _model(body: A1111Txt2ImgRequest) -> str | None:
     return override
 
 
-def _settings(body: A1111Txt2ImgRequest) -> dict[str, Any]:
-    """`generate_each` keyword arguments; what the body leaves out, the library takes from the model."""
+def _settings(body: A1111Txt2ImgRequest) -> GenerationSettings:
+    """The body's settings; what it leaves out, the library takes from the model."""
     sampler = body.sampler_name or body.sampler_index
-    return {
-        "prompt": body.prompt,
-        "negative_prompt": body.negative_prompt,
-        "seed": None if body.seed is None or body.seed == -1 else body.seed,
-        "steps": body.steps,
-        "guidance_scale": body.cfg_scale,
-        "sampler": sampler_for(sampler, body.scheduler),
-        "width": body.width,
-        "height": body.height,
-        "num_images": body.batch_size * body.n_iter,
-    }
+    return GenerationSettings(
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        seed=None if body.seed is None or body.seed == -1 else body.seed,
+        steps=body.steps,
+        guidance_scale=body.cfg_scale,
+        sampler=sampler_for(sampler, body.scheduler),
+        width=body.width,
+        height=body.height,
+        num_images=body.batch_size * body.n_iter,
+    )
 
 
 async def _response(
@@ -111,17 +112,13 @@ async def txt2img(body: A1111Txt2ImgRequest, request: Request, models: ServedMod
 async def img2img(body: A1111Img2ImgRequest, request: Request, models: ServedModels) -> A1111ImagesResponse:
     model = _model(body)
     limit = models.get(model).pipeline.limits.max_init_pixels
-    settings = {
-        **_settings(body),
-        "init_image": await image_from_base64(body.init_images[0], "init_images[0]", limit),
-        "strength": body.denoising_strength,
-    }
+    init_image = await image_from_base64(body.init_images[0], "init_images[0]", limit)
+    settings = _settings(body).but(init_image=init_image, strength=body.denoising_strength)
     if body.mask is not None:
         mask = await image_from_base64(body.mask, "mask", limit, "mask")
         if body.inpainting_mask_invert:
             mask = await inverted_mask(mask, mask_channel)
-        blur = DEFAULT_MASK_BLUR if body.mask_blur is None else body.mask_blur
-        settings.update(mask=mask, mask_blur=blur)
+        settings = settings.but(mask=mask, mask_blur=body.mask_blur)
     images, interrupted = await run_job(request, models, model, settings)
     return await _response(body, images, interrupted)
 

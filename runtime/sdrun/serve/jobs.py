@@ -1,8 +1,9 @@
 """One bounded queue per model, and the thread that runs its jobs one at a time.
 
-A request becomes a `Job` (the `Pipeline.generate_each` keyword arguments); `ModelWorker.submit` queues it
-or, when `queue_depth` jobs already wait, refuses it at once with `QueueFullError` (HTTP 429), so that a
-burst never hangs connections. The worker runs each job with a progress hook that records where it is
+A request becomes a `Job` (the request `Pipeline.prepare` made of its settings); `ModelWorker.submit`
+queues it or, when `queue_depth` jobs already wait, refuses it at once with `QueueFullError` (HTTP 429),
+so that a burst never hangs connections. The worker runs each job with a progress hook that records
+where it is
 (for A1111's progress route) and the job's StopSignal (sdrun.stopping): a client that disconnects cancels
 its job before the next UNet pass, VAE pass or tile (nothing is decoded for it), and `interrupt()` ends the
 sampling before the next UNet pass and answers with the images made so far.
@@ -20,11 +21,11 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from sdrun.errors import SdrunError, SettingsError
 from sdrun.pipeline import GeneratedImage, Pipeline
 from sdrun.progress import Progress
+from sdrun.request import GenerationRequest
 from sdrun.stopping import StopSignal
 
 log = logging.getLogger("sdrun.serve")
@@ -58,9 +59,9 @@ class ClientDisconnectedError(Exception):
 
 @dataclass
 class Job:
-    """One request's generation: its settings, its result, and where it is."""
+    """One request's generation: its prepared request, its result, and where it is."""
 
-    settings: dict[str, Any]
+    request: GenerationRequest
     future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
     stop: StopSignal = field(default_factory=StopSignal)
     progress: Progress | None = None
@@ -110,10 +111,10 @@ class ModelWorker:
     def waiting(self) -> int:
         return self._queue.qsize()
 
-    def submit(self, settings: dict[str, Any]) -> Job:
+    def submit(self, request: GenerationRequest) -> Job:
         if self._stopping:
             raise ServerStoppingError
-        job = Job(settings)
+        job = Job(request)
         try:
             self._queue.put_nowait(job)
         except queue.Full:
@@ -171,7 +172,7 @@ class ModelWorker:
             self.running, job.started = job, time.perf_counter()
             try:
                 images = list(
-                    self.pipeline.generate_each(**job.settings, progress=job.on_progress, stop=job.stop)
+                    self.pipeline.generate_each(job.request, progress=job.on_progress, stop=job.stop)
                 )
             except Exception as error:  # every failure goes back to the request, which maps it to a status
                 job.answer(error=error)

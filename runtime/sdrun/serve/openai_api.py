@@ -12,7 +12,7 @@ transparency has no such meaning and is refused.
 
 import re
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from PIL import Image
@@ -34,6 +34,7 @@ from sdrun.serve.schemas import (
     OpenAIModelList,
     OpenAISettings,
 )
+from sdrun.settings import GenerationSettings
 
 router = APIRouter(prefix="/v1")
 ServedModels = Annotated[Models, Depends(served_models)]
@@ -52,24 +53,24 @@ def _size(size: str | None) -> tuple[int | None, int | None]:
     return int(match.group(1)), int(match.group(2))
 
 
-def _settings(body: OpenAISettings) -> dict[str, Any]:
-    """`generate_each` keyword arguments; what the body leaves out, the library takes from the model."""
+def _settings(body: OpenAISettings) -> GenerationSettings:
+    """The body's settings; what it leaves out, the library takes from the model."""
     if body.response_format == "url":
         raise SettingsError(
             'response_format "url" is not served (this server keeps no images): ask for b64_json'
         )
     width, height = _size(body.size)
-    return {
-        "prompt": body.prompt,
-        "negative_prompt": body.negative_prompt,
-        "num_images": body.n,
-        "width": width,
-        "height": height,
-        "seed": body.seed,
-        "steps": body.steps,
-        "guidance_scale": body.guidance_scale,
-        "sampler": sampler_for(body.sampler),
-    }
+    return GenerationSettings(
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        num_images=body.n,
+        width=width,
+        height=height,
+        seed=body.seed,
+        steps=body.steps,
+        guidance_scale=body.guidance_scale,
+        sampler=sampler_for(body.sampler),
+    )
 
 
 async def _response(images: list[GeneratedImage]) -> OpenAIImagesResponse:
@@ -115,10 +116,10 @@ async def edits(request: Request, models: ServedModels) -> OpenAIImagesResponse:
         )
         limit = models.get(body.model).pipeline.limits.max_init_pixels
         image = await image_from_bytes(await uploads[0].read(), "image", limit)
-        settings = {**_settings(body), "init_image": image, "strength": body.strength}
+        settings = _settings(body).but(init_image=image, strength=body.strength)
         if mask_upload is not None:
             mask = await image_from_bytes(await mask_upload.read(), "mask", limit, "mask")
-            settings.update(mask=await _repaint_where_transparent(mask), mask_blur=body.mask_blur)
+            settings = settings.but(mask=await _repaint_where_transparent(mask), mask_blur=body.mask_blur)
     images, _ = await run_job(request, models, body.model, settings)
     return await _response(images)
 
