@@ -1,7 +1,8 @@
 """Diffusers folders: `unet/`, `vae/`, `text_encoder/` (config.json + weights) and `scheduler/`.
 
-The configs come from the folder's JSON files and the weights go through the one key mapping of
-`diffusers_layout` into the original layout, where they are checked and built like a single file.
+The configs come from the folder's JSON files (read by `diffusers_configs`) and the weights go through
+the one key mapping of `diffusers_weights` into the original layout, where they are checked and built
+like a single file.
 """
 
 import json
@@ -10,13 +11,13 @@ from typing import Any
 
 from torch import Tensor
 
-from sdexport.checkpoints.diffusers_layout import (
-    diffusers_to_original,
+from sdexport.checkpoints.diffusers_configs import (
     schedule_from_diffusers,
     text_encoder_config_from_diffusers,
     unet_config_from_diffusers,
     vae_config_from_diffusers,
 )
+from sdexport.checkpoints.diffusers_weights import diffusers_to_original
 from sdexport.checkpoints.errors import CheckpointError
 from sdexport.checkpoints.family import UNET_IN_CHANNELS, unsupported
 from sdexport.checkpoints.tensor_files import read_sharded, read_tensor_file

@@ -30,7 +30,7 @@ computing it: |scale| |alpha| max|B| max|A|, since the 1/r and the sum over r ca
 weights are finite and a broken file is refused here instead of as a NaN in validation.
 
 Layer names are resolved against the model's own layers, each known by its original name and by its
-diffusers name (from the one module table of `diffusers_layout`). A file is merged whole or not at all:
+diffusers name (from the one module table of `diffusers_weights`). A file is merged whole or not at all:
 any tensor that lands on no layer, or on one of another shape, refuses the file.
 """
 
@@ -46,11 +46,12 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from sdexport.checkpoints.diffusers_layout import COMPONENT_PREFIXES, module_map
+from sdexport.checkpoints.diffusers_weights import module_map
 from sdexport.checkpoints.errors import CheckpointError
 from sdexport.checkpoints.tensor_files import SAFETENSORS_SUFFIX, read_tensor_file
 from sdexport.checkpoints.weights import _few
 from sdexport.models import StableDiffusion
+from sdexport.models.stable_diffusion import COMPONENT_PREFIXES
 from sdrun.folder import sha256_of
 
 _COMPONENTS = ("unet", "text_encoder")

@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor
 
-from sdexport.checkpoints.diffusers_layout import DIFFUSERS_VERSION
+from sdexport.checkpoints.diffusers_configs import DIFFUSERS_VERSION
 from sdexport.checkpoints.errors import CheckpointError
 from sdexport.checkpoints.tensor_files import read_tensor_file
 from sdexport.models.taesd import TAESD, TAESDConfig

@@ -11,6 +11,7 @@ from torch import Tensor
 from sdexport.checkpoints.errors import CheckpointError
 from sdexport.models import OpenCLIPTextConfig, StableDiffusion, StableDiffusionConfig
 from sdexport.models.open_clip import unused_keys
+from sdexport.models.stable_diffusion import COMPONENT_PREFIXES, OPEN_CLIP_PREFIX
 
 # Buffers of the original LatentDiffusion's noise schedule (DDPM.register_schedule) and its log-variance.
 _SCHEDULE_BUFFERS = frozenset(
@@ -31,7 +32,7 @@ _SCHEDULE_BUFFERS = frozenset(
     }
 )
 # CLIP's position ids: a buffer in transformers (saved by older versions), computed in our model.
-_POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
+_POSITION_IDS = COMPONENT_PREFIXES["text_encoder"] + "text_model.embeddings.position_ids"
 
 
 def is_unused_entry(key: str) -> bool:
@@ -135,7 +136,7 @@ def build_model(
     Raises CheckpointError naming the first missing, unexpected and mis-shaped tensors.
     """
     if isinstance(config.text_encoder, OpenCLIPTextConfig):
-        unused = set(unused_keys(list(state), config.text_encoder, "cond_stage_model.model."))
+        unused = set(unused_keys(list(state), config.text_encoder, OPEN_CLIP_PREFIX))
         state = {key: tensor for key, tensor in state.items() if key not in unused}
     check_sizes(state, config, config_source)
     # Built on the meta device: every parameter is then taken from `state`, none initialised in vain.

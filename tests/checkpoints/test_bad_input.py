@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from sdexport.checkpoints import CheckpointError, load_model, save_original, write_config_yaml
-from sdexport.checkpoints.diffusers_layout import unet_config_to_diffusers
+from sdexport.checkpoints.diffusers_configs import unet_config_to_diffusers
 from sdexport.models import StableDiffusion, StableDiffusionConfig, UNetConfig
 
 UNET = "model.diffusion_model."
