@@ -47,9 +47,8 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from sdexport.checkpoints.diffusers_weights import module_map
-from sdexport.checkpoints.errors import CheckpointError
+from sdexport.checkpoints.errors import CheckpointError, first_names
 from sdexport.checkpoints.tensor_files import SAFETENSORS_SUFFIX, read_tensor_file
-from sdexport.checkpoints.weights import _few
 from sdexport.models import StableDiffusion
 from sdexport.models.stable_diffusion import COMPONENT_PREFIXES
 from sdrun.folder import sha256_of
@@ -190,7 +189,7 @@ def read_lora(spec: LoraSpec, model: StableDiffusion) -> Lora:
         else:
             raise CheckpointError(
                 "holds no LoRA tensors (lora_unet_*, lora_te_*, unet.*, text_encoder.*), only "
-                f"{_few(list(tensors))}"
+                f"{first_names(list(tensors))}"
             )
         _check_shapes(updates, model)
         for update in updates:
@@ -411,5 +410,5 @@ def _refuse_unmatched(unmatched: list[str], total: int) -> None:
     if unmatched:
         raise CheckpointError(
             f"{len(unmatched)} of its {total} tensors map onto no layer of this SD 1.x model "
-            f"({_few(sorted(unmatched))}); nothing was merged"
+            f"({first_names(sorted(unmatched))}); nothing was merged"
         )

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sdexport.checkpoints.errors import CheckpointError
+from sdexport.checkpoints.errors import CheckpointError, first_names
 from sdexport.models import OpenCLIPTextConfig, StableDiffusion, StableDiffusionConfig
 from sdexport.models.open_clip import unused_keys
 from sdexport.models.stable_diffusion import COMPONENT_PREFIXES, OPEN_CLIP_PREFIX
@@ -124,10 +124,6 @@ def check_sizes(state: Mapping[str, Tensor], config: StableDiffusionConfig, conf
         )
 
 
-def _few(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-
 def build_model(
     state: Mapping[str, Tensor], config: StableDiffusionConfig, config_source: str
 ) -> StableDiffusion:
@@ -151,7 +147,7 @@ def build_model(
         if key in state and tuple(state[key].shape) != shape
     ]
     problems = [
-        f"{len(names)} {kind}: {_few(names)}"
+        f"{len(names)} {kind}: {first_names(names)}"
         for kind, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
         if names
     ]
