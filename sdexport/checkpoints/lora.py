@@ -34,7 +34,6 @@ diffusers name (from the one module table of `diffusers_weights`). A file is mer
 any tensor that lands on no layer, or on one of another shape, refuses the file.
 """
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -48,6 +47,7 @@ from torch import Tensor, nn
 
 from sdexport.checkpoints.diffusers_weights import module_map
 from sdexport.checkpoints.errors import CheckpointError, first_names
+from sdexport.checkpoints.json_files import parse_json_text
 from sdexport.checkpoints.tensor_files import SAFETENSORS_SUFFIX, read_tensor_file
 from sdexport.models import StableDiffusion
 from sdexport.models.stable_diffusion import COMPONENT_PREFIXES
@@ -294,10 +294,7 @@ def _adapter_metadata(path: Path) -> dict[str, Any]:
         return {}
     with safe_open(str(path), framework="pt") as file:
         raw = (file.metadata() or {}).get(_ADAPTER_METADATA)
-    try:
-        metadata = json.loads(raw) if raw else {}
-    except json.JSONDecodeError:
-        raise CheckpointError(f"its header's {_ADAPTER_METADATA} is not JSON") from None
+    metadata = parse_json_text(raw, f"its header's {_ADAPTER_METADATA}") if raw else {}
     if not isinstance(metadata, dict):
         raise CheckpointError(f"its header's {_ADAPTER_METADATA} is not a JSON object")
     return metadata

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from sdexport.checkpoints.clip_vocabulary import build_vocab, read_merges
+from sdexport.checkpoints.json_files import read_json_object
 from sdexport.export.errors import BuildError
 from sdrun.folder_layout import (
     END_TOKEN,
@@ -73,9 +74,10 @@ def add_tokens(folder: Path, tokens: dict[str, int]) -> None:
     and `save_pretrained` put them (tokenizer_config.json's added_tokens_decoder), so that sdrun,
     transformers and optimum read them alike. Their ids must continue the folder's own."""
     config_path = folder / TOKENIZER_CONFIG_FILE
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    # The folder may hold the tokenizer that a diffusers source carried: read it bounded.
+    config = read_json_object(config_path, f"{folder.name}/{TOKENIZER_CONFIG_FILE}")
     decoder = config.setdefault("added_tokens_decoder", {})
-    vocab = json.loads((folder / VOCAB_FILE).read_text(encoding="utf-8"))
+    vocab = read_json_object(folder / VOCAB_FILE, f"{folder.name}/{VOCAB_FILE}")
     size = max([*vocab.values(), *(int(token_id) for token_id in decoder)]) + 1
     if sorted(tokens.values()) != list(range(size, size + len(tokens))):
         raise BuildError(

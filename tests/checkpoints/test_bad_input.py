@@ -165,6 +165,25 @@ def test_diffusers_folder_with_unsupported_setting(tmp_path: Path) -> None:
     assert "resnet_time_scale_shift='scale_shift'" in load_error(folder)
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"in_channels": 1e999}', "the number 1e999 is out of range"),
+        ('{"in_channels": ' + "9" * 100 + "}", "an integer of 100 digits"),
+        ('{"in_channels": NaN}', "NaN is not a number"),
+        ("[" * 100_000 + "]" * 100_000, "nests too deeply"),
+        (" " * 16 * 2**20 + "{}", "is over 16 MiB"),
+    ],
+)
+def test_diffusers_folder_with_hostile_config(tmp_path: Path, text: str, expected: str) -> None:
+    """A stranger's config.json is read bounded, as sdrun reads a model folder's: refused by name."""
+    folder = diffusers_folder(tmp_path, UNetConfig())
+    (folder / "unet" / "config.json").write_text(text)
+    message = load_error(folder)
+    assert "unet/config.json" in message and expected in message
+    assert message.endswith("get the model again from its publisher")
+
+
 def test_diffusers_folder_without_weights(tmp_path: Path) -> None:
     folder = diffusers_folder(tmp_path, UNetConfig())
     assert "vae/config.json is missing" in load_error(folder)
