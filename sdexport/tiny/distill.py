@@ -49,11 +49,12 @@ from sdexport.tiny.train import (
     latent_shape_masks,
     shipped_tokenizer,
 )
+from sdrun.samplers.consistency import SIGMA_DATA, TIMESTEP_SCALING
+from sdrun.schedule import SD1_SCHEDULE
 
-# LCMScheduler's defaults: the DDIM skeleton of 50 steps, and the scalings' sigma_data and time scale.
-SKELETON_STEPS = 50
-SIGMA_DATA = 0.5
-TIMESTEP_SCALING = 10.0
+# LCMScheduler's defaults, as sdrun's lcm sampler takes them: the DDIM skeleton of 50 steps, and the
+# scalings' sigma_data and time scale.
+SKELETON_STEPS = SD1_SCHEDULE["original_inference_steps"]
 HUBER_C = 0.001
 # What distill_lcm trains: adapters of rank lora_rank, or the whole UNet, shipped at rank lora_rank.
 LCM_WEIGHTS = ("lora", "unet")
