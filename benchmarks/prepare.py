@@ -38,7 +38,7 @@ def random_diffusers_pipeline(folder: Path, tiny: bool) -> None:
     import transformers
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-    from sdexport.checkpoints.diffusers_layout import (
+    from sdexport.checkpoints.diffusers_configs import (
         scheduler_config_to_diffusers,
         text_encoder_config_to_diffusers,
         unet_config_to_diffusers,

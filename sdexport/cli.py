@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 
+from sdexport import embedded
 from sdexport.checkpoints import CheckpointError, load_model
 from sdexport.checkpoints.embeddings import EmbeddingSpec, add_embeddings, parse_embedding_option
 from sdexport.checkpoints.lora import LoraSpec, merge_loras, parse_lora_option
@@ -21,19 +22,12 @@ from sdexport.export.folder import (
 from sdexport.export.inspect_folder import describe_folder
 from sdexport.export.manifest import read_manifest
 from sdexport.export.onnx_export import DEFAULT_OPSET
-from sdexport.tiny.distill import LORA_FILE, TAESD_FILE
 from sdrun.defaults import VAE_CHOICES
 from sdrun.errors import SdrunError
 from sdrun.folder import check_manifest
 from sdrun.samplers import SAMPLERS
 
-# The model shipped inside the package (trained by `python -m sdexport.tiny.train`), its config file
-# `tiny-shapes.yaml` beside it, and its few-step student (an LCM-LoRA and a tiny decoder, distilled by
-# `python -m sdexport.tiny.distill`); `sdexport build` with no SOURCE builds both.
-EMBEDDED_DIR = Path(__file__).parent / "embedded"
-EMBEDDED_CHECKPOINT = EMBEDDED_DIR / "tiny-shapes.safetensors"
-STUDENT_LORA = EMBEDDED_DIR / LORA_FILE
-STUDENT_TINY_VAE = EMBEDDED_DIR / TAESD_FILE
+# The embedded model's student is built beside it under this suffix (`sdexport build` with no SOURCE).
 STUDENT_SUFFIX = "-lcm"
 # What the student was distilled for: the teacher's guidance is in its weights, so one UNet pass a step.
 STUDENT_DEFAULTS = {"sampler": "lcm", "steps": 4, "guidance_scale": 1.0, "vae": "tiny"}
@@ -210,14 +204,14 @@ def build(
     )
     builds = [_Build(source, output, options, loras, tiny_vae, embeddings)]
     if source is None:
-        if not EMBEDDED_CHECKPOINT.is_file():
+        if not embedded.CHECKPOINT.is_file():
             raise click.ClickException(
-                f"the embedded model {EMBEDDED_CHECKPOINT} is missing (train it with "
+                f"the embedded model {embedded.CHECKPOINT} is missing (train it with "
                 "`python -m sdexport.tiny.train --out sdexport/embedded`); or give a SOURCE checkpoint"
             )
-        builds = [_Build(EMBEDDED_CHECKPOINT, output, options, loras, tiny_vae, embeddings)]
+        builds = [_Build(embedded.CHECKPOINT, output, options, loras, tiny_vae, embeddings)]
         changed = loras or tiny_vae or defaults or embeddings or clip_skip > 1
-        if not changed and STUDENT_LORA.is_file() and STUDENT_TINY_VAE.is_file():
+        if not changed and embedded.STUDENT_LORA.is_file() and embedded.STUDENT_TINY_VAE.is_file():
             builds.append(_student_build(output, options))
     try:
         for planned in builds:  # every option and target checked before the slow work starts
@@ -264,11 +258,11 @@ def _student_build(output: Path | None, options: BuildOptions) -> _Build:
     """The embedded model's few-step student, beside the teacher's folder."""
     student_output = None if output is None else output.with_name(output.name + STUDENT_SUFFIX)
     return _Build(
-        EMBEDDED_CHECKPOINT,
+        embedded.CHECKPOINT,
         student_output,
         replace(options, generation_defaults=STUDENT_DEFAULTS),
-        [parse_lora_option(str(STUDENT_LORA))],
-        (STUDENT_TINY_VAE,),
+        [parse_lora_option(str(embedded.STUDENT_LORA))],
+        (embedded.STUDENT_TINY_VAE,),
         [],
         STUDENT_SUFFIX,
     )

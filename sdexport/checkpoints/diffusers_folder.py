@@ -1,24 +1,25 @@
 """Diffusers folders: `unet/`, `vae/`, `text_encoder/` (config.json + weights) and `scheduler/`.
 
-The configs come from the folder's JSON files and the weights go through the one key mapping of
-`diffusers_layout` into the original layout, where they are checked and built like a single file.
+The configs come from the folder's JSON files (read by `diffusers_configs`) and the weights go through
+the one key mapping of `diffusers_weights` into the original layout, where they are checked and built
+like a single file.
 """
 
-import json
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
-from sdexport.checkpoints.diffusers_layout import (
-    diffusers_to_original,
+from sdexport.checkpoints.diffusers_configs import (
     schedule_from_diffusers,
     text_encoder_config_from_diffusers,
     unet_config_from_diffusers,
     vae_config_from_diffusers,
 )
+from sdexport.checkpoints.diffusers_weights import diffusers_to_original
 from sdexport.checkpoints.errors import CheckpointError
 from sdexport.checkpoints.family import UNET_IN_CHANNELS, unsupported
+from sdexport.checkpoints.json_files import read_json_object
 from sdexport.checkpoints.tensor_files import read_sharded, read_tensor_file
 from sdexport.checkpoints.weights import build_model, dtype_name, split_unused
 from sdexport.models import StableDiffusion, StableDiffusionConfig
@@ -44,16 +45,11 @@ def is_diffusers_folder(folder: Path) -> bool:
 
 
 def read_json(path: Path) -> dict[str, Any]:
+    """The JSON object of one of the folder's configs, read bounded (a folder may be a stranger's)."""
     name = f"{path.parent.name}/{path.name}"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{name} is missing") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"cannot read {name}: {error}") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{name} is not a JSON object")
-    return data
+    if not path.exists():
+        raise CheckpointError(f"{name} is missing")
+    return read_json_object(path, name)
 
 
 def _optional_json(path: Path) -> dict[str, Any]:

@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from sdexport.checkpoints.clip_vocabulary import END_OF_WORD, build_vocab, read_merges
 from sdexport.checkpoints.errors import CheckpointError
 from sdexport.checkpoints.tensor_files import read_tensor_file
-from sdexport.export.tokenizer_files import END_OF_WORD, build_vocab, read_merges
 from sdexport.models import StableDiffusion
 from sdrun.folder import sha256_of
 

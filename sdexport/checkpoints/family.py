@@ -5,8 +5,8 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from sdexport.checkpoints.diffusers_layout import COMPONENT_PREFIXES, OPEN_CLIP_PREFIX
 from sdexport.checkpoints.errors import CheckpointError
+from sdexport.models.stable_diffusion import COMPONENT_PREFIXES, OPEN_CLIP_PREFIX
 
 SUPPORTED = (
     "supported: Stable Diffusion 1.x (CLIP ViT-L text encoder) and 2.x (OpenCLIP ViT-H), with a 4-channel "

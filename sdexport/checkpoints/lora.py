@@ -30,11 +30,10 @@ computing it: |scale| |alpha| max|B| max|A|, since the 1/r and the sum over r ca
 weights are finite and a broken file is refused here instead of as a NaN in validation.
 
 Layer names are resolved against the model's own layers, each known by its original name and by its
-diffusers name (from the one module table of `diffusers_layout`). A file is merged whole or not at all:
+diffusers name (from the one module table of `diffusers_weights`). A file is merged whole or not at all:
 any tensor that lands on no layer, or on one of another shape, refuses the file.
 """
 
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -46,11 +45,12 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from sdexport.checkpoints.diffusers_layout import COMPONENT_PREFIXES, module_map
-from sdexport.checkpoints.errors import CheckpointError
+from sdexport.checkpoints.diffusers_weights import module_map
+from sdexport.checkpoints.errors import CheckpointError, first_names
+from sdexport.checkpoints.json_files import parse_json_text
 from sdexport.checkpoints.tensor_files import SAFETENSORS_SUFFIX, read_tensor_file
-from sdexport.checkpoints.weights import _few
 from sdexport.models import StableDiffusion
+from sdexport.models.stable_diffusion import COMPONENT_PREFIXES
 from sdrun.folder import sha256_of
 
 _COMPONENTS = ("unet", "text_encoder")
@@ -189,7 +189,7 @@ def read_lora(spec: LoraSpec, model: StableDiffusion) -> Lora:
         else:
             raise CheckpointError(
                 "holds no LoRA tensors (lora_unet_*, lora_te_*, unet.*, text_encoder.*), only "
-                f"{_few(list(tensors))}"
+                f"{first_names(list(tensors))}"
             )
         _check_shapes(updates, model)
         for update in updates:
@@ -294,10 +294,7 @@ def _adapter_metadata(path: Path) -> dict[str, Any]:
         return {}
     with safe_open(str(path), framework="pt") as file:
         raw = (file.metadata() or {}).get(_ADAPTER_METADATA)
-    try:
-        metadata = json.loads(raw) if raw else {}
-    except json.JSONDecodeError:
-        raise CheckpointError(f"its header's {_ADAPTER_METADATA} is not JSON") from None
+    metadata = parse_json_text(raw, f"its header's {_ADAPTER_METADATA}") if raw else {}
     if not isinstance(metadata, dict):
         raise CheckpointError(f"its header's {_ADAPTER_METADATA} is not a JSON object")
     return metadata
@@ -410,5 +407,5 @@ def _refuse_unmatched(unmatched: list[str], total: int) -> None:
     if unmatched:
         raise CheckpointError(
             f"{len(unmatched)} of its {total} tensors map onto no layer of this SD 1.x model "
-            f"({_few(sorted(unmatched))}); nothing was merged"
+            f"({first_names(sorted(unmatched))}); nothing was merged"
         )

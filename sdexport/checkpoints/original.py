@@ -10,12 +10,12 @@ import torch
 from safetensors.torch import save_file
 
 from sdexport.checkpoints.config_file import find_config, read_config_yaml, read_use_ema
-from sdexport.checkpoints.diffusers_layout import COMPONENT_PREFIXES
 from sdexport.checkpoints.errors import CheckpointError
 from sdexport.checkpoints.family import INPAINTING_IN_CHANNELS, SD1, detect_family
 from sdexport.checkpoints.tensor_files import SAFETENSORS_SUFFIX, read_tensor_file
 from sdexport.checkpoints.weights import build_model, dtype_name, split_unused
 from sdexport.models import StableDiffusion, StableDiffusionConfig, UNetConfig
+from sdexport.models.stable_diffusion import COMPONENT_PREFIXES
 
 _UNET = COMPONENT_PREFIXES["unet"]
 _CLIP = COMPONENT_PREFIXES["text_encoder"]

@@ -9,7 +9,6 @@ N is madebyollin's N + 1, while the encoder's indices agree. That renaming and t
 live here and nowhere else.
 """
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Any
 
 from torch import Tensor
 
-from sdexport.checkpoints.diffusers_layout import DIFFUSERS_VERSION
+from sdexport.checkpoints.diffusers_configs import DIFFUSERS_VERSION
 from sdexport.checkpoints.errors import CheckpointError
+from sdexport.checkpoints.json_files import read_json_object
 from sdexport.checkpoints.tensor_files import read_tensor_file
 from sdexport.models.taesd import TAESD, TAESDConfig
 
@@ -105,10 +105,7 @@ def _read_diffusers_folder(folder: Path) -> tuple[TAESDConfig, dict[str, dict[st
         raise CheckpointError(
             f"tiny VAE folder {folder} lacks {DIFFUSERS_CONFIG} or {DIFFUSERS_WEIGHTS[0]}; {_WHAT_TO_GIVE}"
         )
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"tiny VAE {config_path} is not JSON: {error}") from None
+    config = read_json_object(config_path, f"tiny VAE {config_path}")
     return _config_from_diffusers(config, config_path), diffusers_to_madebyollin(read_tensor_file(weights))
 
 

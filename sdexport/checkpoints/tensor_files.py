@@ -8,7 +8,6 @@ scalars) beside the weights; those few names are bound to an inert placeholder s
 the placeholder never reaches the weights.
 """
 
-import json
 import pickle
 import re
 import zipfile
@@ -19,6 +18,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from sdexport.checkpoints.errors import CheckpointError
+from sdexport.checkpoints.json_files import read_json_file
 
 PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -134,17 +134,7 @@ def read_sharded(index: Path) -> dict[str, Any]:
 
 def _read_weight_map(index: Path, where: str) -> dict[str, str]:
     """The index's `weight_map` (tensor name -> part file name), read within MAX_INDEX_BYTES."""
-    try:
-        with index.open("rb") as f:
-            raw = f.read(MAX_INDEX_BYTES + 1)
-    except OSError as error:
-        raise CheckpointError(f"cannot read {where}: {_first_line(error)}") from None
-    if len(raw) > MAX_INDEX_BYTES:
-        raise CheckpointError(f"{where} is over {MAX_INDEX_BYTES >> 20} MiB, too large for an index")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{where} is not valid JSON: {_first_line(error)}") from None
+    data = read_json_file(index, where, MAX_INDEX_BYTES, kind="an index")
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{where} has no weight_map (tensor name -> part file) as an index has")

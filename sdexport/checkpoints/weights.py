@@ -8,9 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sdexport.checkpoints.errors import CheckpointError
+from sdexport.checkpoints.errors import CheckpointError, first_names
 from sdexport.models import OpenCLIPTextConfig, StableDiffusion, StableDiffusionConfig
 from sdexport.models.open_clip import unused_keys
+from sdexport.models.stable_diffusion import COMPONENT_PREFIXES, OPEN_CLIP_PREFIX
 
 # Buffers of the original LatentDiffusion's noise schedule (DDPM.register_schedule) and its log-variance.
 _SCHEDULE_BUFFERS = frozenset(
@@ -31,7 +32,7 @@ _SCHEDULE_BUFFERS = frozenset(
     }
 )
 # CLIP's position ids: a buffer in transformers (saved by older versions), computed in our model.
-_POSITION_IDS = "cond_stage_model.transformer.text_model.embeddings.position_ids"
+_POSITION_IDS = COMPONENT_PREFIXES["text_encoder"] + "text_model.embeddings.position_ids"
 
 
 def is_unused_entry(key: str) -> bool:
@@ -123,10 +124,6 @@ def check_sizes(state: Mapping[str, Tensor], config: StableDiffusionConfig, conf
         )
 
 
-def _few(names: list[str]) -> str:
-    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-
-
 def build_model(
     state: Mapping[str, Tensor], config: StableDiffusionConfig, config_source: str
 ) -> StableDiffusion:
@@ -135,7 +132,7 @@ def build_model(
     Raises CheckpointError naming the first missing, unexpected and mis-shaped tensors.
     """
     if isinstance(config.text_encoder, OpenCLIPTextConfig):
-        unused = set(unused_keys(list(state), config.text_encoder, "cond_stage_model.model."))
+        unused = set(unused_keys(list(state), config.text_encoder, OPEN_CLIP_PREFIX))
         state = {key: tensor for key, tensor in state.items() if key not in unused}
     check_sizes(state, config, config_source)
     # Built on the meta device: every parameter is then taken from `state`, none initialised in vain.
@@ -150,7 +147,7 @@ def build_model(
         if key in state and tuple(state[key].shape) != shape
     ]
     problems = [
-        f"{len(names)} {kind}: {_few(names)}"
+        f"{len(names)} {kind}: {first_names(names)}"
         for kind, names in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped))
         if names
     ]

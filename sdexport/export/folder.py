@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sdexport.checkpoints import LoadedModel
-from sdexport.checkpoints.diffusers_layout import DIFFUSERS_VERSION, scheduler_config_to_diffusers
+from sdexport.checkpoints.diffusers_configs import DIFFUSERS_VERSION, scheduler_config_to_diffusers
 from sdexport.checkpoints.family import INPAINTING_IN_CHANNELS
 from sdexport.checkpoints.taesd_files import LoadedTAESD
 from sdexport.export.attention_fusion import fuse_attention_in_file

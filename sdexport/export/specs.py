@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sdexport.checkpoints.diffusers_layout import (
+from sdexport.checkpoints.diffusers_configs import (
     text_encoder_config_to_diffusers,
     unet_config_to_diffusers,
     vae_config_to_diffusers,

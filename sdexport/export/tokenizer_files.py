@@ -1,14 +1,14 @@
-"""The CLIP tokenizer folder of an exported model, derived from the BPE merges shipped in sdexport/data.
+"""The CLIP tokenizer folder of an exported model, written from CLIP's vocabulary (clip_vocabulary.py).
 
 Writes the files that transformers' `CLIPTokenizer.save_pretrained` writes for the SD 1.x tokenizer
 (openai/clip-vit-large-patch14): vocab.json, merges.txt, special_tokens_map.json, tokenizer_config.json.
 """
 
-import gzip
 import json
-from importlib import resources
 from pathlib import Path
 
+from sdexport.checkpoints.clip_vocabulary import build_vocab, read_merges
+from sdexport.checkpoints.json_files import read_json_object
 from sdexport.export.errors import BuildError
 from sdrun.folder_layout import (
     END_TOKEN,
@@ -18,39 +18,6 @@ from sdrun.folder_layout import (
     TOKENIZER_CONFIG_FILE,
     VOCAB_FILE,
 )
-
-BPE_MERGES_FILE = "bpe_simple_vocab_16e6.txt.gz"
-# CLIP's vocabulary keeps the first 49152 - 256 - 2 merges of the file (OpenAI's simple_tokenizer.py).
-MERGE_COUNT = 49152 - 256 - 2
-END_OF_WORD = "</w>"
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's reversible map from the 256 byte values to printable unicode characters.
-
-    Printable Latin-1 bytes map to themselves; the rest (controls, space) move to U+0100 onwards, so that
-    no BPE symbol is whitespace.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
-    printable += range(ord("®"), ord("ÿ") + 1)
-    others = [b for b in range(256) if b not in printable]
-    codes = printable + [256 + n for n in range(len(others))]
-    return {byte: chr(code) for byte, code in zip(printable + others, codes, strict=True)}
-
-
-def read_merges() -> list[tuple[str, str]]:
-    """The merges CLIP uses, in rank order, from the package's gzipped BPE file (its header line skipped)."""
-    data = resources.files("sdexport").joinpath("data", BPE_MERGES_FILE).read_bytes()
-    lines = gzip.decompress(data).decode("utf-8").split("\n")[1 : MERGE_COUNT + 1]
-    return [tuple(line.split()) for line in lines]
-
-
-def build_vocab(merges: list[tuple[str, str]]) -> dict[str, int]:
-    """Token -> id: byte symbols, the same ending a word, one token per merge, then start and end tokens."""
-    symbols = list(bytes_to_unicode().values())
-    tokens = [*symbols, *(s + END_OF_WORD for s in symbols), *("".join(pair) for pair in merges)]
-    tokens += [START_TOKEN, END_TOKEN]
-    return {token: index for index, token in enumerate(tokens)}
 
 
 def _added_token(content: str) -> dict[str, object]:
@@ -107,9 +74,10 @@ def add_tokens(folder: Path, tokens: dict[str, int]) -> None:
     and `save_pretrained` put them (tokenizer_config.json's added_tokens_decoder), so that sdrun,
     transformers and optimum read them alike. Their ids must continue the folder's own."""
     config_path = folder / TOKENIZER_CONFIG_FILE
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    # The folder may hold the tokenizer that a diffusers source carried: read it bounded.
+    config = read_json_object(config_path, f"{folder.name}/{TOKENIZER_CONFIG_FILE}")
     decoder = config.setdefault("added_tokens_decoder", {})
-    vocab = json.loads((folder / VOCAB_FILE).read_text(encoding="utf-8"))
+    vocab = read_json_object(folder / VOCAB_FILE, f"{folder.name}/{VOCAB_FILE}")
     size = max([*vocab.values(), *(int(token_id) for token_id in decoder)]) + 1
     if sorted(tokens.values()) != list(range(size, size + len(tokens))):
         raise BuildError(

@@ -9,6 +9,17 @@ from sdexport.models.clip import CLIPTextConfig, CLIPTextModel
 from sdexport.models.open_clip import OpenCLIPTextConfig, OpenCLIPTextModel
 from sdexport.models.unet import UNetConfig, UNetModel
 from sdexport.models.vae import AutoencoderKL, VAEConfig
+from sdrun.schedule import SD1_SCHEDULE
+
+# Where each network's weights sit in an original checkpoint: the attribute paths of StableDiffusion
+# below, so every loader (single files, diffusers folders, LoRAs, family detection) reads them from here.
+COMPONENT_PREFIXES = {
+    "unet": "model.diffusion_model.",
+    "vae": "first_stage_model.",
+    "text_encoder": "cond_stage_model.transformer.",
+}
+# SD 2.x's text encoder (OpenCLIP) in place of COMPONENT_PREFIXES["text_encoder"].
+OPEN_CLIP_PREFIX = "cond_stage_model.model."
 
 
 @dataclass
@@ -17,11 +28,12 @@ class StableDiffusionConfig:
     vae: VAEConfig = field(default_factory=VAEConfig)
     # CLIP ViT-L (SD 1.x) or OpenCLIP ViT-H (SD 2.x).
     text_encoder: CLIPTextConfig | OpenCLIPTextConfig = field(default_factory=CLIPTextConfig)
-    beta_start: float = 0.00085
-    beta_end: float = 0.012
-    beta_schedule: str = "scaled_linear"
-    num_train_timesteps: int = 1000
-    prediction_type: str = "epsilon"
+    # The training schedule: SD 1.x's, as sdrun assumes it where a folder's scheduler config is silent.
+    beta_start: float = SD1_SCHEDULE["beta_start"]
+    beta_end: float = SD1_SCHEDULE["beta_end"]
+    beta_schedule: str = SD1_SCHEDULE["beta_schedule"]
+    num_train_timesteps: int = SD1_SCHEDULE["num_train_timesteps"]
+    prediction_type: str = SD1_SCHEDULE["prediction_type"]
     # The latent side the model was trained at (the original `model.params.image_size`, diffusers'
     # `sample_size`): runtimes take their default image size from it.
     sample_size: int = 64

@@ -35,11 +35,11 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from sdexport import embedded
 from sdexport.checkpoints import load_model
 from sdexport.models.stable_diffusion import StableDiffusion
 from sdexport.models.taesd import TAESDConfig, TAESDDecoder
 from sdexport.tiny.train import (
-    MODEL_NAME,
     alphas_cumprod,
     caption_ids,
     cosine_lr,
@@ -49,13 +49,12 @@ from sdexport.tiny.train import (
     latent_shape_masks,
     shipped_tokenizer,
 )
+from sdrun.samplers.consistency import SIGMA_DATA, TIMESTEP_SCALING
+from sdrun.schedule import SD1_SCHEDULE
 
-LORA_FILE = f"{MODEL_NAME}-lcm-lora.safetensors"
-TAESD_FILE = f"{MODEL_NAME}-taesd-decoder.safetensors"
-# LCMScheduler's defaults: the DDIM skeleton of 50 steps, and the scalings' sigma_data and time scale.
-SKELETON_STEPS = 50
-SIGMA_DATA = 0.5
-TIMESTEP_SCALING = 10.0
+# LCMScheduler's defaults, as sdrun's lcm sampler takes them: the DDIM skeleton of 50 steps, and the
+# scalings' sigma_data and time scale.
+SKELETON_STEPS = SD1_SCHEDULE["original_inference_steps"]
 HUBER_C = 0.001
 # What distill_lcm trains: adapters of rank lora_rank, or the whole UNet, shipped at rank lora_rank.
 LCM_WEIGHTS = ("lora", "unet")
@@ -230,7 +229,7 @@ def distill_lcm(
         contexts = teacher.text_encoder(caption_tokens)[0]
         empty = teacher.text_encoder(empty_tokens)[0]
     student = copy.deepcopy(teacher.unet)
-    resumed = load_file(Path(settings.resume) / LORA_FILE) if settings.resume else None
+    resumed = load_file(Path(settings.resume) / embedded.STUDENT_LORA_FILE) if settings.resume else None
     if settings.lcm_weights == "unet":
         adapters = None
         if resumed is not None:
@@ -327,15 +326,18 @@ def distill(
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     started = time.monotonic()
-    teacher = load_model(teacher_dir / f"{MODEL_NAME}.safetensors").model.float().eval().requires_grad_(False)
+    teacher = load_model(teacher_dir / embedded.CHECKPOINT_FILE).model.float().eval().requires_grad_(False)
     images, scene_index = draw_dataset(settings.images_per_caption, np.random.default_rng(settings.seed))
     mean, std = encode_posteriors(teacher, images)
     out.mkdir(parents=True, exist_ok=True)
 
-    facts_path = out / f"{MODEL_NAME}-student.training.json"
+    facts_path = out / embedded.STUDENT_TRAINING_FACTS_FILE
     # Each part's facts are kept until that part is distilled again.
     facts = json.loads(facts_path.read_text()) if facts_path.is_file() else {}
-    parts = {"lcm": (settings.lcm_steps, LORA_FILE), "taesd": (settings.taesd_steps, TAESD_FILE)}
+    parts = {
+        "lcm": (settings.lcm_steps, embedded.STUDENT_LORA_FILE),
+        "taesd": (settings.taesd_steps, embedded.STUDENT_TINY_VAE_FILE),
+    }
     for part, (steps, file) in parts.items():
         if not steps:
             continue
@@ -360,7 +362,7 @@ def distill(
 
 
 def _earlier_facts(folder: Path, part: str) -> dict | None:
-    path = folder / f"{MODEL_NAME}-student.training.json"
+    path = folder / embedded.STUDENT_TRAINING_FACTS_FILE
     return json.loads(path.read_text()).get(part) if path.is_file() else None
 
 
@@ -373,7 +375,7 @@ def main() -> None:
     parser.add_argument(
         "--teacher",
         type=Path,
-        default=Path(__file__).parents[1] / "embedded",
+        default=embedded.FOLDER,
         help="folder of the teacher's tiny-shapes.safetensors",
     )
     parser.add_argument(

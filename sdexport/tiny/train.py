@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sdexport.checkpoints import load_model, save_original, write_config_yaml
+from sdexport.embedded import CHECKPOINT_FILE, CONFIG_FILE, TRAINING_FACTS_FILE
 from sdexport.export.tokenizer_files import write_tokenizer
 from sdexport.models.clip import CLIPTextConfig
 from sdexport.models.stable_diffusion import StableDiffusion, StableDiffusionConfig
@@ -35,7 +36,6 @@ from sdexport.models.vae import VAEConfig
 from sdexport.tiny.shapes import IMAGE_SIZE, all_scenes, draw, judge
 from sdrun.tokenizer import CLIPTokenizer
 
-MODEL_NAME = "tiny-shapes"
 CAPTION_DROPOUT = 0.1
 # Exponential moving average of the text encoder and UNet weights, what gets saved (Ho et al. 2020, app. B).
 EMA_DECAY = 0.999
@@ -304,7 +304,7 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> tuple[
     rng = np.random.default_rng(settings.seed)
     started = time.monotonic()
     if settings.resume:
-        model = load_model(Path(settings.resume) / f"{MODEL_NAME}.safetensors").model.float()
+        model = load_model(Path(settings.resume) / CHECKPOINT_FILE).model.float()
         model.requires_grad_(True)
         config = model.config
     else:
@@ -354,7 +354,7 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> tuple[
         "torch": torch.__version__,
     }
     if settings.resume:
-        earlier = Path(settings.resume) / f"{MODEL_NAME}.training.json"
+        earlier = Path(settings.resume) / TRAINING_FACTS_FILE
         facts["resumed_from"] = json.loads(earlier.read_text()) if earlier.is_file() else None
     return model, facts
 
@@ -362,9 +362,9 @@ def train(settings: TrainSettings, log: Callable[[str], None] = print) -> tuple[
 def save(model: StableDiffusion, facts: dict, out: Path) -> None:
     """The original-layout checkpoint in half precision, its YAML config, and the facts of the run."""
     out.mkdir(parents=True, exist_ok=True)
-    save_original(model, out / f"{MODEL_NAME}.safetensors", torch.float16)
-    write_config_yaml(model.config, out / f"{MODEL_NAME}.yaml")
-    (out / f"{MODEL_NAME}.training.json").write_text(json.dumps(facts, indent=1) + "\n")
+    save_original(model, out / CHECKPOINT_FILE, torch.float16)
+    write_config_yaml(model.config, out / CONFIG_FILE)
+    (out / TRAINING_FACTS_FILE).write_text(json.dumps(facts, indent=1) + "\n")
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from sdexport.checkpoints import CheckpointError, load_model, save_original, write_config_yaml
-from sdexport.checkpoints.diffusers_layout import unet_config_to_diffusers
+from sdexport.checkpoints.diffusers_configs import unet_config_to_diffusers
 from sdexport.models import StableDiffusion, StableDiffusionConfig, UNetConfig
 
 UNET = "model.diffusion_model."
@@ -163,6 +163,25 @@ def test_diffusers_folder_with_unsupported_setting(tmp_path: Path) -> None:
     config["resnet_time_scale_shift"] = "scale_shift"
     (folder / "unet" / "config.json").write_text(json.dumps(config))
     assert "resnet_time_scale_shift='scale_shift'" in load_error(folder)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('{"in_channels": 1e999}', "the number 1e999 is out of range"),
+        ('{"in_channels": ' + "9" * 100 + "}", "an integer of 100 digits"),
+        ('{"in_channels": NaN}', "NaN is not a number"),
+        ("[" * 100_000 + "]" * 100_000, "nests too deeply"),
+        (" " * 16 * 2**20 + "{}", "is over 16 MiB"),
+    ],
+)
+def test_diffusers_folder_with_hostile_config(tmp_path: Path, text: str, expected: str) -> None:
+    """A stranger's config.json is read bounded, as sdrun reads a model folder's: refused by name."""
+    folder = diffusers_folder(tmp_path, UNetConfig())
+    (folder / "unet" / "config.json").write_text(text)
+    message = load_error(folder)
+    assert "unet/config.json" in message and expected in message
+    assert message.endswith("get the model again from its publisher")
 
 
 def test_diffusers_folder_without_weights(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from diffusers.loaders.single_file_utils import convert_ldm_clip_checkpoint
 from safetensors.torch import save_file
 
 from sdexport.checkpoints import CheckpointError, LoadedModel, load_model, write_config_yaml
-from sdexport.checkpoints.diffusers_layout import text_encoder_config_to_diffusers
+from sdexport.checkpoints.diffusers_configs import text_encoder_config_to_diffusers
 from sdexport.models import StableDiffusionConfig
 
 CONFIG = StableDiffusionConfig.tiny()

@@ -13,7 +13,7 @@ from tiny_diffusers import randomize
 from torch import Tensor
 
 from sdexport.checkpoints import LoadedModel, load_model
-from sdexport.checkpoints.diffusers_layout import (
+from sdexport.checkpoints.diffusers_configs import (
     scheduler_config_to_diffusers,
     text_encoder_config_to_diffusers,
     unet_config_to_diffusers,

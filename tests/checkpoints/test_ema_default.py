@@ -14,7 +14,7 @@ from test_config_file import V1_INFERENCE_YAML
 
 from sdexport.checkpoints import CheckpointError, load_model, write_config_yaml
 from sdexport.checkpoints.config_file import read_use_ema
-from sdexport.checkpoints.diffusers_layout import unet_config_to_diffusers
+from sdexport.checkpoints.diffusers_configs import unet_config_to_diffusers
 from sdexport.models import StableDiffusionConfig
 
 CONFIG = StableDiffusionConfig.tiny()

@@ -6,15 +6,15 @@ from checkpoint_helpers import VARIANT, random_model
 from diffusers.loaders import single_file_utils as sfu
 
 from sdexport.checkpoints.config_file import config_to_yaml_dict
-from sdexport.checkpoints.diffusers_layout import (
-    COMPONENT_PREFIXES,
-    diffusers_to_original,
+from sdexport.checkpoints.diffusers_configs import (
     unet_config_from_diffusers,
     unet_config_to_diffusers,
     vae_config_from_diffusers,
     vae_config_to_diffusers,
 )
+from sdexport.checkpoints.diffusers_weights import diffusers_to_original
 from sdexport.models import StableDiffusion, StableDiffusionConfig
+from sdexport.models.stable_diffusion import COMPONENT_PREFIXES
 
 UNSET = object()
 

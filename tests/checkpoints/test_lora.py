@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from sdexport.checkpoints import CheckpointError, load_model
-from sdexport.checkpoints.diffusers_layout import unet_config_to_diffusers
+from sdexport.checkpoints.diffusers_configs import unet_config_to_diffusers
 from sdexport.checkpoints.lora import LayerUpdate, LoraSpec, merge_loras, parse_lora_option
 from sdexport.cli import main
 from sdexport.models import StableDiffusion, StableDiffusionConfig

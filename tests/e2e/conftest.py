@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from sdexport.cli import EMBEDDED_CHECKPOINT, STUDENT_SUFFIX, main
+from sdexport import embedded
+from sdexport.cli import STUDENT_SUFFIX, main
 from sdexport.tiny.shapes import IMAGE_SIZE, Scene, all_scenes, judge
 from sdrun.pipeline import Pipeline
 
@@ -18,7 +19,7 @@ HELD_OUT_SET: list[tuple[Scene, int]] = [(scene, 20_000 + k) for k, scene in enu
 
 
 def _build(folder: Path, *options: str) -> Path:
-    assert EMBEDDED_CHECKPOINT.is_file(), f"{EMBEDDED_CHECKPOINT} is missing: the package must ship it"
+    assert embedded.CHECKPOINT.is_file(), f"{embedded.CHECKPOINT} is missing: the package must ship it"
     result = CliRunner().invoke(main, ["build", "--output", str(folder), *options])
     assert result.exit_code == 0, result.output
     return folder
@@ -50,7 +51,7 @@ def int8_builds(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Pat
             folder = tmp_path_factory.mktemp(name) / name
             # Named as SOURCE, the embedded model is built without its few-step student (int8 tests the
             # teacher), which halves the build.
-            built[quantization] = _build(folder, str(EMBEDDED_CHECKPOINT), "--quantize", quantization)
+            built[quantization] = _build(folder, str(embedded.CHECKPOINT), "--quantize", quantization)
         return built[quantization]
 
     return build

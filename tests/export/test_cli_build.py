@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from transformers import CLIPTokenizer
 
-import sdexport.cli
+import sdexport.embedded
 from sdexport.cli import main
 from sdrun.folder import open_model_folder
 
@@ -17,9 +17,9 @@ from sdrun.folder import open_model_folder
 def test_build_without_source_makes_the_embedded_model_folder(
     tiny_checkpoint_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sdexport.cli, "EMBEDDED_CHECKPOINT", tiny_checkpoint_file)
+    monkeypatch.setattr(sdexport.embedded, "CHECKPOINT", tiny_checkpoint_file)
     # The shipped student's LoRA fits the shipped model only (the student is checked in tests/e2e).
-    monkeypatch.setattr(sdexport.cli, "STUDENT_LORA", tmp_path / "no-student-lora.safetensors")
+    monkeypatch.setattr(sdexport.embedded, "STUDENT_LORA", tmp_path / "no-student-lora.safetensors")
     monkeypatch.chdir(tmp_path)
     result = CliRunner().invoke(main, ["build", "--skip-validation"])
     assert result.exit_code == 0, result.output

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner, Result
 from onnx import numpy_helper
 
-import sdexport.cli
+import sdexport.embedded
 import sdexport.export.folder
 from sdexport.cli import main
 from sdexport.export import onnx_export
@@ -111,7 +111,7 @@ def test_conflicting_options_are_refused_before_work(
 
 
 def test_missing_embedded_model_is_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sdexport.cli, "EMBEDDED_CHECKPOINT", tmp_path / "tiny-shapes.safetensors")
+    monkeypatch.setattr(sdexport.embedded, "CHECKPOINT", tmp_path / "tiny-shapes.safetensors")
     error = _one_line_error(_build())
     assert "embedded model" in error and "sdexport.tiny.train" in error
 

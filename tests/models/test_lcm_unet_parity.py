@@ -9,7 +9,8 @@ from diffusers import LatentConsistencyModelPipeline, UNet2DConditionModel
 from sd_reference import randomize_norms, rel_err
 from tiny_diffusers import TINY_UNET
 
-from sdexport.checkpoints.diffusers_layout import diffusers_to_original, unet_config_from_diffusers
+from sdexport.checkpoints.diffusers_configs import unet_config_from_diffusers
+from sdexport.checkpoints.diffusers_weights import diffusers_to_original
 from sdexport.models import StableDiffusionConfig, UNetModel
 from sdrun.guidance_embedding import guidance_scale_embedding
 

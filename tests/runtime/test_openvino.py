@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 from openvino_probe import GRAPHS, graph_feeds
 
-from sdexport.cli import EMBEDDED_CHECKPOINT
+from sdexport import embedded
 from sdexport.cli import main as sdexport_main
 from sdrun.errors import ProviderError
 from sdrun.openvino import (
@@ -98,10 +98,10 @@ def test_build_refuses_int8_for_openvino(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def openvino_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded model, built for OpenVINO (checked against PyTorch by the other build tests)."""
-    assert EMBEDDED_CHECKPOINT.is_file(), f"{EMBEDDED_CHECKPOINT} is missing: the package must ship it"
+    assert embedded.CHECKPOINT.is_file(), f"{embedded.CHECKPOINT} is missing: the package must ship it"
     folder = tmp_path_factory.mktemp("openvino") / "tiny-shapes"
     # Named as SOURCE, the embedded model is built without its few-step student, which these tests don't use.
-    options = ["build", str(EMBEDDED_CHECKPOINT), "--target", "openvino", "--skip-validation"]
+    options = ["build", str(embedded.CHECKPOINT), "--target", "openvino", "--skip-validation"]
     options += ["--output", str(folder)]
     result = CliRunner().invoke(sdexport_main, options)
     assert result.exit_code == 0, result.output

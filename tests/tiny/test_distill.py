@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from sdexport import embedded
 from sdexport.checkpoints import load_model
 from sdexport.checkpoints.lora import merge_loras, parse_lora_option
-from sdexport.cli import EMBEDDED_CHECKPOINT, STUDENT_LORA
 from sdexport.models.stable_diffusion import StableDiffusion
 from sdexport.tiny.distill import (
     DistillSettings,
@@ -24,7 +24,7 @@ from sdexport.tiny.distill import (
 
 
 def _teacher() -> StableDiffusion:
-    return load_model(EMBEDDED_CHECKPOINT).model.float()
+    return load_model(embedded.CHECKPOINT).model.float()
 
 
 def _layers(unet: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
@@ -83,8 +83,8 @@ def test_a_lower_rank_keeps_the_closest_matrices_of_that_rank(
 def test_resuming_adds_the_shipped_lora_as_the_build_does(tmp_path: Path) -> None:
     teacher = _teacher()
     resumed = copy.deepcopy(teacher.unet)
-    add_kohya_state(resumed, load_file(STUDENT_LORA))
-    built = _merged_by_the_build(load_file(STUDENT_LORA), tmp_path)
+    add_kohya_state(resumed, load_file(embedded.STUDENT_LORA))
+    built = _merged_by_the_build(load_file(embedded.STUDENT_LORA), tmp_path)
     built_layers, teacher_layers = _layers(built.unet), _layers(teacher.unet)
     changed = 0
     for name, layer in _layers(resumed).items():

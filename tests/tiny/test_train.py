@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from sdexport.checkpoints import load_model
+from sdexport.embedded import CHECKPOINT_FILE, CONFIG_FILE, TRAINING_FACTS_FILE
 from sdexport.tiny.shapes import Scene, draw
 from sdexport.tiny.train import TrainSettings, foreground_weight, save, to_model_range, train
 
@@ -16,13 +17,13 @@ def test_a_few_steps_save_a_checkpoint_the_loader_reads(tmp_path: Path) -> None:
     model, facts = train(settings, log=lambda line: None)
     save(model, facts, tmp_path)
 
-    loaded = load_model(tmp_path / "tiny-shapes.safetensors")
+    loaded = load_model(tmp_path / CHECKPOINT_FILE)
     assert loaded.kind == "original" and loaded.source_dtype == "float16"
     assert loaded.model.config == model.config
     assert loaded.model.config.vae.scaling_factor == facts["scaling_factor"] != 1.0
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.model.state_dict()[key], value.half().float())
-    assert (tmp_path / "tiny-shapes.training.json").is_file()
+    assert (tmp_path / TRAINING_FACTS_FILE).is_file() and (tmp_path / CONFIG_FILE).is_file()
 
 
 def test_foreground_weight_marks_the_shape_and_nothing_else() -> None:
