@@ -235,12 +235,18 @@ def _latent(config: StableDiffusionConfig, sizes: Sizes, generator: torch.Genera
 
 
 # Largest errors measured on random weights (tiny config and full SD 1.5), against these bounds:
-# fp32 1e-6 to 6e-6 (summation order only), bound >= 1e-4; fp16 2e-3 to 7e-3, bound >= 4e-2;
-# int8 (weights of the matrix products) 6e-3 to 4e-2, bound >= 1.4e-1. Each leaves ~10x or more headroom
-# over the measured noise; a wrong graph (one weight tensor 1% off, tests/export) lands ~70x past fp32's.
+# fp32 1e-6 to 6e-6 (summation order only), bound >= 1e-4; fp16 2e-3 to 7e-3, bound >= 4e-2.
+# Each leaves ~10x or more headroom over the measured noise; a wrong graph (one weight tensor 1% off,
+# tests/export) lands ~70x past fp32's.
+# int8 (dynamic int8 weights of the matrix products; int8-compact also the convolutions'), measured
+# 2026-12-07 as max|error| / max|reference| over the validation checks: text encoder 4% on the tests' tiny
+# model, 1.5% on the embedded one, 1.1% on full SD 1.5 (random weights): 0.35 of its bound or less; UNet
+# 0.6% (1.3% int8-compact) on the tiny model, 0.5% (0.9%) on the embedded one, 0.9% (1.6%) on full SD 1.5:
+# a third of its tighter bound or less. What each bound catches: tests/export/test_precision.py.
 _FP32 = Tolerance(atol=1e-4, rtol=1e-4)
 _FP16 = Tolerance(atol=2e-2, rtol=2e-2)
-_INT8 = Tolerance(atol=5e-2, rtol=1e-1)
+_INT8_TEXT_ENCODER = Tolerance(atol=5e-2, rtol=1e-1)
+_INT8_UNET = Tolerance(atol=2e-2, rtol=3e-2)
 
 def _vae_diffusers_config(config: StableDiffusionConfig) -> dict[str, Any]:
     return vae_config_to_diffusers(config.vae, config.sample_size * config.vae.downsampling)
@@ -254,7 +260,7 @@ COMPONENTS: tuple[ComponentSpec, ...] = (
         wrap=TextEncoderGraph,
         make_inputs=_prompt_ids,
         diffusers_config=lambda config: text_encoder_config_to_diffusers(config.text_encoder),
-        tolerances={"fp32": _FP32, "fp16": _FP16, "int8": _INT8},
+        tolerances={"fp32": _FP32, "fp16": _FP16, "int8": _INT8_TEXT_ENCODER},
     ),
     ComponentSpec(
         name=UNET,
@@ -263,7 +269,7 @@ COMPONENTS: tuple[ComponentSpec, ...] = (
         wrap=UNetGraph,
         make_inputs=_unet_example,
         diffusers_config=lambda config: unet_config_to_diffusers(config.unet, config.sample_size),
-        tolerances={"fp32": _FP32, "fp16": _FP16, "int8": _INT8},
+        tolerances={"fp32": _FP32, "fp16": _FP16, "int8": _INT8_UNET},
     ),
     ComponentSpec(
         name=VAE_ENCODER,

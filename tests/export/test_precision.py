@@ -10,9 +10,11 @@ import onnxruntime as ort
 import pytest
 import torch
 from export_helpers import Built
+from onnx import numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from sdexport.export.conv_weights_int8 import MIN_WEIGHTS
+from sdexport.export.errors import ValidationError
 from sdexport.export.fp16 import convert_to_fp16, tidy
 from sdexport.export.quantize import quantize_int8
 from sdexport.export.specs import VALIDATION_SIZES, component
@@ -109,6 +111,37 @@ def test_int8_quantizes_weight_matmuls_only_and_passes_validation(
         spec, spec.wrap(loaded.model), loaded.model.config, graph, spec.tolerances["int8"], VALIDATION_SIZES
     )
     assert checks and all(check.passed for check in checks)
+
+
+# What int8's validation can tell from int8's own error, on the tiny model: a float32 graph whose every weight
+# (each float tensor of rank 2 or more) is scaled, then quantized, against the unscaled PyTorch module; the
+# worst check's error over its limit (sdexport.export.specs), measured 2026-12-07. The text encoder's int8
+# error alone is 0.35 of its limit, so a scale must be large to show: 1.03 reads 0.42, 1.10 1.006, 1.15
+# 1.7, 1.2 2.2. The UNet's alone is 0.25 of its tighter limit (int8-compact): 1.01 reads 2.0 (it read 0.67
+# under the text encoder's bound, which the UNet shared before). A scale of one tensor alone hides behind
+# the normalizations: the largest one 10% off reads 0.93 (text encoder, its token embedding) and 0.05
+# (UNet, a convolution before a GroupNorm) under the text encoder's bound.
+WRONG_WEIGHTS = [("text_encoder", 1.2), ("unet", 1.01), ("unet-compact", 1.01)]
+
+
+@pytest.mark.parametrize(("name", "scale"), WRONG_WEIGHTS)
+def test_int8_validation_refuses_a_graph_whose_weights_are_off(
+    built: Built, tmp_path: Path, name: str, scale: float
+) -> None:
+    name, _, compact = name.partition("-")
+    model = onnx.load(built.folder / name / "model.onnx")
+    for tensor in model.graph.initializer:
+        if len(tensor.dims) >= 2 and tensor.data_type == FLOAT:
+            values = numpy_helper.to_array(tensor)
+            tensor.CopyFrom(numpy_helper.from_array(values * np.float32(scale), tensor.name))
+    float32, graph = tmp_path / "float32.onnx", tmp_path / "int8" / "model.onnx"
+    onnx.save(model, float32)
+    graph.parent.mkdir()
+    quantize_int8(float32, graph, compact=bool(compact))
+    spec, loaded = component(name), built.loaded
+    module, tolerance = spec.wrap(loaded.model), spec.tolerances["int8"]
+    with pytest.raises(ValidationError, match="differ"):
+        validate_graph(spec, module, loaded.model.config, graph, tolerance, VALIDATION_SIZES)
 
 
 def test_int8_compact_stores_convolution_weights_in_int8_beside_the_graph(

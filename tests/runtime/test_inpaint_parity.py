@@ -107,7 +107,12 @@ def reference_run(
 
 
 def sdrun_run(
-    pipeline: Pipeline, sampler: str, strength: float, mask: Image.Image, mask_blur: int = 0
+    pipeline: Pipeline,
+    sampler: str,
+    strength: float,
+    mask: Image.Image,
+    mask_blur: int = 0,
+    seed: int = SEED,
 ) -> tuple[list[np.ndarray], Image.Image]:
     trajectory: list[np.ndarray] = []
 
@@ -120,7 +125,7 @@ def sdrun_run(
         steps=STEPS,
         guidance_scale=GUIDANCE,
         sampler=sampler,
-        seed=SEED,
+        seed=seed,
         init_image=init_picture(SIZE),
         mask=mask,
         mask_blur=mask_blur,
@@ -173,3 +178,6 @@ def test_the_parity_check_has_power(models) -> None:
     assert relative_l2(shifted[-1], theirs[-1]) > 100 * LATENT_RTOL
     other_start, _ = sdrun_run(pipeline, "euler", 0.999, box_mask(SIZE // 2))
     assert relative_l2(other_start[0], theirs[0]) > 100 * LATENT_RTOL
+    # The next seed: other starting noise and other VAE latent draws (the kept area is drawn too).
+    other_seed, _ = sdrun_run(pipeline, "euler", 1.0, box_mask(SIZE // 2), seed=SEED + 1)
+    assert relative_l2(other_seed[-1], theirs[-1]) > 100 * LATENT_RTOL

@@ -36,6 +36,10 @@ SIZE = 64
 # diffusers' float32 rounding of the guidance embedding (sdrun.guidance_embedding), 6e-6 at 3.0; feeding w
 # instead of w - 1, or leaving the embedding out, lands above 0.1.
 LATENT_RTOL = 1e-4
+# timestep_cond, sdrun's (float64) against diffusers' (float32 on arguments up to 1000 (w - 1)): measured
+# 1.9e-4 at guidance 8.5 and 2.3e-5 at 2.0; the embedding of w instead of w - 1, or of 2.0 instead of 8.5,
+# is off by 1.76 and 1.86.
+GUIDANCE_EMBEDDING_ATOL = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -208,14 +212,57 @@ def test_optimum_opens_our_folder_as_its_lcm_pipeline_and_matches_diffusers(
     assert np.linalg.norm(latents["optimum"] - theirs) / np.linalg.norm(theirs) < LATENT_RTOL
 
 
-def test_guidance_feeds_the_embedding(pipeline: Pipeline) -> None:
-    """--guidance reaches the UNet: another scale, another picture (the folder's defaults otherwise)."""
+def _diffusers_timestep_cond(reference: LatentConsistencyModelPipeline, guidance: float) -> np.ndarray:
+    """What LatentConsistencyModelPipeline feeds its UNet as timestep_cond at this guidance scale."""
+    fed: list[np.ndarray] = []
+
+    def record(module, args, kwargs) -> None:
+        fed.append(kwargs["timestep_cond"].numpy().copy())
+
+    hook = reference.unet.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        reference(
+            PROMPT,
+            num_inference_steps=1,
+            guidance_scale=guidance,
+            height=SIZE,
+            width=SIZE,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        )
+    finally:
+        hook.remove()
+    assert len(fed) == 1
+    return fed[0]
+
+
+def test_guidance_reaches_the_unet_as_diffusers_embeds_it(
+    pipeline: Pipeline, reference: LatentConsistencyModelPipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--guidance w reaches the UNet's timestep_cond as LatentConsistencyModelPipeline feeds it (its
+    embedding of w - 1), at the folder's default (8.5) and at another scale, on every step."""
+    fed: list[np.ndarray] = []
+    run = ort.InferenceSession.run
+
+    def recording(session, outputs, feeds, *args, **kwargs):
+        if "timestep_cond" in feeds:
+            fed.append(np.array(feeds["timestep_cond"]))
+        return run(session, outputs, feeds, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", recording)
     default = pipeline.generate(PROMPT, seed=3)
     assert (default.settings[0].sampler, default.settings[0].steps) == ("lcm", 4)
     assert default.settings[0].guidance_scale == 8.5
+    at_default, fed[:] = list(fed), []
     other = pipeline.generate(PROMPT, seed=3, guidance_scale=2.0)
+    at_other = list(fed)
+    for guidance, ours in ((8.5, at_default), (2.0, at_other)):
+        theirs = _diffusers_timestep_cond(reference, guidance)
+        assert len(ours) == 4, "one UNet pass a step"
+        for step in ours:
+            np.testing.assert_allclose(step, theirs, rtol=0, atol=GUIDANCE_EMBEDDING_ATOL)
     difference = np.abs(np.asarray(default.images[0], float) - np.asarray(other.images[0], float))
-    assert difference.mean() > 1
+    assert difference.mean() > 1, "the guidance shows in the picture"
 
 
 def test_a_negative_prompt_is_reported_ignored(pipeline: Pipeline, lcm_folder: Path, tmp_path: Path) -> None:

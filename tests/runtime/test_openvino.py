@@ -43,11 +43,15 @@ OPENVINO, CPU = "OpenVINOExecutionProvider", "CPUExecutionProvider"
 # 1.9e-3 (text encoder) to 6.1e-3 (VAE decoder): bf16 keeps 8 bits of mantissa.
 F32_RELATIVE = 1e-5
 BF16_RELATIVE = 2e-2
-# The same seed's picture (20 steps of the model's sampler) against the CPU provider's, in 0-255 levels
-# (mean absolute difference, largest on one pixel): f32 0.0 and 0, bf16 0.21 and 3 measured; the next
-# seed's picture differs by 2.2 and 109.
-F32_LEVELS = (0.5, 2)
-BF16_LEVELS = (1.0, 24)
+# The same seed's picture (20 steps of the model's sampler) against the CPU provider's, in 0-255 levels:
+# (mean absolute difference, its 99th percentile over pixels and channels, largest). Measured on seeds 3, 4,
+# 7 and 10 (same machine and wheel, 2026-12-07): f32 at most (0.000, 0, 1); bf16 (0.22-0.28, 2-3, 4-9).
+# The next seed's picture (SEED + 1: of the pairs of consecutive seeds from 0 to 11, the closest) differs by
+# (4.9, 126, 183), OTHER_SEED_FACTOR times bf16's bounds and more (the old bound, (1.0, 24) on mean and
+# largest, was within 5x of it on the mean).
+F32_LEVELS = (0.5, 1, 2)
+BF16_LEVELS = (0.5, 6, 16)
+OTHER_SEED_FACTOR = 8
 
 
 def _relative_error(got: np.ndarray, want: np.ndarray) -> float:
@@ -198,17 +202,31 @@ def test_graph_outputs_match_the_cpu_provider(probe: dict, precision: str, limit
         assert max(errors.values()) > 10 * F32_RELATIVE, errors
 
 
-@pytest.mark.parametrize(("precision", "limit"), [("f32", F32_LEVELS), ("bf16", BF16_LEVELS)])
-def test_same_seed_same_picture(
-    probe: dict, openvino_folder: Path, precision: str, limit: tuple[float, float]
-) -> None:
-    _skip_unless_run(probe, precision)
-    reference = np.asarray(Pipeline.load(openvino_folder, "cpu").generate(PROMPT, seed=SEED).images[0])
-    image = probe["arrays"][f"{precision}/image"]
+def _levels(image: np.ndarray, reference: np.ndarray) -> tuple[float, float, float]:
+    """(mean, 99th percentile, largest) absolute difference in 0-255 levels."""
     assert image.shape == reference.shape
     difference = np.abs(image.astype(np.float64) - reference)
-    measured = (difference.mean(), difference.max())
-    assert measured[0] < limit[0] and measured[1] <= limit[1], measured
+    return float(difference.mean()), float(np.percentile(difference, 99)), float(difference.max())
+
+
+@pytest.fixture(scope="module")
+def cpu_pictures(openvino_folder: Path) -> dict[int, np.ndarray]:
+    """The CPU provider's f32 pictures of SEED and of the next seed."""
+    pipeline = Pipeline.load(openvino_folder, "cpu")
+    return {seed: np.asarray(pipeline.generate(PROMPT, seed=seed).images[0]) for seed in (SEED, SEED + 1)}
+
+
+@pytest.mark.parametrize(("precision", "limit"), [("f32", F32_LEVELS), ("bf16", BF16_LEVELS)])
+def test_same_seed_same_picture(
+    probe: dict, cpu_pictures: dict[int, np.ndarray], precision: str, limit: tuple[float, float, float]
+) -> None:
+    _skip_unless_run(probe, precision)
+    reference = cpu_pictures[SEED]
+    measured = _levels(probe["arrays"][f"{precision}/image"], reference)
+    assert all(got <= bound for got, bound in zip(measured, limit, strict=True)), measured
+    # The bound's power: another seed's picture is far past it on each measure.
+    other = _levels(cpu_pictures[SEED + 1], reference)
+    assert all(got > OTHER_SEED_FACTOR * bound for got, bound in zip(other, limit, strict=True)), other
 
 
 def test_auto_picks_openvino_for_folders_that_run_whole_on_it(probe: dict) -> None:

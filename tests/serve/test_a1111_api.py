@@ -103,6 +103,22 @@ def test_omitted_fields_take_the_models_defaults_and_seed_minus_one_is_random(
     assert len(seeds) == 2
 
 
+def test_older_clients_sampler_index_names_the_sampler_when_sampler_name_is_absent(
+    client, library_pixels: Callable[..., np.ndarray]
+) -> None:
+    """A1111's API reads `sampler_name or sampler_index` (older clients send only the latter). Euler a is
+    neither the folder's default (DPM++ 2M) nor the same picture as it."""
+    body = {"prompt": PROMPT, "seed": 12, "steps": 3, "sampler_index": "Euler a"}
+    made = client.post("/sdapi/v1/txt2img", json=body).json()
+    assert json.loads(made["info"])["sampler_name"] == "Euler a"
+    assert parse_parameters(png_parameters(made["images"][0])).sampler == "euler_a"
+    np.testing.assert_array_equal(decode(made["images"][0]), library_pixels(12, steps=3, sampler="euler_a"))
+    both = {**body, "sampler_name": "DDIM"}
+    made = client.post("/sdapi/v1/txt2img", json=both).json()
+    assert json.loads(made["info"])["sampler_name"] == "DDIM", "sampler_name wins over sampler_index"
+    np.testing.assert_array_equal(decode(made["images"][0]), library_pixels(12, steps=3, sampler="ddim"))
+
+
 def test_img2img_from_a_data_url(client, reference: Pipeline) -> None:
     start = Image.new("RGB", (64, 64), (30, 30, 200))
     data_url = "data:image/png;base64," + png_b64(start)
