@@ -12,9 +12,10 @@ Every error sdrun reports is an `SdrunError` (one line, with the fix); see sdrun
 from sdrun.errors import GraphOutputError, ModelFolderError, ProviderError, SdrunError, SettingsError
 from sdrun.limits import Limits
 from sdrun.memory import MemoryPolicy
-from sdrun.pipeline import GeneratedImage, Pipeline, Result
+from sdrun.pipeline import Pipeline
 from sdrun.progress import Progress
 from sdrun.request import GenerationRequest, NegativePromptIgnoredWarning
+from sdrun.results import GeneratedImage, Result
 from sdrun.samplers import SAMPLERS
 from sdrun.settings import GenerationSettings, ImageSettings
 from sdrun.stopping import GenerationCancelled, StopSignal

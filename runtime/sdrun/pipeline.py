@@ -16,7 +16,7 @@ and StableDiffusionImg2ImgPipeline.
 import functools
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -50,11 +50,12 @@ from sdrun.networks import (
 )
 from sdrun.progress import Progress, ProgressCallback
 from sdrun.providers import ProviderRequest, create_session, provider_name, requested_providers
-from sdrun.request import GenerationRequest, prepare
+from sdrun.request import GenerationRequest, prepare, settings_of
+from sdrun.results import GeneratedImage, Result
 from sdrun.samplers import KnownLatents, sample
 from sdrun.samplers.prediction import Model
 from sdrun.schedule import NoiseSchedule, ScheduleError
-from sdrun.settings import GenerationSettings, ImageSettings
+from sdrun.settings import GenerationSettings
 from sdrun.stopping import StopSignal
 from sdrun.tiled_vae import decode_tiled
 from sdrun.tokenizer import CLIPTokenizer, TokenizerError
@@ -69,28 +70,6 @@ AUTO_TILE_PIXELS = 768 * 768
 TEXT_TO_IMAGE_GRAPHS = (TEXT_ENCODER, UNET)
 # What a generation call takes: settings (or a prompt and settings as keywords), or a prepared request.
 Call = GenerationSettings | GenerationRequest | str
-
-
-@dataclass(frozen=True)
-class Result:
-    """The images of one `generate` call and, per image, the settings that reproduce it.
-
-    `stopped` is True when the callback stopped the run: the last image is then decoded from the
-    latents it had reached, and no later image was started.
-    """
-
-    images: list[Image.Image]
-    settings: list[ImageSettings]
-    stopped: bool = False
-
-
-@dataclass(frozen=True)
-class GeneratedImage:
-    """One image of `Pipeline.generate_each`; `stopped`: the callback stopped the run during it."""
-
-    image: Image.Image
-    settings: ImageSettings
-    stopped: bool = False
 
 
 _Arguments = ParamSpec("_Arguments")
@@ -112,17 +91,6 @@ def _serialized(
             yield from method(pipeline, *args, **kwargs)
 
     return run
-
-
-def settings_of(call: GenerationSettings | str, fields: dict[str, Any]) -> GenerationSettings:
-    """The settings of a call given as settings, or as a prompt, each with `fields` (setting keywords) over
-    them."""
-    settings = GenerationSettings(prompt=call) if isinstance(call, str) else call
-    if not isinstance(settings, GenerationSettings):
-        raise SettingsError(
-            f"generate takes a prompt, GenerationSettings or a GenerationRequest, not {type(call).__name__}"
-        )
-    return settings.but(**fields) if fields else settings
 
 
 class Pipeline:

@@ -8,6 +8,7 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -190,3 +191,14 @@ def _check_prompt(text: object, name: str) -> str:
             "(the text encoder reads the first 77 tokens, about 300 characters)"
         )
     return text
+
+
+def settings_of(call: GenerationSettings | str, fields: dict[str, Any]) -> GenerationSettings:
+    """The settings of a call given as settings, or as a prompt, each with `fields` (setting keywords) over
+    them."""
+    settings = GenerationSettings(prompt=call) if isinstance(call, str) else call
+    if not isinstance(settings, GenerationSettings):
+        raise SettingsError(
+            f"generate takes a prompt, GenerationSettings or a GenerationRequest, not {type(call).__name__}"
+        )
+    return settings.but(**fields) if fields else settings

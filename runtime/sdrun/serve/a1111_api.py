@@ -17,8 +17,8 @@ from fastapi import APIRouter, Body, Depends, Request
 
 from sdrun.errors import SettingsError
 from sdrun.inpaint import mask_channel
-from sdrun.pipeline import GeneratedImage
 from sdrun.png_info import format_parameters
+from sdrun.results import GeneratedImage
 from sdrun.samplers import a1111_names
 from sdrun.serve.dependencies import run_job, served_models
 from sdrun.serve.encoding import image_from_base64, inverted_mask, pngs_base64

@@ -3,7 +3,7 @@
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from sdrun.pipeline import GeneratedImage
+from sdrun.results import GeneratedImage
 from sdrun.serve.jobs import Models, finished
 from sdrun.settings import GenerationSettings
 

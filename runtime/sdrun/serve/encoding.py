@@ -16,8 +16,8 @@ from starlette.concurrency import run_in_threadpool
 
 from sdrun.errors import SettingsError
 from sdrun.images import decode_upright, open_image
-from sdrun.pipeline import GeneratedImage
 from sdrun.png_info import PARAMETERS_KEY, format_parameters
+from sdrun.results import GeneratedImage
 from sdrun.settings import ImageSettings
 
 

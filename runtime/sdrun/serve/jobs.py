@@ -23,9 +23,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from sdrun.errors import SdrunError, SettingsError
-from sdrun.pipeline import GeneratedImage, Pipeline
+from sdrun.pipeline import Pipeline
 from sdrun.progress import Progress
 from sdrun.request import GenerationRequest
+from sdrun.results import GeneratedImage
 from sdrun.stopping import StopSignal
 
 log = logging.getLogger("sdrun.serve")

@@ -20,7 +20,7 @@ from starlette.datastructures import UploadFile
 
 from sdrun.errors import SettingsError
 from sdrun.images import has_alpha
-from sdrun.pipeline import GeneratedImage
+from sdrun.results import GeneratedImage
 from sdrun.serve.dependencies import run_job, served_models
 from sdrun.serve.encoding import image_from_bytes, inverted_mask, pngs_base64
 from sdrun.serve.jobs import Models
