@@ -126,6 +126,12 @@ def _open_pipeline(
     "UNet pass a step) but LCM-distilled UNets, which take the guidance as an input.  "
     f"[default: the model's, else {_SD.sampler}]",
 )
+@click.option(
+    "--eta",
+    type=float,
+    help="The sampler's noise, for ddim and ddim_trailing (0, deterministic, to 1) and tcd (its gamma, "
+    "0 to 1).  [default: 0 for ddim, 0.3 for tcd]",
+)
 @click.option("--negative", help="Negative prompt.")
 @click.option("--height", type=int, help="Image height in pixels (the model's size by default).")
 @click.option("--width", type=int, help="Image width in pixels (the model's size by default).")

@@ -295,6 +295,7 @@ class Pipeline:
         sampler: str,
         init_latents: np.ndarray | None = None,
         strength: float = 1.0,
+        eta: float | None = None,
         mask: np.ndarray | None = None,
         masked_latents: np.ndarray | None = None,
         callback: StepCallback | None = None,
@@ -326,6 +327,7 @@ class Pipeline:
                 rng,
                 init_latents=init_latents,
                 strength=strength,
+                eta=eta,
                 callback=callback,
                 known=known,
             )
@@ -446,6 +448,7 @@ class Pipeline:
             guidance_scale=request.guidance_scale,
             sampler=request.sampler,
             strength=1.0 if request.strength is None else request.strength,
+            eta=request.eta,
         )
         if not self.memory.keep_sessions:
             # Every image is sampled before any is decoded, so that each session opens once per call;

@@ -32,6 +32,7 @@ from sdrun.settings import MAX_SEED, ImageSettings
 PARAMETERS_KEY = "parameters"
 NEGATIVE_PREFIX = "Negative prompt:"
 _REQUIRED_KEYS = ("Steps", "Sampler", "CFG scale", "Seed", "Size")
+_ETA_KEYS = ("Eta DDIM", "Eta")
 # The web UI's longest texts (prompts with many LoRA and embedding tags) are a few kB.
 MAX_PARAMETERS_CHARACTERS = 65_536
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -79,6 +80,7 @@ def format_parameters(settings: ImageSettings) -> str:
         "Mask blur": settings.mask_blur,
         "Mask overlay": "off" if settings.mask_blur is not None and not settings.overlay else None,
         "Clip skip": settings.clip_skip if settings.clip_skip > 1 else None,
+        _eta_key(label): None if settings.eta is None else _number(settings.eta),
     }
     line = ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items() if value is not None)
     negative = f"\n{NEGATIVE_PREFIX} {settings.negative_prompt}" if settings.negative_prompt else ""
@@ -193,7 +195,13 @@ def parse_parameters(text: str) -> ImageSettings:
         mask_blur=_integer(pairs, "Mask blur") if "Mask blur" in pairs else None,
         overlay=_switch(pairs, "Mask overlay") if "Mask overlay" in pairs else True,
         clip_skip=_integer(pairs, "Clip skip") if "Clip skip" in pairs else 1,
+        eta=next((_float(pairs, key) for key in _ETA_KEYS if key in pairs), None),
     )
+
+
+def _eta_key(label: str) -> str:
+    """The web UI's name for a sampler's eta: DDIM's has its own key."""
+    return _ETA_KEYS[0] if label == "DDIM" else _ETA_KEYS[1]
 
 
 def save_png(

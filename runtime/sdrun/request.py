@@ -20,7 +20,7 @@ from sdrun.images import fit_within, open_image, oriented_size
 from sdrun.inpaint import DEFAULT_MASK_BLUR, MAX_MASK_BLUR
 from sdrun.limits import MAX_GUIDANCE, MAX_PROMPT_CHARACTERS, Limits
 from sdrun.model_facts import ModelFacts
-from sdrun.samplers import first_step, make_sampler
+from sdrun.samplers import SAMPLERS, first_step, make_sampler
 from sdrun.schedule import NoiseSchedule
 from sdrun.settings import GenerationSettings, ImageSettings, check_seed, random_seed
 
@@ -36,6 +36,7 @@ class GenerationRequest:
     steps: int
     guidance_scale: float
     sampler: str
+    eta: float | None
     seed: int
     width: int
     height: int
@@ -62,6 +63,7 @@ class GenerationRequest:
             mask_blur=self.mask_blur,
             overlay=self.overlay,
             clip_skip=clip_skip,
+            eta=self.eta,
         )
 
 
@@ -127,7 +129,8 @@ def prepare(
         width, height = _or(width, fitted[0]), _or(height, fitted[1])
     mask = None if given.mask is None else open_image(given.mask, limits.max_init_pixels, "mask")
     width, height = _or(width, facts.default_size), _or(height, facts.default_size)
-    make_sampler(sampler, schedule, steps, strength=strength if image is not None else 1.0)
+    eta = None if given.eta is None else _finite(given.eta, "eta", -MAX_GUIDANCE, MAX_GUIDANCE)
+    make_sampler(sampler, schedule, steps, eta, strength if image is not None else 1.0)
     steps_run = steps - first_step(steps, strength, sampler) if image is not None else steps
     _check_size(width, height, facts)
     limits.check_size(int(width), int(height))
@@ -139,6 +142,7 @@ def prepare(
         steps=steps,
         guidance_scale=guidance_scale,
         sampler=sampler,
+        eta=None if eta == SAMPLERS[sampler].eta_default else eta,
         seed=seed,
         width=int(width),
         height=int(height),

@@ -60,6 +60,8 @@ class ImageSettings:
     overlay: bool = True
     # The model folder's CLIP skip (fixed when it was built), recorded as the web UI records it.
     clip_skip: int = 1
+    # The sampler's eta, when it takes one and it is not the sampler's default.
+    eta: float | None = None
 
 
 # An init image or a mask: a picture, or the path of its file.
@@ -70,8 +72,9 @@ ImageSource = Image.Image | str | Path
 class GenerationSettings:
     """Every setting one generation call can give. None means the model folder's: its generation defaults
     (sdrun.defaults) for steps, guidance scale, sampler and strength, the UNet's sample size (or the init
-    image's size) for width and height, a random seed, and a mask blur of
-    sdrun.inpaint.DEFAULT_MASK_BLUR pixels. `Pipeline.prepare` checks and completes them into a
+    image's size) for width and height, a random seed, the sampler's own eta, and a mask blur of
+    sdrun.inpaint.DEFAULT_MASK_BLUR pixels. `eta` is the noise of the samplers that take one (DDIM's eta,
+    0 deterministic; TCD's gamma). `Pipeline.prepare` checks and completes them into a
     GenerationRequest; `Pipeline.generate_each` says what each does.
     """
 
@@ -80,6 +83,7 @@ class GenerationSettings:
     steps: int | None = None
     guidance_scale: float | None = None
     sampler: str | None = None
+    eta: float | None = None
     seed: int | None = None
     width: int | None = None
     height: int | None = None
@@ -109,6 +113,7 @@ class GenerationSettings:
             steps=recorded.steps,
             guidance_scale=recorded.guidance_scale,
             sampler=recorded.sampler,
+            eta=recorded.eta,
             seed=recorded.seed,
             width=recorded.width,
             height=recorded.height,

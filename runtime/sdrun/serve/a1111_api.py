@@ -59,6 +59,7 @@ def _settings(body: A1111Txt2ImgRequest) -> GenerationSettings:
         steps=body.steps,
         guidance_scale=body.cfg_scale,
         sampler=sampler_for(sampler, body.scheduler),
+        eta=body.eta,
         width=body.width,
         height=body.height,
         num_images=body.batch_size * body.n_iter,

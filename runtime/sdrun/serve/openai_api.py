@@ -70,6 +70,7 @@ def _settings(body: OpenAISettings) -> GenerationSettings:
         steps=body.steps,
         guidance_scale=body.guidance_scale,
         sampler=sampler_for(body.sampler),
+        eta=body.eta,
     )
 
 

@@ -36,6 +36,7 @@ class OpenAISettings(_Strict):
     steps: int | None = Field(None, ge=1, le=MAX_STEPS_PER_REQUEST)
     guidance_scale: float | None = Field(None, ge=-MAX_GUIDANCE, le=MAX_GUIDANCE)
     sampler: str | None = Field(None, max_length=60, description="sdrun's name or A1111's label")
+    eta: float | None = Field(None, description="ours: the sampler's noise (ddim, tcd)")
 
 
 class OpenAIGenerationRequest(OpenAISettings):
@@ -86,6 +87,7 @@ class A1111Txt2ImgRequest(_Strict):
     sampler_name: str | None = Field(None, max_length=60)
     sampler_index: str | None = Field(None, max_length=60, description="older clients' sampler_name")
     scheduler: str | None = Field(None, max_length=40)
+    eta: float | None = Field(None, description="A1111's: DDIM's eta (its Eta DDIM), TCD's gamma")
     batch_size: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST)
     n_iter: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST)
     override_settings: dict[str, Any] | None = None
