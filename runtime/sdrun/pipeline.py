@@ -354,16 +354,19 @@ class Pipeline:
         pixels = decode_tiled(decode, item, factor) if tiled else decode(item)
         return from_pixels(pixels)
 
-    def prepare(self, call: GenerationSettings | str, **fields: Any) -> GenerationRequest:
+    def prepare(
+        self, call: GenerationSettings | str, negative_prompt: str | None = None, **fields: Any
+    ) -> GenerationRequest:
         """A call's settings (GenerationSettings, or a prompt with setting keywords) checked and completed
         without running any network (sdrun.request.prepare): a SettingsError here is the one the call would
         raise. A server prepares a request before queueing it, and the job runs that very request."""
-        settings = settings_of(call, fields)
+        settings = settings_of(call, negative_prompt, fields)
         return prepare(settings, self.facts, self.defaults, self.limits, self.schedule)
 
     def generate(
         self,
         call: Call,
+        negative_prompt: str | None = None,
         *,
         callback: StepCallback | None = None,
         progress: ProgressCallback | None = None,
@@ -373,7 +376,8 @@ class Pipeline:
         """Text-to-image, image-to-image when `init_image` is given, inpainting with a `mask` too: the
         images of `generate_each` (which says what each setting does), all kept in the Result."""
         images, made, stopped = [], [], False
-        for generated in self.generate_each(call, callback=callback, progress=progress, stop=stop, **fields):
+        stages = {"callback": callback, "progress": progress, "stop": stop}
+        for generated in self.generate_each(call, negative_prompt, **stages, **fields):
             images.append(generated.image)
             made.append(generated.settings)
             stopped = generated.stopped
@@ -383,6 +387,7 @@ class Pipeline:
     def generate_each(
         self,
         call: Call,
+        negative_prompt: str | None = None,
         *,
         callback: StepCallback | None = None,
         progress: ProgressCallback | None = None,
@@ -412,11 +417,11 @@ class Pipeline:
         An inpainting UNet without a mask repaints the whole image.
         """
         if isinstance(call, GenerationRequest):
-            if fields:
+            if fields or negative_prompt is not None:
                 raise SettingsError("a prepared request runs as it is: change the settings and prepare again")
             request = call
         else:
-            request = self.prepare(call, **fields)
+            request = self.prepare(call, negative_prompt, **fields)
         facts = self.facts
         embeddings = self.encode_prompt(request.prompt, request.negative_prompt, request.guidance_scale)
         size = (request.width, request.height)

@@ -197,7 +197,9 @@ def _check_prompt(text: object, name: str) -> str:
     return text
 
 
-def settings_of(call: GenerationSettings | str, fields: dict[str, Any]) -> GenerationSettings:
+def settings_of(
+    call: GenerationSettings | str, negative_prompt: str | None, fields: dict[str, Any]
+) -> GenerationSettings:
     """The settings of a call given as settings, or as a prompt, each with `fields` (setting keywords) over
     them."""
     settings = GenerationSettings(prompt=call) if isinstance(call, str) else call
@@ -205,4 +207,6 @@ def settings_of(call: GenerationSettings | str, fields: dict[str, Any]) -> Gener
         raise SettingsError(
             f"generate takes a prompt, GenerationSettings or a GenerationRequest, not {type(call).__name__}"
         )
+    if negative_prompt is not None:
+        fields = {**fields, "negative_prompt": negative_prompt}
     return settings.but(**fields) if fields else settings

@@ -69,7 +69,7 @@ def test_folder_describes_sd2(folder: Path) -> None:
     components = _json(folder / "sdexport_manifest.json")["components"]
     checks = [check for component in components.values() for check in component["validation"]["checks"]]
     assert checks and all(check["max_abs_error"] <= check["limit"] for check in checks)
-    assert Pipeline.load(folder, provider="cpu").default_size == SAMPLE_SIZE * 8
+    assert Pipeline.load(folder, provider="cpu").facts.default_size == SAMPLE_SIZE * 8
 
 
 def test_tokenizer_matches_sd2s(folder: Path, reference: StableDiffusionPipeline) -> None:

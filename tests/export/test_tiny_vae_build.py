@@ -88,7 +88,7 @@ def test_optimum_still_reads_the_folder(built_tiny: Built) -> None:
     from optimum.onnxruntime import ORTStableDiffusionPipeline
 
     pipeline = ORTStableDiffusionPipeline.from_pretrained(built_tiny.folder)
-    assert pipeline.facts.vae_decoder is not None
+    assert pipeline.vae_decoder is not None
 
 
 def test_taesd_for_other_latents_is_refused_before_exporting(

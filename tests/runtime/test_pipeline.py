@@ -84,12 +84,12 @@ def test_constants_come_from_the_folder(folder_copy: Path, tiny_diffusers_dir: P
     vae = json.loads((tiny_diffusers_dir / "vae" / "config.json").read_text())
     unet = json.loads((tiny_diffusers_dir / "unet" / "config.json").read_text())
     loaded = Pipeline.load(folder_copy, provider="cpu")
-    assert loaded.latent_scale == vae["scaling_factor"]
-    assert loaded.default_size == unet["sample_size"] * 8
+    assert loaded.facts.latent_scale == vae["scaling_factor"]
+    assert loaded.facts.default_size == unet["sample_size"] * 8
 
     config_path = folder_copy / "vae_decoder" / "config.json"
     config_path.write_text(json.dumps({**json.loads(config_path.read_text()), "scaling_factor": 0.5}))
-    assert Pipeline.load(folder_copy, provider="cpu").latent_scale == 0.5
+    assert Pipeline.load(folder_copy, provider="cpu").facts.latent_scale == 0.5
 
 
 def test_image_i_of_a_batch_is_the_single_image_of_seed_plus_i(pipeline: Pipeline) -> None:
@@ -273,9 +273,10 @@ def test_manifest_checksums(folder_copy: Path) -> None:
 
 
 def test_manifest_can_relax_the_size_multiple(folder_copy: Path) -> None:
-    assert Pipeline.load(folder_copy, provider="cpu").size_multiple == 16  # 8 for the VAE, 2 for the UNet
+    # 8 for the VAE, 2 for the UNet
+    assert Pipeline.load(folder_copy, provider="cpu").facts.size_multiple == 16
     _write_manifest(folder_copy, latent_size_multiple=1)
-    assert Pipeline.load(folder_copy, provider="cpu").size_multiple == 8
+    assert Pipeline.load(folder_copy, provider="cpu").facts.size_multiple == 8
 
 
 def test_manifest_lists_a_missing_file(folder_copy: Path) -> None:

@@ -126,7 +126,7 @@ def test_folder_defaults_choose_the_vae_and_a_missing_tiny_encoder_falls_back(
     copy = _copy_with_manifest(tiny_vae_folder, tmp_path / "copy", without="vae_encoder_tiny", vae="tiny")
     pipeline = Pipeline.load(copy, "cpu")
     assert (pipeline.facts.vae_decoder, pipeline.facts.vae_encoder) == ("vae_decoder_tiny", "vae_encoder")
-    assert Pipeline.load(copy, "cpu", vae="full").vae_decoder == "vae_decoder"
+    assert Pipeline.load(copy, "cpu", vae="full").facts.vae_decoder == "vae_decoder"
 
 
 def test_vae_tiny_without_a_tiny_decoder_is_a_one_line_error(tiny_vae_folder: Path, tmp_path: Path) -> None:

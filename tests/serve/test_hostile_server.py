@@ -98,7 +98,7 @@ def test_library_errors_name_no_server_path(
     from sdrun.errors import ModelFolderError
     from sdrun.pipeline import Pipeline
 
-    def unreadable(pipeline: Pipeline, **settings: object) -> None:
+    def unreadable(pipeline: Pipeline, *call: object, **settings: object) -> None:
         raise ModelFolderError(f"cannot read {served_folder.resolve()}/unet/model.onnx: Permission denied")
 
     monkeypatch.setattr(Pipeline, "prepare", unreadable)
