@@ -1,7 +1,8 @@
-"""AUTOMATIC1111's vocabulary, as its web UI and API spell it: schedule types and the scheduler names of its
-API. Users bring A1111 prompts, PNG infotexts and API bodies, so these words are a contract: every adapter
-(PNG text, the A1111 routes, the CLI's --from-png) reads them from here. Which sdrun sampler each sampler
-label and schedule type stand for is a column of the sampler table (sdrun.samplers.SAMPLER_TABLE).
+"""AUTOMATIC1111's vocabulary, as its web UI and API spell it: schedule types, the scheduler names of its
+API, and the keys of its infotext (the `parameters` text of its PNGs, sdrun.infotext). Users bring A1111
+prompts, PNG infotexts and API bodies, so these words are a contract: every adapter (the infotext, the A1111
+routes, the CLI's --from-png) reads them from here. Which sdrun sampler each sampler label and schedule type
+stand for is a column of the sampler table (sdrun.samplers.SAMPLER_TABLE).
 """
 
 # Schedule types (the infotext's "Schedule type", the API's `scheduler` by its label).
@@ -19,3 +20,20 @@ SCHEDULER_NAMES = {
     "karras": KARRAS,
     "sgm_uniform": SGM_UNIFORM,
 }
+
+# The infotext: the PNG text chunk that holds it, the line that starts the negative prompt, and its keys.
+PARAMETERS_CHUNK = "parameters"
+NEGATIVE_PREFIX = "Negative prompt:"
+STEPS = "Steps"
+SAMPLER = "Sampler"
+SCHEDULE_TYPE = "Schedule type"
+CFG_SCALE = "CFG scale"
+SEED = "Seed"
+SIZE = "Size"
+MODEL = "Model"
+DENOISING_STRENGTH = "Denoising strength"
+MASK_BLUR = "Mask blur"
+CLIP_SKIP = "Clip skip"
+# DDIM's eta has a key of its own; the other samplers' eta (A1111's ancestral ones) is "Eta".
+ETA_DDIM = "Eta DDIM"
+ETA = "Eta"

@@ -17,7 +17,7 @@ from sdrun.inpaint import DEFAULT_MASK_BLUR, MAX_MASK_BLUR
 from sdrun.limits import DEFAULT_MAX_PIXELS, MAX_IMAGES, Limits
 from sdrun.outputs import check_outputs, output_paths
 from sdrun.pipeline import Pipeline
-from sdrun.png_info import read_png_settings, save_png
+from sdrun.png_files import read_png_settings, save_png
 from sdrun.providers import PROVIDER_CHOICES
 from sdrun.samplers import SAMPLERS
 from sdrun.serve.config import DEFAULT_MAX_WORK

@@ -23,7 +23,8 @@ from sdexport.models import StableDiffusion, StableDiffusionConfig
 from sdrun import Pipeline
 from sdrun.cli import main as sdrun_main
 from sdrun.folder import sha256_of
-from sdrun.png_info import format_parameters, parse_parameters, save_png
+from sdrun.infotext import format_parameters, parse_parameters
+from sdrun.png_files import save_png
 
 TOLERANCE = 1e-4  # relative, as the fp32 graph checks
 PROMPT = "<two> in the style of my-style, <two>"

@@ -13,7 +13,7 @@ import pytest
 from cli_runs import assert_one_line_error, png_parameters, png_pixels, run_cli
 from PIL import Image
 
-from sdrun.png_info import parse_parameters
+from sdrun.infotext import parse_parameters
 
 FAST = ["--steps", "3", "--seed", "5"]
 

@@ -23,7 +23,7 @@ from test_hostile_inputs import FAST, assert_refused, sdrun
 from sdrun.errors import GraphOutputError, GraphRunError, SettingsError
 from sdrun.graphs import Graph
 from sdrun.outputs import output_paths
-from sdrun.png_info import read_png_settings, save_png
+from sdrun.png_files import read_png_settings, save_png
 from sdrun.settings import ImageSettings
 
 
@@ -321,7 +321,7 @@ def test_a_name_taken_mid_run_stops_with_earlier_pictures_kept(tiny_sdexport_dir
 def test_one_seed_range_everywhere(tiny_sdexport_dir: Path, out: Path) -> None:
     """Every seed the library and the CLI take is one the PNG reader reads back (the server's schemas
     import the same MAX_SEED)."""
-    from sdrun.png_info import parse_parameters
+    from sdrun.infotext import parse_parameters
     from sdrun.serve import schemas
     from sdrun.settings import MAX_SEED
 

@@ -400,7 +400,7 @@ def test_parameters_parser_is_linear() -> None:
     (hours for 1 MB); now 20 kB is parsed and refused at once, a 1 MB text is refused by its length, and
     the pair scanner itself takes a 1 MB line in well under a second."""
     from sdrun.errors import SettingsError
-    from sdrun.png_info import _parse_pairs, parse_parameters
+    from sdrun.infotext import _parse_pairs, parse_parameters
 
     for size in (20_000, 1_000_000):
         started = time.perf_counter()

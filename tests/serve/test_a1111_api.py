@@ -26,8 +26,8 @@ from serve_helpers import (
     png_parameters,
 )
 
+from sdrun.infotext import parse_parameters
 from sdrun.pipeline import Pipeline
-from sdrun.png_info import parse_parameters
 from sdrun.serve.config import ServeConfig
 
 httpx = pytest.importorskip("httpx")

@@ -14,8 +14,9 @@ from PIL import Image
 from serve_helpers import PROMPT, decode, png_parameters
 
 from sdrun.errors import SettingsError
+from sdrun.infotext import format_parameters, parse_parameters
 from sdrun.pipeline import Pipeline
-from sdrun.png_info import format_parameters, parse_parameters, read_png_settings, save_png
+from sdrun.png_files import read_png_settings, save_png
 from sdrun.settings import GenerationSettings
 
 DDIM = {"sampler": "ddim", "steps": 6}

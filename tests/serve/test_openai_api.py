@@ -23,8 +23,8 @@ from serve_helpers import (
 )
 
 from sdrun.cli import main as sdrun_main
+from sdrun.infotext import parse_parameters
 from sdrun.pipeline import Pipeline
-from sdrun.png_info import parse_parameters
 
 openai = pytest.importorskip("openai")
 

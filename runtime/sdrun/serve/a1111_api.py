@@ -16,8 +16,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Request
 
 from sdrun.errors import SettingsError
+from sdrun.infotext import format_parameters
 from sdrun.inpaint import mask_channel
-from sdrun.png_info import format_parameters
 from sdrun.results import GeneratedImage
 from sdrun.samplers import a1111_names
 from sdrun.serve.dependencies import run_job, served_models

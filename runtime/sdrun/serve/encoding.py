@@ -11,12 +11,12 @@ import binascii
 import io
 from collections.abc import Callable
 
-from PIL import Image, ImageOps, PngImagePlugin
+from PIL import Image, ImageOps
 from starlette.concurrency import run_in_threadpool
 
 from sdrun.errors import SettingsError
 from sdrun.images import decode_upright, open_image
-from sdrun.png_info import PARAMETERS_KEY, format_parameters
+from sdrun.png_files import png_bytes
 from sdrun.results import GeneratedImage
 from sdrun.settings import ImageSettings
 
@@ -41,11 +41,7 @@ async def pngs_base64(images: list[GeneratedImage]) -> list[str]:
 
 def png_base64(image: Image.Image, settings: ImageSettings) -> str:
     """The image as a base64 PNG whose `parameters` chunk reproduces it (as A1111's API returns them)."""
-    info = PngImagePlugin.PngInfo()
-    info.add_text(PARAMETERS_KEY, format_parameters(settings))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    return base64.b64encode(png_bytes(image, settings)).decode("ascii")
 
 
 async def image_from_bytes(data: bytes, name: str, max_pixels: int, what: str = "init image") -> Image.Image:

@@ -6,12 +6,8 @@ import pytest
 from PIL import Image
 
 from sdrun.errors import SettingsError
-from sdrun.png_info import (
-    format_parameters,
-    parse_parameters,
-    read_png_settings,
-    save_png,
-)
+from sdrun.infotext import format_parameters, parse_parameters
+from sdrun.png_files import read_png_settings, save_png
 from sdrun.samplers import SAMPLER_TABLE, SAMPLERS
 from sdrun.settings import ImageSettings
 
