@@ -1,16 +1,7 @@
 """Stable Diffusion 1.x on an exported folder: prompt -> text encoder -> sampled latents -> VAE -> images.
 
-Randomness: image i of a call uses its own generator, `numpy.random.default_rng(seed + i)`, so it is
-the same image as a call for one image with seed + i. Each generator draws, in this order:
-- with an init image, the VAE latent sample's noise (latent shape), unless an inpainting UNet runs at
-  strength 1 (it starts from pure noise and sees the init image only masked);
-- the starting noise (latent shape);
-- when inpainting (a mask given, or any call to an inpainting UNet), the masked image's VAE latent
-  sample's noise (latent shape; drawn but unused under a plain UNet);
-- one draw (latent shape) for each step that re-injects noise, after that step's UNet call (which steps
-  do: sdrun.samplers).
-All draws are float32 standard normals; this is the order of diffusers' StableDiffusionInpaintPipeline
-and StableDiffusionImg2ImgPipeline.
+The stages run in this order for each call; the random draws of each image, in their documented order, are
+sdrun.draws's.
 """
 
 import functools
@@ -24,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from sdrun.defaults import GenerationDefaults
+from sdrun.draws import draw_image
 from sdrun.errors import GraphOutputError, ModelFolderError, SdrunError, SettingsError
 from sdrun.folder import ModelFolder, open_model_folder
 from sdrun.folder_layout import TEXT_ENCODER, TINY_VAE_ENCODER, UNET
@@ -482,21 +474,17 @@ class Pipeline:
         stop: StopSignal | None,
         **sampling: Any,
     ) -> Iterator[tuple[np.ndarray, bool]]:
-        """(latents, stopped) of image i from default_rng(seed + i), in the order the module docstring
-        gives; stops after the image during which the callback asked to or `stop` was interrupted."""
+        """(latents, stopped) of image i, from the draws of seed + i (sdrun.draws); stops after the image
+        during which the callback asked to or `stop` was interrupted."""
         for index in range(num_images):
-            rng = np.random.default_rng(seed + index)
-            init_latents = None
-            if distribution is not None:
-                init_latents = distribution.sample(rng.standard_normal(latent_shape, dtype=np.float32))
-                init_latents = init_latents * self.facts.latent_scale
-            noise = rng.standard_normal(latent_shape, dtype=np.float32)
-            masked_latents = None
-            if latent_mask is not None:
-                # Drawn under a plain UNet too, which has no use for it, as diffusers draws it.
-                masked_noise = rng.standard_normal(latent_shape, dtype=np.float32)
-                if masked_distribution is not None:
-                    masked_latents = masked_distribution.sample(masked_noise) * self.facts.latent_scale
+            draws = draw_image(
+                seed + index,
+                latent_shape,
+                self.facts.latent_scale,
+                distribution,
+                masked_distribution if latent_mask is not None else None,
+                inpainting=latent_mask is not None,
+            )
             stopped = False
 
             def on_step(step: int, total: int, latents: np.ndarray, index: int = index) -> bool:
@@ -509,11 +497,11 @@ class Pipeline:
             with self.sessions.use(UNET):
                 latents = self.denoise(
                     embeddings,
-                    noise,
-                    rng,
-                    init_latents=init_latents,
+                    draws.noise,
+                    draws.rng,
+                    init_latents=draws.init_latents,
                     mask=latent_mask,
-                    masked_latents=masked_latents,
+                    masked_latents=draws.masked_latents,
                     callback=on_step,
                     stop=stop,
                     **sampling,
