@@ -43,7 +43,7 @@ def copy_folder(source: Path, target: Path) -> Path:
     return Path(shutil.copytree(source, target, symlinks=True))
 
 
-def _external(tensor: TensorProto, location: str) -> TensorProto:
+def stored_externally(tensor: TensorProto, location: str) -> TensorProto:
     """`tensor` with its bytes moved to `location` (which onnx leaves as written)."""
     size = len(tensor.raw_data)
     tensor.ClearField("raw_data")
@@ -56,7 +56,7 @@ def _external(tensor: TensorProto, location: str) -> TensorProto:
 
 def weights_graph(location: str, values: np.ndarray) -> onnx.ModelProto:
     """y = x + W, W stored as external data at `location` (which onnx leaves as written)."""
-    weight = _external(numpy_helper.from_array(values.astype(np.float32), "W"), location)
+    weight = stored_externally(numpy_helper.from_array(values.astype(np.float32), "W"), location)
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "W"], ["y"])],
         "reads_weights",
@@ -88,7 +88,7 @@ def unet_graph(out: str) -> onnx.ModelProto:
 def function_default_graph(location: str, values: np.ndarray) -> onnx.ModelProto:
     """y = x + W, W the default value of an attribute of a model-local function (FunctionProto field 11),
     stored as external data at `location`: a node calls the function without giving the attribute."""
-    weight = _external(numpy_helper.from_array(values.astype(np.float32), "W"), location)
+    weight = stored_externally(numpy_helper.from_array(values.astype(np.float32), "W"), location)
     constant = helper.make_node("Constant", [], ["c"])
     reference = helper.make_attribute_ref("value", onnx.AttributeProto.TENSOR)
     reference.ref_attr_name = "w"
@@ -110,3 +110,33 @@ def function_default_graph(location: str, values: np.ndarray) -> onnx.ModelProto
     )
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid("local", 1)]
     return helper.make_model(graph, opset_imports=opsets, functions=[function], ir_version=10)
+
+
+def loop_graph(source: str, out: str, shape: list | None) -> onnx.ModelProto:
+    """out = `source` passed through a Loop of 10^15 iterations (a graph whose run would not end)."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["c_in"], ["c_out"]),
+            helper.make_node("Identity", ["v_in"], ["v_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, shape),
+        ],
+        [
+            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, shape),
+        ],
+    )
+    trips = numpy_helper.from_array(np.array(10**15, dtype=np.int64), "trips")
+    keep = numpy_helper.from_array(np.array(True), "keep")
+    graph = helper.make_graph(
+        [helper.make_node("Loop", ["trips", "keep", source], [out], body=body)],
+        "loops",
+        [helper.make_tensor_value_info(source, TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, shape)],
+        [trips, keep],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)

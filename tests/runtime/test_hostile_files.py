@@ -9,12 +9,10 @@ import time
 import zlib
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import test_hostile_inputs
-from hostile_folders import reseal, weights_graph
-from onnx import TensorProto, helper, numpy_helper
+from hostile_folders import loop_graph, reseal, weights_graph
 from test_hostile_inputs import FAST, SECRET, assert_refused, sdrun
 
 from sdrun.folder import MAX_FOLDER_BYTES
@@ -42,38 +40,9 @@ def test_a_manifest_of_a_huge_sparse_file_is_refused_before_hashing(folder: Path
     assert run.seconds < 30
 
 
-def _loop_graph() -> onnx.ModelProto:
-    """A vae_decoder-shaped graph whose Loop runs 10^15 times."""
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["c_in"], ["c_out"]),
-            helper.make_node("Identity", ["v_in"], ["v_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, None),
-        ],
-        [
-            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, None),
-        ],
-    )
-    trips = numpy_helper.from_array(np.array(10**15, dtype=np.int64), "trips")
-    keep = numpy_helper.from_array(np.array(True), "keep")
-    graph = helper.make_graph(
-        [helper.make_node("Loop", ["trips", "keep", "latent_sample"], ["sample"], body=body)],
-        "loops",
-        [helper.make_tensor_value_info("latent_sample", TensorProto.FLOAT, ["b", 4, "h", "w"])],
-        [helper.make_tensor_value_info("sample", TensorProto.FLOAT, None)],
-        [trips, keep],
-    )
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-
-
 def test_a_graph_that_loops_for_ever_is_refused(folder: Path, work: Path) -> None:
-    onnx.save_model(_loop_graph(), folder / "vae_decoder" / "model.onnx")
+    loops = loop_graph("latent_sample", "sample", ["b", 4, "h", "w"])
+    onnx.save_model(loops, folder / "vae_decoder" / "model.onnx")
     reseal(folder)
     run = sdrun("a cube", "--model", folder, "--out", work / "out" / "x.png", *FAST, cwd=work, timeout=60)
     assert_refused(run, "Loop node, which runs a subgraph a number of times sdrun cannot bound", work / "out")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from hostile_folders import _external, function_default_graph, weights_graph
+from hostile_folders import function_default_graph, loop_graph, stored_externally, weights_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from sdrun import onnx_refs
@@ -21,7 +21,7 @@ OPSET = [helper.make_opsetid("", 17)]
 
 
 def _stored(name: str = "W", location: str = "w.bin") -> TensorProto:
-    return _external(numpy_helper.from_array(VALUES, name), location)
+    return stored_externally(numpy_helper.from_array(VALUES, name), location)
 
 
 def _model(nodes: list, initializer: list | None = None, **fields: object) -> onnx.ModelProto:
@@ -122,25 +122,7 @@ def test_plain_locations_pass(location: str, tmp_path: Path) -> None:
 
 
 def _loop() -> onnx.ModelProto:
-    body = helper.make_graph(
-        [
-            helper.make_node("Identity", ["c_in"], ["c_out"]),
-            helper.make_node("Identity", ["v_in"], ["v_out"]),
-        ],
-        "body",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("c_in", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_in", TensorProto.FLOAT, [4]),
-        ],
-        [
-            helper.make_tensor_value_info("c_out", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("v_out", TensorProto.FLOAT, [4]),
-        ],
-    )
-    trips = numpy_helper.from_array(np.array(10**15, dtype=np.int64), "trips")
-    keep = numpy_helper.from_array(np.array(True), "keep")
-    return _model([helper.make_node("Loop", ["trips", "keep", "x"], ["y"], body=body)], [trips, keep])
+    return loop_graph("x", "y", [4])
 
 
 def _loop_in_a_function() -> onnx.ModelProto:
