@@ -49,8 +49,8 @@ def save_png(
     taken only if free at that moment (sdrun.outputs.place_file): a file, link or dangling link that
     appeared at `path` while the picture was made is kept and refused, unless `overwrite`."""
     path = Path(path)
-    data = png_bytes(image, settings)
     try:
+        data = png_bytes(image, settings)  # PIL's encoder reports its failures as OSError too
         path.parent.mkdir(parents=True, exist_ok=True)
         handle, partial = tempfile.mkstemp(prefix=f".{path.name[:100]}.", suffix=".partial", dir=path.parent)
     except OSError as error:
