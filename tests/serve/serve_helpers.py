@@ -37,16 +37,15 @@ def free_port() -> int:
 
 @contextmanager
 def live_server(config: ServeConfig) -> Iterator[str]:
-    """uvicorn serving the app on 127.0.0.1 in a thread; yields its base URL, stops it after."""
-    import uvicorn
-
+    """The production server (sdrun.serve.server: its bounds and shutdown) on 127.0.0.1 in a thread; yields
+    its base URL, stops it after."""
     from sdrun.serve.app import create_app
+    from sdrun.serve.server import bind, build_server
 
+    server = build_server(create_app(config), config, log_level="warning")
     port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config), host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
+    sock = bind("127.0.0.1", port)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_SECONDS
     while not server.started:
@@ -57,6 +56,7 @@ def live_server(config: ServeConfig) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(STARTUP_SECONDS)
+        sock.close()
 
 
 def decode(b64: str) -> np.ndarray:

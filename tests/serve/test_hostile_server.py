@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from serve_helpers import PROMPT, SIDE, free_port, init_image, png_bytes
+from serve_helpers import PROMPT, SIDE, free_port, init_image, live_server, png_bytes
 
 from sdrun.cli import main
 from sdrun.serve.config import ServeConfig
@@ -28,7 +28,6 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from sdrun.serve.app import create_app  # noqa: E402
 from sdrun.serve.browser_guard import default_allowed_hosts, is_loopback  # noqa: E402
-from sdrun.serve.server import bind, build_server  # noqa: E402
 
 OWN = "http://127.0.0.1:7860"  # what a browser on the server's own pages sends as Origin
 APP_ORIGIN = "https://app.example"
@@ -186,23 +185,9 @@ def test_the_docs_need_the_key(served_folder: Path) -> None:
 
 @contextmanager
 def bounded_server(config: ServeConfig) -> Iterator[int]:
-    """The production server (sdrun.serve.server.build_server) on 127.0.0.1 in a thread; yields its port."""
-    app = create_app(config)
-    server = build_server(app, config, log_level="warning")
-    port = free_port()
-    sock = bind("127.0.0.1", port)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + STARTUP_SECONDS
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(STARTUP_SECONDS)
-        sock.close()
+    """The production server on 127.0.0.1 (serve_helpers.live_server); yields its port."""
+    with live_server(config) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 @pytest.fixture(scope="module")
