@@ -30,6 +30,10 @@ SCHEDULE_TYPE = "Schedule type"
 CFG_SCALE = "CFG scale"
 SEED = "Seed"
 SIZE = "Size"
+# The checkpoint's short hash (A1111's `sd_models.model_hash` since web UI 1.1: the first SHORT_HASH_LENGTH
+# hex digits of the file's sha256; older texts carry an 8-digit hash of a slice of the file instead).
+MODEL_HASH = "Model hash"
+SHORT_HASH_LENGTH = 10
 MODEL = "Model"
 DENOISING_STRENGTH = "Denoising strength"
 MASK_BLUR = "Mask blur"
@@ -37,3 +41,12 @@ CLIP_SKIP = "Clip skip"
 # DDIM's eta has a key of its own; the other samplers' eta (A1111's ancestral ones) is "Eta".
 ETA_DDIM = "Eta DDIM"
 ETA = "Eta"
+# The program that wrote the text. The web UI's reader turns on compatibility options for texts of its own
+# versions before 1.8 (infotext_versions.backcompat) and ignores a version it cannot parse, such as sdrun's.
+VERSION = "Version"
+
+
+
+def model_hash(checkpoint_sha256: str | None) -> str:
+    """The "Model hash" the web UI writes for a checkpoint file of this sha256 digest ("" for none)."""
+    return (checkpoint_sha256 or "")[:SHORT_HASH_LENGTH]

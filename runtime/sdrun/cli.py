@@ -10,14 +10,16 @@ from typing import Any
 import click
 import numpy as np
 
+from sdrun.a1111 import model_hash
 from sdrun.bench import bench_folder, write_json
 from sdrun.defaults import VAE_CHOICES, GenerationDefaults
 from sdrun.errors import ModelFolderError, SdrunError, SettingsError
+from sdrun.infotext import read_parameters_file
 from sdrun.inpaint import DEFAULT_MASK_BLUR, MAX_MASK_BLUR
 from sdrun.limits import DEFAULT_MAX_PIXELS, MAX_IMAGES, Limits
 from sdrun.outputs import check_outputs, output_paths
 from sdrun.pipeline import Pipeline
-from sdrun.png_files import read_png_settings, save_png
+from sdrun.png_files import read_png_infotext, save_png
 from sdrun.providers import PROVIDER_CHOICES
 from sdrun.samplers import SAMPLERS
 from sdrun.serve.config import DEFAULT_MAX_WORK
@@ -46,6 +48,7 @@ def main() -> None:
     \b
       sdrun "a prompt" [OPTIONS]       same as: sdrun generate "a prompt" [OPTIONS]
       sdrun --from-png IMAGE [OPTIONS] make IMAGE again from the settings it carries
+      sdrun --from-infotext FILE       the same from an infotext (civitai's generation data)
       sdrun bench DIR [OPTIONS]        time and memory of each stage of a generation
       sdrun serve [DIR ...] [OPTIONS]  HTTP server: OpenAI Images and AUTOMATIC1111 APIs
 
@@ -183,6 +186,13 @@ def _open_pipeline(
     type=click.Path(path_type=Path),
     help="Reproduce a PNG from the settings in its 'parameters' chunk; other options override them.",
 )
+@click.option(
+    "--from-infotext",
+    "from_infotext",
+    type=click.Path(path_type=Path, allow_dash=True),
+    help="As --from-png, from a text file holding an AUTOMATIC1111 infotext (a PNG's 'parameters', "
+    "civitai's generation data); - reads it from standard input.",
+)
 @click.option("--skip-checksums", is_flag=True, help="Check only file sizes against the folder's manifest.")
 @click.option(
     "--require-manifest",
@@ -235,6 +245,7 @@ def generate(
     quiet: bool,
     provider: str,
     from_png: Path | None,
+    from_infotext: Path | None,
     init_image: str | None,
     skip_checksums: bool,
     low_memory: bool,
@@ -248,7 +259,7 @@ def generate(
     """Generate images from PROMPT and write them as PNGs with their settings."""
     if low_memory and fast:
         raise click.UsageError("--low-memory and --fast pull opposite ways: choose one")
-    recorded = read_png_settings(from_png) if from_png is not None else None
+    source, recorded = _recorded_settings(from_png, from_infotext)
     options = {**overrides, "num_images": num_images, "init_image": init_image}
     settings = _settings_from_options(prompt, recorded, options)
     # The seeds name the files, and every file is checked before any work starts.
@@ -275,10 +286,17 @@ def generate(
             f"Model {pipeline.folder.path} on the {pipeline.provider.upper()} execution provider", err=True
         )
         if recorded is not None and recorded.model and recorded.model != pipeline.folder.name:
-            click.echo(f"Note: {from_png} was made with model {recorded.model!r}", err=True)
+            click.echo(f"Note: {source} was made with model {recorded.model!r}", err=True)
+        built_from = model_hash(pipeline.folder.facts.checkpoint_sha256)
+        if recorded is not None and recorded.model_hash and built_from and recorded.model_hash != built_from:
+            click.echo(
+                f"Note: {source} was made with the checkpoint of Model hash {recorded.model_hash}; this "
+                f"model folder was built from {built_from}",
+                err=True,
+            )
         if recorded is not None and recorded.clip_skip != pipeline.facts.clip_skip:
             click.echo(
-                f"Note: {from_png} was made with Clip skip {recorded.clip_skip}, this model folder has "
+                f"Note: {source} was made with Clip skip {recorded.clip_skip}, this model folder has "
                 f"{pipeline.facts.clip_skip} (`sdexport build --clip-skip` sets it)",
                 err=True,
             )
@@ -440,6 +458,23 @@ def serve(
         serve_forever(config, host, port)
 
 
+def _recorded_settings(
+    from_png: Path | None, from_infotext: Path | None
+) -> tuple[Path | None, ImageSettings | None]:
+    """Where the settings to make again come from, and those settings (None without --from-*); a field of
+    the text that sdrun does not honour is named in one warning, never dropped in silence."""
+    if from_png is not None and from_infotext is not None:
+        raise click.UsageError("give --from-png or --from-infotext, not both")
+    if from_png is None and from_infotext is None:
+        return None, None
+    source = from_png or from_infotext
+    read = read_png_infotext(from_png) if from_png is not None else read_parameters_file(source)
+    note = read.warning(str(source))
+    if note is not None:
+        warnings.warn(note, stacklevel=1)
+    return source, read.settings
+
+
 def _settings_from_options(
     prompt: str | None, recorded: ImageSettings | None, overrides: dict[str, Any]
 ) -> GenerationSettings:
@@ -450,7 +485,7 @@ def _settings_from_options(
         given["prompt"] = prompt
     if recorded is None:
         if prompt is None:
-            raise SettingsError('give a prompt (sdrun "a prompt") or --from-png IMAGE')
+            raise SettingsError('give a prompt (sdrun "a prompt"), --from-png IMAGE or --from-infotext FILE')
         return GenerationSettings().but(**given)
     if recorded.strength is not None and "init_image" not in given:
         raise SettingsError(

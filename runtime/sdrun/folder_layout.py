@@ -6,6 +6,7 @@ layout is that of the Hugging Face ONNX exports (optimum), so a folder without o
 (DESIGN.md, "The exported folder").
 """
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,6 +82,7 @@ VALIDATION_KEY = "validation"
 # {component: {"graph", "precision", "fused_attentions", "inputs", "outputs", "validation", ...}}
 COMPONENTS_KEY = "components"
 FUSED_ATTENTIONS_KEY = "fused_attentions"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,9 @@ class ManifestFacts:
     clip_skip: int = 1
     latent_multiple: int | None = None
     fused_attentions: int = 0
+    # The sha256 of the checkpoint file the folder was built from (None for a diffusers folder, whose
+    # digest is of its files, or when not recorded): the web UI's "Model hash" is its start.
+    checkpoint_sha256: str | None = None
 
     @classmethod
     def read(cls, manifest: Mapping[str, Any]) -> "ManifestFacts":
@@ -105,6 +110,7 @@ class ManifestFacts:
             clip_skip=whole_number(manifest, CLIP_SKIP_KEY, "manifest", 1, 64, 1),
             latent_multiple=latent_multiple,
             fused_attentions=_fused_attentions(manifest),
+            checkpoint_sha256=_checkpoint_sha256(manifest),
         )
 
     @property
@@ -122,6 +128,21 @@ def _word(manifest: Mapping[str, Any], key: str, choices: tuple[str, ...], defau
             "export the model folder again"
         )
     return value
+
+
+def _checkpoint_sha256(manifest: Mapping[str, Any]) -> str | None:
+    """The source's digest when the source was one checkpoint file ("original", as sdexport records it)."""
+    source = manifest.get(SOURCE_KEY)
+    if not isinstance(source, dict) or source.get("kind") != "original" or source.get("sha256") is None:
+        return None
+    digest = source["sha256"]
+    # It goes into every PNG's text: a stranger's manifest must not put words there.
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise ModelFolderError(
+            f"manifest {SOURCE_KEY}.sha256={repr(digest)[:40]} is not a sha256 digest; "
+            "export the model folder again"
+        )
+    return digest
 
 
 def _fused_attentions(manifest: Mapping[str, Any]) -> int:

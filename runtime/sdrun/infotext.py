@@ -11,13 +11,22 @@ The text is the prompt, an optional "Negative prompt: ..." line, and one line of
 As in that format, leading and trailing spaces of each prompt line are not kept, and a prompt line that
 starts with "Negative prompt:" cannot be told from the negative prompt.
 
+The fields are written in the order of the web UI's `processing.create_infotext`, with its spelling; the
+model's "Model hash" when the folder records its checkpoint's digest, and "Version: sdrun X.Y.Z".
+
 A text to read settings from may come from anywhere: it is bounded, and the parser is linear in its input.
+Reading never drops a field silently: what sdrun has no setting for (an extension's fields, "Lora hashes",
+a VAE's name) comes back in `Infotext.unhonoured`, for the caller to name in one warning.
 The keys are A1111's (sdrun.a1111); "Mask overlay" is sdrun's own.
 """
 
 import json
 import re
+import sys
 from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
 from typing import TypeVar
 
 from sdrun import a1111
@@ -35,6 +44,14 @@ MAX_PARAMETERS_CHARACTERS = 65_536
 _WHOLE = re.compile(r"[0-9]{1,20}")
 _DECIMAL = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 _SIZE = re.compile(r"\s*([0-9]{1,6})\s*x\s*([0-9]{1,6})\s*")
+# New hashes are 10 hex digits, those of web UIs before 1.1 are 8 (a1111.MODEL_HASH).
+_MODEL_HASH = re.compile(r"[0-9a-fA-F]{8,64}")
+# Fields about the program that wrote the text, not about the picture: read, and nothing to honour.
+_ABOUT_THE_WRITER = (a1111.VERSION,)
+# The distribution that installs sdrun (with sdexport; pyproject.toml).
+_DISTRIBUTION = "sdexport"
+# At most this many unhonoured keys are named in the warning (a stranger's text may hold thousands).
+MAX_NAMED_KEYS = 12
 
 
 def _quote(value: object) -> str:
@@ -56,8 +73,18 @@ def _number(value: float) -> str:
     return f"{value:g}" if float(value).is_integer() else repr(float(value))
 
 
+def sdrun_version() -> str:
+    """The "Version" sdrun writes: its own name and version, which the web UI's reader cannot parse as one
+    of its versions and so reads as a current text (no compatibility options)."""
+    try:
+        return f"sdrun {metadata.version(_DISTRIBUTION)}"
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "sdrun"
+
+
 def format_parameters(settings: ImageSettings) -> str:
-    """The `parameters` text for one image."""
+    """The `parameters` text for one image, its fields in the order the web UI writes them (its fixed
+    fields, then those its scripts add, as Mask blur and Eta, then Version)."""
     label, schedule = a1111_names(settings.sampler)
     pairs = {
         a1111.STEPS: settings.steps,
@@ -66,12 +93,14 @@ def format_parameters(settings: ImageSettings) -> str:
         a1111.CFG_SCALE: _number(settings.guidance_scale),
         a1111.SEED: settings.seed,
         a1111.SIZE: f"{settings.width}x{settings.height}",
+        a1111.MODEL_HASH: settings.model_hash or None,
         a1111.MODEL: settings.model or None,
         a1111.DENOISING_STRENGTH: None if settings.strength is None else _number(settings.strength),
+        a1111.CLIP_SKIP: settings.clip_skip if settings.clip_skip > 1 else None,
         a1111.MASK_BLUR: settings.mask_blur,
         MASK_OVERLAY: "off" if settings.mask_blur is not None and not settings.overlay else None,
-        a1111.CLIP_SKIP: settings.clip_skip if settings.clip_skip > 1 else None,
         _eta_key(label): None if settings.eta is None else _number(settings.eta),
+        a1111.VERSION: sdrun_version(),
     }
     line = ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items() if value is not None)
     negative = f"\n{a1111.NEGATIVE_PREFIX} {settings.negative_prompt}" if settings.negative_prompt else ""
@@ -80,13 +109,20 @@ def format_parameters(settings: ImageSettings) -> str:
 
 def _parse_pairs(line: str) -> dict[str, str]:
     """The "Key: value" pairs of the settings line, scanned once from left to right: a value is a JSON
-    string (escapes allowed) or anything up to the next comma."""
+    string (escapes allowed) or anything up to the next comma. A word alone between commas is a field whose
+    value is its key (the web UI writes such a field as its key alone)."""
     pairs: dict[str, str] = {}
     position, end = 0, len(line)
     while position < end:
         colon = line.find(":", position)
         if colon < 0:
             break
+        comma = line.rfind(",", position, colon)
+        if comma >= 0:
+            for word in line[position:comma].split(","):
+                if word.strip():
+                    pairs[word.strip()] = word.strip()
+            position = comma + 1
         key = line[position:colon].strip()
         position = colon + 1
         while position < end and line[position] == " ":
@@ -144,16 +180,84 @@ def _switch(pairs: dict[str, str], key: str) -> bool:
     return pairs[key] == "on"
 
 
+@dataclass(frozen=True)
+class Infotext:
+    """A `parameters` text as sdrun reads it: the settings it honours, and every other field of its
+    settings line (key -> value as written, in the text's order), which the picture is made without."""
+
+    settings: ImageSettings
+    unhonoured: dict[str, str]
+
+    def warning(self, source: str) -> str | None:
+        """One line naming the fields that `source` (where the text came from) carries and sdrun does not
+        honour; None when it honours them all."""
+        if not self.unhonoured:
+            return None
+        keys = list(self.unhonoured)
+        named = ", ".join(quoted(key) if not key.isprintable() else key[:60] for key in keys[:MAX_NAMED_KEYS])
+        more = f" and {len(keys) - MAX_NAMED_KEYS:,} more" if len(keys) > MAX_NAMED_KEYS else ""
+        return (
+            f"{source} has {len(keys):,} field{'s' if len(keys) > 1 else ''} that sdrun does not honour, "
+            f"so its picture may differ: {named}{more}"
+        )
+
+
+class _Fields(dict[str, str]):
+    """The settings line's fields, remembering which ones the reader looked up: every other one is
+    reported as unhonoured, so that a key that gains a reader is honoured without another list to edit."""
+
+    def __init__(self, pairs: dict[str, str]) -> None:
+        super().__init__(pairs)
+        self.looked_up: set[str] = set(_ABOUT_THE_WRITER)
+
+    def __getitem__(self, key: str) -> str:
+        self.looked_up.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        self.looked_up.add(key)
+        return super().get(key, default)
+
+    def unread(self) -> dict[str, str]:
+        return {key: value for key, value in self.items() if key not in self.looked_up}
+
+
+def read_parameters_file(path: Path) -> Infotext:
+    """A text file holding a `parameters` text (pasted from civitai or the web UI's PNG Info), read
+    bounded; "-" is standard input."""
+    limit = 4 * MAX_PARAMETERS_CHARACTERS  # UTF-8 takes at most 4 bytes a character
+    try:
+        if str(path) == "-":
+            data = sys.stdin.buffer.read(limit + 1)
+        else:
+            with path.open("rb") as file:
+                data = file.read(limit + 1)
+    except OSError as error:
+        raise SettingsError(f"cannot read {path}: {error.strerror or error}") from error
+    if len(data) > limit:
+        raise SettingsError(f"{path} is larger than a parameters text sdrun reads ({limit:,} bytes)")
+    try:
+        return read_parameters(data.decode("utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise SettingsError(f"{path} is not UTF-8 text: save the parameters text as UTF-8") from error
+
+
 def parse_parameters(text: str) -> ImageSettings:
-    """Read settings back from a `parameters` text (ours or the web UI's); fields sdrun has no use for,
-    such as "Model hash" or "Version", are ignored."""
+    """The settings of a `parameters` text (ours or the web UI's), without the fields sdrun does not
+    honour: `read_parameters` tells which those are."""
+    return read_parameters(text).settings
+
+
+def read_parameters(text: str) -> Infotext:
+    """Read a `parameters` text (ours or the web UI's, or civitai's "generation data"): the settings sdrun
+    honours, and the fields it does not."""
     if len(text) > MAX_PARAMETERS_CHARACTERS:
         raise SettingsError(
             f"the parameters text has {len(text):,} characters, more than the {MAX_PARAMETERS_CHARACTERS:,} "
             "that sdrun reads"
         )
     *lines, last = text.strip().split("\n")
-    pairs = _parse_pairs(last)
+    pairs = _Fields(_parse_pairs(last))
     missing = [key for key in _REQUIRED_KEYS if key not in pairs]
     if missing:
         raise SettingsError(
@@ -172,7 +276,7 @@ def parse_parameters(text: str) -> ImageSettings:
     size = _SIZE.fullmatch(pairs[a1111.SIZE])
     if size is None:
         raise SettingsError(f"parameters field Size: {quoted(pairs[a1111.SIZE])} is not WIDTHxHEIGHT")
-    return ImageSettings(
+    settings = ImageSettings(
         prompt="\n".join(prompt_lines),
         negative_prompt="\n".join(negative_lines),
         steps=_integer(pairs, a1111.STEPS),
@@ -187,7 +291,15 @@ def parse_parameters(text: str) -> ImageSettings:
         overlay=_switch(pairs, MASK_OVERLAY) if MASK_OVERLAY in pairs else True,
         clip_skip=_optional(pairs, a1111.CLIP_SKIP, _integer) or 1,
         eta=next((_float(pairs, key) for key in _ETA_KEYS if key in pairs), None),
+        model_hash=_optional(pairs, a1111.MODEL_HASH, _model_hash) or "",
     )
+    return Infotext(settings, pairs.unread())
+
+
+def _model_hash(pairs: dict[str, str], key: str) -> str:
+    if not _MODEL_HASH.fullmatch(pairs[key]):
+        raise SettingsError(f"parameters field {key}: {quoted(pairs[key])} is not a checkpoint's hex hash")
+    return pairs[key].lower()
 
 
 def _eta_key(label: str) -> str:

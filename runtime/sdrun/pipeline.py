@@ -14,6 +14,7 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 import numpy as np
 from PIL import Image
 
+from sdrun.a1111 import model_hash
 from sdrun.defaults import GenerationDefaults
 from sdrun.draws import draw_image
 from sdrun.errors import GraphOutputError, ModelFolderError, SdrunError, SettingsError
@@ -454,7 +455,9 @@ class Pipeline:
                 sampled = iter(list(sampled))
         with self.sessions.use(facts.vae_decoder):
             for index, (latents, stopped) in enumerate(sampled):
-                settings = request.image_settings(index, self.folder.name, facts.clip_skip)
+                settings = request.image_settings(
+                    index, self.folder.name, facts.clip_skip, model_hash(self.folder.facts.checkpoint_sha256)
+                )
                 picture = self._decode_one(latents, stop)
                 if request.overlay and request.mask is not None and init is not None and mask is not None:
                     picture = paste_unmasked(picture, init, mask)

@@ -17,7 +17,7 @@ from PIL import Image, PngImagePlugin
 
 from sdrun.a1111 import PARAMETERS_CHUNK
 from sdrun.errors import SettingsError
-from sdrun.infotext import MAX_PARAMETERS_CHARACTERS, format_parameters, parse_parameters
+from sdrun.infotext import MAX_PARAMETERS_CHARACTERS, Infotext, format_parameters, read_parameters
 from sdrun.outputs import place_file
 from sdrun.settings import ImageSettings
 
@@ -74,12 +74,17 @@ def _umask() -> int:
 
 def read_png_settings(path: str | Path) -> ImageSettings:
     """The settings recorded in a PNG's `parameters` chunk (read without decoding the picture)."""
+    return read_png_infotext(path).settings
+
+
+def read_png_infotext(path: str | Path) -> Infotext:
+    """A PNG's `parameters` chunk as sdrun reads it: the settings, and the fields it does not honour."""
     text = _parameters_chunk(Path(path))
     if text is None:
         raise SettingsError(
             f"{path} has no '{PARAMETERS_CHUNK}' text chunk: it was not made by sdrun or the web UI"
         )
-    return parse_parameters(text)
+    return read_parameters(text)
 
 
 def _parameters_chunk(path: Path) -> str | None:

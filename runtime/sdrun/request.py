@@ -47,7 +47,7 @@ class GenerationRequest:
     mask_blur: int | None = None
     overlay: bool = True
 
-    def image_settings(self, index: int, model: str, clip_skip: int) -> ImageSettings:
+    def image_settings(self, index: int, model: str, clip_skip: int, model_hash: str = "") -> ImageSettings:
         """The settings that made image `index` of this call (its seed is the call's + index)."""
         return ImageSettings(
             prompt=self.prompt,
@@ -64,6 +64,7 @@ class GenerationRequest:
             overlay=self.overlay,
             clip_skip=clip_skip,
             eta=self.eta,
+            model_hash=model_hash,
         )
 
 

@@ -62,6 +62,9 @@ class ImageSettings:
     clip_skip: int = 1
     # The sampler's eta, when it takes one and it is not the sampler's default.
     eta: float | None = None
+    # The web UI's short hash of the checkpoint the model folder was built from (sdrun.a1111.model_hash),
+    # "" when not known.
+    model_hash: str = ""
 
 
 # An init image or a mask: a picture, or the path of its file.

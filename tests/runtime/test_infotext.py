@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 
 from sdrun.errors import SettingsError
-from sdrun.infotext import format_parameters, parse_parameters
+from sdrun.infotext import format_parameters, parse_parameters, read_parameters, sdrun_version
 from sdrun.png_files import read_png_settings, save_png
 from sdrun.samplers import SAMPLER_TABLE, SAMPLERS
 from sdrun.settings import ImageSettings
@@ -30,7 +30,7 @@ def test_format_follows_the_web_ui_layout() -> None:
         "a red cube\n"
         "Negative prompt: blurry\n"
         "Steps: 20, Sampler: Euler a, Schedule type: Uniform, CFG scale: 7, Seed: 1, Size: 512x768, "
-        "Model: tiny-shapes, Denoising strength: 0.75"
+        f"Model: tiny-shapes, Denoising strength: 0.75, Version: {sdrun_version()}"
     )
 
 
@@ -90,7 +90,9 @@ def test_parses_what_the_web_ui_writes() -> None:
         "Model hash: 6ce0161689, Model: v1-5-pruned-emaonly, Denoising strength: 0.45, Clip skip: 2, "
         'Lora hashes: "detail: 0a1b2c, style: 3d4e5f", Version: v1.10.1'
     )
-    assert parse_parameters(text) == ImageSettings(
+    read = read_parameters(text)
+    assert read.unhonoured == {"Lora hashes": "detail: 0a1b2c, style: 3d4e5f"}
+    assert read.settings == ImageSettings(
         prompt='masterpiece, best quality, "quoted" words\na second prompt line',
         negative_prompt="lowres, bad anatomy",
         steps=28,
@@ -102,6 +104,7 @@ def test_parses_what_the_web_ui_writes() -> None:
         model="v1-5-pruned-emaonly",
         strength=0.45,
         clip_skip=2,
+        model_hash="6ce0161689",
     )
 
 
@@ -166,6 +169,6 @@ def test_png_without_parameters_is_a_clear_error(tmp_path: Path) -> None:
 def test_clip_skip_is_written_as_the_web_ui_writes_it() -> None:
     """Only above 1 (the web UI leaves its default out), and read back."""
     skipped = ImageSettings(**{**BASE.__dict__, "clip_skip": 2})
-    assert format_parameters(skipped).endswith("Model: tiny-shapes, Clip skip: 2")
+    assert "Model: tiny-shapes, Clip skip: 2, Version: sdrun" in format_parameters(skipped)
     assert parse_parameters(format_parameters(skipped)) == skipped
     assert "Clip skip" not in format_parameters(BASE)
