@@ -47,6 +47,13 @@ def test_the_facts_are_what_the_build_wrote(tiny_sdexport_dir: Path) -> None:
     assert ManifestFacts.read({}) == ManifestFacts()
 
 
+def test_the_checkpoint_digest_is_a_single_files() -> None:
+    """The web UI's Model hash is of a checkpoint file; a diffusers folder's digest is of its files."""
+    digest = "6ce0161689b3853acaa03779ec93eafe75a02f4ced659bee03f50797806fa2fa"
+    assert ManifestFacts.read({"source": {"kind": "original", "sha256": digest}}).checkpoint_sha256 == digest
+    assert ManifestFacts.read({"source": {"kind": "diffusers", "sha256": digest}}).checkpoint_sha256 is None
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
@@ -55,6 +62,8 @@ def test_the_facts_are_what_the_build_wrote(tiny_sdexport_dir: Path) -> None:
         ({"clip_skip": 0}, "clip_skip"),
         ({"clip_skip": "2"}, "clip_skip"),
         ({"latent_size_multiple": 1000}, "latent_size_multiple"),
+        # It is written into every PNG's text: no words but a digest.
+        ({"source": {"kind": "original", "sha256": "ab" * 31 + ", Seed: 1"}}, "source.sha256"),
     ],
 )
 def test_values_no_build_writes_are_refused(changes: dict, message: str) -> None:
