@@ -6,13 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cli_runs import png_parameters, run_cli
+from cli_runs import assert_one_line_error, png_parameters, run_cli
 from click.testing import CliRunner
 from PIL import Image, PngImagePlugin
 
 from sdrun.cli import main
 from sdrun.folder_layout import MANIFEST_FILE, SOURCE_KEY
-from sdrun.infotext import parse_parameters
+from sdrun.infotext import MAX_PARAMETERS_CHARACTERS, parse_parameters
 
 # A civitai-style text small enough for the tiny model (64x64, 2 steps), with fields sdrun has no setting for.
 WEB_UI_TEXT = (
@@ -79,6 +79,23 @@ def test_sdruns_own_png_brings_no_warning(tiny_sdexport_dir: Path, tmp_path: Pat
     assert made.exit_code == 0, made.output
     result = run_cli("--from-png", first, "--model", tiny_sdexport_dir, "--out", again, "--quiet")
     assert result.exit_code == 0 and _warnings(result.stderr) == [], result.output
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"a" * (4 * MAX_PARAMETERS_CHARACTERS + 1), "is larger than a parameters text sdrun reads"),
+        (b"\xff\xfe a cat\nSteps: 2", "is not UTF-8 text"),
+        (b"just a prompt", "has no Steps, Sampler"),
+    ],
+    ids=["huge", "not-utf8", "no-fields"],
+)
+def test_unreadable_infotext_files_are_one_line_errors(
+    tiny_sdexport_dir: Path, tmp_path: Path, content: bytes, message: str
+) -> None:
+    text = tmp_path / "given.txt"
+    text.write_bytes(content)
+    assert_one_line_error(run_cli("--from-infotext", text, "--model", tiny_sdexport_dir), message)
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ def test_eta_reaches_the_sampler_and_the_png(reference: Pipeline, tmp_path: Path
     [settings] = made.settings
     assert settings.eta == 0.5 and deterministic.settings[0].eta is None
     text = format_parameters(settings)
-    assert "Sampler: DDIM, Schedule type: Uniform," in text and text.endswith("Eta DDIM: 0.5")
+    assert "Sampler: DDIM, Schedule type: Uniform," in text and ", Eta DDIM: 0.5, Version: " in text
     assert "Eta" not in format_parameters(deterministic.settings[0])  # the sampler's default is not written
     assert parse_parameters(text) == settings
     path = tmp_path / "eta.png"
