@@ -27,6 +27,9 @@ HONOURED_SINCE_THE_CORPUS: frozenset[str] = frozenset()
 KNOWN_DIFFERENCES = {
     # The old hires fix's "First pass size" (unhonoured) makes the web UI draw at 512x512 and upscale.
     "old_hires_first_pass": {"width", "height"},
+    # Before web UI 1.9 "DPM++ 2M" was its uniform schedule ("DPM++ 2M Karras" a label of its own); the web
+    # UI 1.9+ reads the missing Schedule type as Automatic, Karras for DPM++ 2M. sdrun draws what 1.6 drew.
+    "webui16_dpmpp_2m_plain": {"sampler"},
 }
 # The fixed fields of processing.create_infotext (web UI 1.10, same commit), in its order; the fields its
 # scripts add (Mask blur, Eta, "Lora hashes", ...) follow them, and "Version" and "User" close the line.
