@@ -5,6 +5,8 @@ routes, the CLI's --from-png) reads them from here. Which sdrun sampler each sam
 stand for is a column of the sampler table (sdrun.samplers.SAMPLER_TABLE).
 """
 
+import re
+
 # Schedule types (the infotext's "Schedule type", the API's `scheduler` by its label).
 UNIFORM = "Uniform"
 KARRAS = "Karras"
@@ -42,9 +44,25 @@ CLIP_SKIP = "Clip skip"
 ETA_DDIM = "Eta DDIM"
 ETA = "Eta"
 # The program that wrote the text. The web UI's reader turns on compatibility options for texts of its own
-# versions before 1.8 (infotext_versions.backcompat) and ignores a version it cannot parse, such as sdrun's.
+# versions before 1.7.0-225 (infotext_versions.backcompat: alphas_cumprod downcast to half precision, and
+# before 1.6 the old prompt editing timelines and DDIM's unpadded conds), which sdrun does not draw; it
+# ignores a version it cannot parse, such as sdrun's.
 VERSION = "Version"
+CURRENT_SINCE = (1, 7, 0, 225)
+# "v1.6.0", "1.10.1", "v1.7.0-225-g1a2b3c4" (225 commits after), "v1.7.0-RC-16-g..." (before the release).
+_WEB_UI_VERSION = re.compile(r"v?([0-9]{1,4})\.([0-9]{1,4})\.([0-9]{1,4})(?:-([0-9]{1,6}|RC|rc)(?:-.*)?)?")
 
+
+
+def drawn_before_current(version: str | None) -> bool:
+    """Whether a text of this Version was drawn by a web UI before CURRENT_SINCE, whose pictures the web UI
+    makes again only with its compatibility options; False for any other writer."""
+    match = _WEB_UI_VERSION.fullmatch(version or "")
+    if match is None:
+        return False
+    major, minor, micro, after = match.groups()
+    commits = -1 if after in ("RC", "rc") else int(after or 0)
+    return (int(major), int(minor), int(micro), commits) < CURRENT_SINCE
 
 
 def model_hash(checkpoint_sha256: str | None) -> str:

@@ -46,8 +46,6 @@ _DECIMAL = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 _SIZE = re.compile(r"\s*([0-9]{1,6})\s*x\s*([0-9]{1,6})\s*")
 # New hashes are 10 hex digits, those of web UIs before 1.1 are 8 (a1111.MODEL_HASH).
 _MODEL_HASH = re.compile(r"[0-9a-fA-F]{8,64}")
-# Fields about the program that wrote the text, not about the picture: read, and nothing to honour.
-_ABOUT_THE_WRITER = (a1111.VERSION,)
 # The distribution that installs sdrun (with sdexport; pyproject.toml).
 _DISTRIBUTION = "sdexport"
 # At most this many unhonoured keys are named in the warning (a stranger's text may hold thousands).
@@ -208,7 +206,7 @@ class _Fields(dict[str, str]):
 
     def __init__(self, pairs: dict[str, str]) -> None:
         super().__init__(pairs)
-        self.looked_up: set[str] = set(_ABOUT_THE_WRITER)
+        self.looked_up: set[str] = set()
 
     def __getitem__(self, key: str) -> str:
         self.looked_up.add(key)
@@ -293,6 +291,9 @@ def read_parameters(text: str) -> Infotext:
         eta=next((_float(pairs, key) for key in _ETA_KEYS if key in pairs), None),
         model_hash=_optional(pairs, a1111.MODEL_HASH, _model_hash) or "",
     )
+    # The writer's version says nothing of the picture, unless it is a web UI's that drew otherwise.
+    if not a1111.drawn_before_current(dict.get(pairs, a1111.VERSION)):
+        pairs.looked_up.add(a1111.VERSION)
     return Infotext(settings, pairs.unread())
 
 

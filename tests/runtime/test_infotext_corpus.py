@@ -104,6 +104,9 @@ def test_reads_each_text_as_the_web_ui_does(entry: dict) -> None:
         # The web UI reads a missing "Schedule type" as Automatic.
         "sampler": (settings.sampler, sampler_for_a1111(theirs["Sampler"], theirs["Schedule type"])),
     }
+    # A text of a web UI before 1.7.0-225 is drawn again there only with compatibility options.
+    compatibility = {"Downcast alphas_cumprod", "Old prompt editing timelines", "Pad conds v0"} & set(theirs)
+    assert ("Version" in read.unhonoured) == bool(compatibility)
     differing = {name: pair for name, pair in ours.items() if pair[0] != pair[1]}
     assert set(differing) == KNOWN_DIFFERENCES.get(entry["name"], set()), differing
     for key, value in read.unhonoured.items():
@@ -220,6 +223,11 @@ def test_hostile_settings_lines_are_read_in_bounded_time(line: str) -> None:
     except infotext.SettingsError as error:
         assert "\n" not in str(error) and len(str(error)) < 400
     assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("version", list(A1111["versions"]))
+def test_versions_the_web_ui_draws_with_compatibility_options(version: str) -> None:
+    assert a1111.drawn_before_current(version) == A1111["versions"][version]
 
 
 def test_model_hash_is_the_web_uis() -> None:
