@@ -53,7 +53,6 @@ CURRENT_SINCE = (1, 7, 0, 225)
 _WEB_UI_VERSION = re.compile(r"v?([0-9]{1,4})\.([0-9]{1,4})\.([0-9]{1,4})(?:-([0-9]{1,6}|RC|rc)(?:-.*)?)?")
 
 
-
 def drawn_before_current(version: str | None) -> bool:
     """Whether a text of this Version was drawn by a web UI before CURRENT_SINCE, whose pictures the web UI
     makes again only with its compatibility options; False for any other writer."""
