@@ -60,6 +60,10 @@ OPSET_KEY = "opset"
 FILES_KEY = "files"
 # {"path", "sha256", "kind", "weights", "dtype", "notes"} of the checkpoint the folder was built from.
 SOURCE_KEY = "source"
+# Its digest and kind: CHECKPOINT_FILE for one file (.ckpt, .safetensors), or "diffusers" for a folder.
+SOURCE_SHA256 = "sha256"
+SOURCE_KIND = "kind"
+CHECKPOINT_FILE = "original"
 PRECISION_KEY = "precision"  # "fp32" or "fp16"
 QUANTIZATION_KEY = "quantization"
 INT8_QUANTIZATIONS = ("int8", "int8-compact")
@@ -131,15 +135,17 @@ def _word(manifest: Mapping[str, Any], key: str, choices: tuple[str, ...], defau
 
 
 def _checkpoint_sha256(manifest: Mapping[str, Any]) -> str | None:
-    """The source's digest when the source was one checkpoint file ("original", as sdexport records it)."""
+    """The source's digest when the source was one checkpoint file."""
     source = manifest.get(SOURCE_KEY)
-    if not isinstance(source, dict) or source.get("kind") != "original" or source.get("sha256") is None:
+    if not isinstance(source, dict) or source.get(SOURCE_KIND) != CHECKPOINT_FILE:
         return None
-    digest = source["sha256"]
+    digest = source.get(SOURCE_SHA256)
+    if digest is None:
+        return None
     # It goes into every PNG's text: a stranger's manifest must not put words there.
     if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
         raise ModelFolderError(
-            f"manifest {SOURCE_KEY}.sha256={repr(digest)[:40]} is not a sha256 digest; "
+            f"manifest {SOURCE_KEY}.{SOURCE_SHA256}={repr(digest)[:40]} is not a sha256 digest; "
             "export the model folder again"
         )
     return digest

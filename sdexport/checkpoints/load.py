@@ -8,6 +8,7 @@ from sdexport.checkpoints.diffusers_folder import load_diffusers
 from sdexport.checkpoints.errors import CheckpointError
 from sdexport.checkpoints.original import load_original
 from sdexport.models import StableDiffusion
+from sdrun.folder_layout import CHECKPOINT_FILE
 
 
 @dataclass
@@ -15,7 +16,7 @@ class LoadedModel:
     model: StableDiffusion
     name: str
     source: Path
-    kind: str  # "original" or "diffusers"
+    kind: str  # sdrun.folder_layout.CHECKPOINT_FILE ("original") or "diffusers"
     weights: str  # "ema", "non-ema" or "only set"
     source_dtype: str  # floating types as stored, e.g. "float16" or "float16+float32"
     notes: list[str] = field(default_factory=list)
@@ -65,5 +66,5 @@ def load_model(
     except CheckpointError as error:
         raise CheckpointError(f"{source}: {error}") from None
     return LoadedModel(
-        loaded.model, source.stem, source, "original", loaded.weights, loaded.source_dtype, loaded.notes
+        loaded.model, source.stem, source, CHECKPOINT_FILE, loaded.weights, loaded.source_dtype, loaded.notes
     )
