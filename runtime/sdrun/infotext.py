@@ -46,6 +46,9 @@ _DECIMAL = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,20})?([eE][-+]?[0-9]{1,3})?")
 _SIZE = re.compile(r"\s*([0-9]{1,6})\s*x\s*([0-9]{1,6})\s*")
 # New hashes are 10 hex digits, those of web UIs before 1.1 are 8 (a1111.MODEL_HASH).
 _MODEL_HASH = re.compile(r"[0-9a-fA-F]{8,64}")
+# civitai writes "Civitai resources: [{...}, ...]" and "Hashes: {...}" unquoted; its reader takes each up to
+# its first closing bracket.
+_JSON_CLOSING = {"[": "]", "{": "}"}
 # The distribution that installs sdrun (with sdexport; pyproject.toml).
 _DISTRIBUTION = "sdexport"
 # At most this many unhonoured keys are named in the warning (a stranger's text may hold thousands).
@@ -107,7 +110,8 @@ def format_parameters(settings: ImageSettings) -> str:
 
 def _parse_pairs(line: str) -> dict[str, str]:
     """The "Key: value" pairs of the settings line, scanned once from left to right: a value is a JSON
-    string (escapes allowed) or anything up to the next comma. A word alone between commas is a field whose
+    string (escapes allowed), a JSON object or list up to its first closing bracket (civitai's fields, as
+    its reader takes them), or anything up to the next comma. A word alone between commas is a field whose
     value is its key (the web UI writes such a field as its key alone)."""
     pairs: dict[str, str] = {}
     position, end = 0, len(line)
@@ -128,6 +132,12 @@ def _parse_pairs(line: str) -> dict[str, str]:
         if position < end and line[position] == '"':
             closing = _closing_quote(line, position)
             value = _unquote(line[position : closing + 1])
+            comma = line.find(",", closing + 1)
+        elif position < end and line[position] in _JSON_CLOSING:
+            # Unclosed, it runs to the line's end (as an unclosed quote does): one scan of the line in all.
+            closing = line.find(_JSON_CLOSING[line[position]], position)
+            closing = end - 1 if closing < 0 else closing
+            value = line[position : closing + 1]
             comma = line.find(",", closing + 1)
         else:
             comma = line.find(",", position)

@@ -110,7 +110,9 @@ def test_reads_each_text_as_the_web_ui_does(entry: dict) -> None:
     differing = {name: pair for name, pair in ours.items() if pair[0] != pair[1]}
     assert set(differing) == KNOWN_DIFFERENCES.get(entry["name"], set()), differing
     for key, value in read.unhonoured.items():
-        if key == value:  # a field written as its key alone, which the web UI's reader skips
+        if value[:1] in ("[", "{"):  # civitai's JSON fields, whole as its reader takes them (the web UI's
+            json.loads(value)  # splits them at commas)
+        elif key == value:  # a field written as its key alone, which the web UI's reader skips
             assert key not in theirs
         elif f"{key}-1" in theirs:  # the web UI splits a WxH value into key-1 and key-2
             assert value == f"{theirs[f'{key}-1']}x{theirs[f'{key}-2']}" or key == "First pass size"
@@ -210,8 +212,10 @@ def test_the_warning_is_one_bounded_line() -> None:
         'A: "\\' * 15_000,  # escapes that never close
         "," * 60_000,
         ": " * 30_000,
+        "K: [, " * 10_000,  # JSON lists that never close
+        'A: {"a": 1}, ' * 5_000,
     ],
-    ids=["unterminated", "10k-keys", "escapes", "commas", "colons"],
+    ids=["unterminated", "10k-keys", "escapes", "commas", "colons", "unclosed-lists", "objects"],
 )
 def test_hostile_settings_lines_are_read_in_bounded_time(line: str) -> None:
     text = "a prompt\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 8x8, " + line
