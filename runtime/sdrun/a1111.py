@@ -37,3 +37,14 @@ CLIP_SKIP = "Clip skip"
 # DDIM's eta has a key of its own; the other samplers' eta (A1111's ancestral ones) is "Eta".
 ETA_DDIM = "Eta DDIM"
 ETA = "Eta"
+# The random source and the seed features (sdrun.draws). The web UI writes "RNG" only when its source is not
+# its default, GPU, so a text without it means GPU; its values are its option's (RNG_NAMES).
+RNG = "RNG"
+ENSD = "ENSD"
+VARIATION_SEED = "Variation seed"
+VARIATION_SEED_STRENGTH = "Variation seed strength"
+SEED_RESIZE_FROM = "Seed resize from"
+# The web UI's `randn_source` values <-> sdrun's source names (sdrun.random_sources); "numpy" is sdrun's own
+# and written as it is.
+RNG_NAMES = {"GPU": "gpu", "CPU": "cpu", "NV": "nv"}
+RNG_DEFAULT = "GPU"

@@ -84,9 +84,10 @@ class GenerationRequest:
             overlay=self.overlay,
             clip_skip=clip_skip,
             eta=self.eta,
-            random_source=self.random_source,
+            # None stands for sdrun's default source in recorded settings, as the PNG text reads back.
+            random_source=None if self.random_source == DEFAULT_RANDOM_SOURCE else self.random_source,
             eta_noise_seed_delta=self.eta_noise_seed_delta,
-            subseed=subseed,
+            subseed=subseed if self.subseed_strength else None,
             subseed_strength=self.subseed_strength,
             seed_resize_from=self.seed_resize_from,
         )

@@ -30,7 +30,7 @@ def test_format_follows_the_web_ui_layout() -> None:
         "a red cube\n"
         "Negative prompt: blurry\n"
         "Steps: 20, Sampler: Euler a, Schedule type: Uniform, CFG scale: 7, Seed: 1, Size: 512x768, "
-        "Model: tiny-shapes, Denoising strength: 0.75"
+        "Model: tiny-shapes, Denoising strength: 0.75, RNG: numpy"
     )
 
 
@@ -102,6 +102,7 @@ def test_parses_what_the_web_ui_writes() -> None:
         model="v1-5-pruned-emaonly",
         strength=0.45,
         clip_skip=2,
+        random_source="gpu",  # no RNG field: the web UI's default source
     )
 
 
@@ -166,6 +167,6 @@ def test_png_without_parameters_is_a_clear_error(tmp_path: Path) -> None:
 def test_clip_skip_is_written_as_the_web_ui_writes_it() -> None:
     """Only above 1 (the web UI leaves its default out), and read back."""
     skipped = ImageSettings(**{**BASE.__dict__, "clip_skip": 2})
-    assert format_parameters(skipped).endswith("Model: tiny-shapes, Clip skip: 2")
+    assert format_parameters(skipped).endswith("Model: tiny-shapes, Clip skip: 2, RNG: numpy")
     assert parse_parameters(format_parameters(skipped)) == skipped
     assert "Clip skip" not in format_parameters(BASE)
