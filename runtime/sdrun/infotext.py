@@ -79,9 +79,10 @@ def format_parameters(settings: ImageSettings) -> str:
         a1111.MASK_BLUR: settings.mask_blur,
         MASK_OVERLAY: "off" if settings.mask_blur is not None and not settings.overlay else None,
         a1111.CLIP_SKIP: settings.clip_skip if settings.clip_skip > 1 else None,
-        _eta_key(label): None if settings.eta is None else _number(settings.eta),
         a1111.ENSD: settings.eta_noise_seed_delta or None,
         a1111.RNG: _rng_value(settings.random_source),
+        # Last, as the web UI writes the samplers' own parameters after its fixed keys.
+        _eta_key(label): None if settings.eta is None else _number(settings.eta),
     }
     line = ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items() if value is not None)
     negative = f"\n{a1111.NEGATIVE_PREFIX} {settings.negative_prompt}" if settings.negative_prompt else ""
