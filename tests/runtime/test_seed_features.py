@@ -33,10 +33,11 @@ def reference_draws(
     ensd: int = 0,
     reseed: bool = True,
     slerp=torch_slerp,
+    shape: tuple[int, int, int] = LATENT[1:],
 ) -> list[np.ndarray]:
-    """ImageRNG.first() then LATER_DRAWS next()s for one image, as the web UI runs them with randn_source
-    "CPU": randn(seed, shape) seeds torch's global generator, `generator` is the image's own."""
-    shape = LATENT[1:]
+    """ImageRNG.first() then LATER_DRAWS next()s for one image of latent `shape`, as the web UI runs them
+    with randn_source "CPU": randn(seed, shape) seeds torch's global generator, `generator` is the image's
+    own."""
     generator = torch.Generator().manual_seed(seed)
 
     def randn(of_seed: int, of_shape: tuple[int, ...], with_generator=None):
