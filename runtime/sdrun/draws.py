@@ -100,9 +100,29 @@ def draw_image(
         masked_noise = vae_rng.standard_normal(latent_shape, dtype=np.float32)
         if masked_distribution is not None:
             masked_latents = masked_distribution.sample(masked_noise) * latent_scale
+    return ImageDraws(sampler_source(rng, seed, features), init_latents, noise, masked_latents)
+
+
+def image_noise(
+    seed: int,
+    subseed: int | None,
+    latent_shape: tuple[int, ...],
+    features: SeedFeatures,
+    vae_factor: int = 8,
+) -> tuple[np.ndarray, NormalSource]:
+    """The web UI's `ImageRNG` for one image of a fresh pass (its hires fix makes one at the new size): the
+    starting noise from a fresh generator of `seed`, and the generator the sampler goes on drawing from."""
+    rng = normal_source(features.random_source, seed)
+    noise = starting_noise(rng, seed, subseed, latent_shape, features, vae_factor)
+    return noise, sampler_source(rng, seed, features)
+
+
+def sampler_source(rng: NormalSource, seed: int, features: SeedFeatures) -> NormalSource:
+    """What the sampler draws from after the starting noise: `rng` going on, or with an ENSD a fresh
+    generator of seed + ENSD."""
     if features.eta_noise_seed_delta:
-        rng = normal_source(source, seed + features.eta_noise_seed_delta)
-    return ImageDraws(rng, init_latents, noise, masked_latents)
+        return normal_source(features.random_source, seed + features.eta_noise_seed_delta)
+    return rng
 
 
 def starting_noise(

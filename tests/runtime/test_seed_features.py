@@ -4,7 +4,7 @@ of its `ImageRNG` (modules/rng.py) under its CPU source, drawn with real torch g
 import numpy as np
 import pytest
 
-from sdrun.draws import SeedFeatures, a1111_slerp, draw_image
+from sdrun.draws import SeedFeatures, a1111_slerp, draw_image, image_noise
 from sdrun.random_sources import normal_source
 
 torch = pytest.importorskip("torch")
@@ -160,3 +160,12 @@ def test_the_web_uis_sources_draw_the_vae_noise_apart_from_the_images_generator(
     vae = np.random.default_rng(9)
     np.testing.assert_array_equal(draws.init_latents, vae.standard_normal(LATENT, dtype=np.float32))
     np.testing.assert_array_equal(draws.masked_latents, vae.standard_normal(LATENT, dtype=np.float32))
+
+
+def test_image_noise_is_a_fresh_passs_draws() -> None:
+    """What a second pass (the hires fix) calls: the same draws as the reference, without a VAE draw."""
+    features = SeedFeatures("cpu", eta_noise_seed_delta=3, subseed=77, subseed_strength=0.3)
+    noise, rng = image_noise(1234, 77, LATENT, features)
+    later = [rng.standard_normal(LATENT, dtype=np.float32) for _ in range(LATER_DRAWS)]
+    expected = reference_draws(1234, 77, 0.3, ensd=3)
+    assert_draws_equal([draw.reshape(LATENT[1:]) for draw in [noise, *later]], expected, atol=2e-6)
