@@ -125,8 +125,9 @@ class TorchCpuNormals:
 
     The block transform is torch's x86 kernel (AVX2, which AVX-512 CPUs run too): single-precision
     Cephes log, sin and cos (Julien Pommier's avx_mathfun) with the multiply-adds its compiler fuses.
-    torch on other CPUs (ARM, or x86 without AVX2) computes the block with the C library's logf, cosf and
-    sinf instead, whose last bits differ in about one value in a hundred.
+    torch on CPUs without AVX2 (ARM ones, Apple's among them) computes the block with the C library's
+    logf, cosf and sinf instead: there about a third of the values differ from these in the last bits
+    (by 2e-6 at most), as the web UI's CPU source itself differs between such machines.
     """
 
     def __init__(self, seed: int) -> None:
