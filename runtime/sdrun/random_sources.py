@@ -79,8 +79,10 @@ class PhiloxNormals:
     """torch's CUDA `torch.randn` for a generator seeded with `seed`: element i of the n-th call (from 0)
     comes from the Philox block of counter (n, 0, i, 0) and key `seed`, its first two words turned into one
     normal by curand's Box-Muller (the sine of the pair). This is the web UI's account of the CUDA
-    generator (its "NV" source): each call advances the Philox offset by one block, which holds while a
-    call draws no more elements than the GPU runs threads (a latent of a few hundred thousand values)."""
+    generator (its "NV" source), which holds while a call draws no more values than the GPU's kernel runs
+    threads (its multiprocessors times their threads: some 70,000 on small GPUs, so an SD 1.x latent of
+    4x64x64 and an SDXL one of 4x128x128 fit; beyond, CUDA's numbers depend on the GPU). CUDA computes the
+    Box-Muller in single precision and this in double, so the two also differ by a few float32 steps."""
 
     def __init__(self, seed: int) -> None:
         self.seed = int(seed)
