@@ -67,3 +67,14 @@ def drawn_before_current(version: str | None) -> bool:
 def model_hash(checkpoint_sha256: str | None) -> str:
     """The "Model hash" the web UI writes for a checkpoint file of this sha256 digest ("" for none)."""
     return (checkpoint_sha256 or "")[:SHORT_HASH_LENGTH]
+# The random source and the seed features (sdrun.draws). The web UI writes "RNG" only when its source is not
+# its default, GPU, so a text without it means GPU; its values are its option's (RNG_NAMES).
+RNG = "RNG"
+ENSD = "ENSD"
+VARIATION_SEED = "Variation seed"
+VARIATION_SEED_STRENGTH = "Variation seed strength"
+SEED_RESIZE_FROM = "Seed resize from"
+# The web UI's `randn_source` values <-> sdrun's source names (sdrun.random_sources); "numpy" is sdrun's own
+# and written as it is.
+RNG_NAMES = {"GPU": "gpu", "CPU": "cpu", "NV": "nv"}
+RNG_DEFAULT = "GPU"

@@ -1,6 +1,7 @@
 """The `sdrun` command: `sdrun "a prompt" --model DIR` writes PNGs that carry their settings."""
 
 import functools
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from sdrun.outputs import check_outputs, output_paths
 from sdrun.pipeline import Pipeline
 from sdrun.png_files import read_png_infotext, save_png
 from sdrun.providers import PROVIDER_CHOICES
+from sdrun.random_sources import RANDOM_SOURCES
 from sdrun.samplers import SAMPLERS
 from sdrun.serve.config import DEFAULT_MAX_WORK
 from sdrun.settings import MAX_SEED, GenerationSettings, ImageSettings, check_seed, random_seed
@@ -134,6 +136,36 @@ def _open_pipeline(
     type=float,
     help="The sampler's noise, for ddim and ddim_trailing (0, deterministic, to 1) and tcd (its gamma, "
     "0 to 1).  [default: 0 for ddim, 0.3 for tcd]",
+)
+@click.option(
+    "--random-source",
+    type=click.Choice(RANDOM_SOURCES, case_sensitive=False),
+    help="Where the noise comes from: numpy (sdrun's own), or the AUTOMATIC1111 web UI's sources, gpu (its "
+    "default: torch's CUDA generator, drawn here on any device; nv is the same), cpu (torch's CPU "
+    "generator).  [default: numpy, or as --from-png records it]",
+)
+@click.option(
+    "--ensd",
+    "eta_noise_seed_delta",
+    type=click.IntRange(min=0, max=MAX_SEED),
+    help="The web UI's eta noise seed delta: the sampler's noise comes from seed + ENSD.  [default: 0]",
+)
+@click.option(
+    "--subseed",
+    type=click.IntRange(min=0, max=MAX_SEED),
+    help="The web UI's variation seed (image i gets subseed + i; random when only a strength is given).",
+)
+@click.option(
+    "--subseed-strength",
+    type=click.FloatRange(min=0.0, max=1.0),
+    help="How far the starting noise moves towards the variation seed's (0 to 1); with a strength, every "
+    "image keeps the seed, as in the web UI.  [default: 0]",
+)
+@click.option(
+    "--seed-resize-from",
+    metavar="WxH",
+    callback=lambda _ctx, _param, value: None if value is None else _size(value, "--seed-resize-from"),
+    help="The web UI's 'resize seed from': draw the noise at this size in pixels, pasted centred.",
 )
 @click.option("--negative", help="Negative prompt.")
 @click.option("--height", type=int, help="Image height in pixels (the model's size by default).")
@@ -473,6 +505,12 @@ def _recorded_settings(
     if note is not None:
         warnings.warn(note, stacklevel=1)
     return source, read.settings
+def _size(text: str, option: str) -> tuple[int, int]:
+    """A WIDTHxHEIGHT option as (width, height)."""
+    size = re.fullmatch(r"\s*([0-9]{1,6})\s*[xX]\s*([0-9]{1,6})\s*", text)
+    if size is None:
+        raise click.BadParameter(f"{text[:40]!r} is not WIDTHxHEIGHT, e.g. 512x768", param_hint=option)
+    return int(size.group(1)), int(size.group(2))
 
 
 def _settings_from_options(

@@ -17,7 +17,9 @@ model's "Model hash" when the folder records its checkpoint's digest, and "Versi
 A text to read settings from may come from anywhere: it is bounded, and the parser is linear in its input.
 Reading never drops a field silently: what sdrun has no setting for (an extension's fields, "Lora hashes",
 a VAE's name) comes back in `Infotext.unhonoured`, for the caller to name in one warning.
-The keys are A1111's (sdrun.a1111); "Mask overlay" is sdrun's own.
+The keys are A1111's (sdrun.a1111); "Mask overlay" is sdrun's own. "RNG" is the random source: the web UI
+writes it only for its CPU and NV sources, so a text without it was drawn by its GPU source ("gpu"), and
+sdrun writes "RNG: numpy" for its own default so that its pictures come back as they were made.
 """
 
 import json
@@ -31,6 +33,7 @@ from typing import TypeVar
 
 from sdrun import a1111
 from sdrun.errors import SettingsError, quoted
+from sdrun.random_sources import GPU, NUMPY
 from sdrun.samplers import a1111_names, sampler_for_a1111
 from sdrun.settings import MAX_SEED, ImageSettings
 
@@ -87,6 +90,8 @@ def format_parameters(settings: ImageSettings) -> str:
     """The `parameters` text for one image, its fields in the order the web UI writes them (its fixed
     fields, then those its scripts add, as Mask blur and Eta, then Version)."""
     label, schedule = a1111_names(settings.sampler)
+    varied = settings.subseed_strength != 0
+    resized = settings.seed_resize_from
     pairs = {
         a1111.STEPS: settings.steps,
         a1111.SAMPLER: label,
@@ -96,8 +101,13 @@ def format_parameters(settings: ImageSettings) -> str:
         a1111.SIZE: f"{settings.width}x{settings.height}",
         a1111.MODEL_HASH: settings.model_hash or None,
         a1111.MODEL: settings.model or None,
+        a1111.VARIATION_SEED: settings.subseed if varied else None,
+        a1111.VARIATION_SEED_STRENGTH: _number(settings.subseed_strength) if varied else None,
+        a1111.SEED_RESIZE_FROM: f"{resized[0]}x{resized[1]}" if resized else None,
         a1111.DENOISING_STRENGTH: None if settings.strength is None else _number(settings.strength),
         a1111.CLIP_SKIP: settings.clip_skip if settings.clip_skip > 1 else None,
+        a1111.ENSD: settings.eta_noise_seed_delta or None,
+        a1111.RNG: _rng_value(settings.random_source),
         a1111.MASK_BLUR: settings.mask_blur,
         MASK_OVERLAY: "off" if settings.mask_blur is not None and not settings.overlay else None,
         _eta_key(label): None if settings.eta is None else _number(settings.eta),
@@ -167,13 +177,20 @@ def _integer(pairs: dict[str, str], key: str) -> int:
     return int(pairs[key])
 
 
-def _seed(pairs: dict[str, str]) -> int:
-    seed = _integer(pairs, a1111.SEED)
+def _seed_number(pairs: dict[str, str], key: str) -> int:
+    seed = _integer(pairs, key)
     if seed > MAX_SEED:
         raise SettingsError(
-            f"parameters field Seed: {seed} is above {MAX_SEED}, the largest seed sdrun takes"
+            f"parameters field {key}: {seed} is above {MAX_SEED}, the largest seed sdrun takes"
         )
     return seed
+
+
+def _size(pairs: dict[str, str], key: str) -> tuple[int, int]:
+    size = _SIZE.fullmatch(pairs[key])
+    if size is None:
+        raise SettingsError(f"parameters field {key}: {quoted(pairs[key])} is not WIDTHxHEIGHT")
+    return int(size.group(1)), int(size.group(2))
 
 
 def _float(pairs: dict[str, str], key: str) -> float:
@@ -281,18 +298,18 @@ def read_parameters(text: str) -> Infotext:
             in_negative = True
             line = line[len(a1111.NEGATIVE_PREFIX) :].strip()
         (negative_lines if in_negative else prompt_lines).append(line)
-    size = _SIZE.fullmatch(pairs[a1111.SIZE])
-    if size is None:
-        raise SettingsError(f"parameters field Size: {quoted(pairs[a1111.SIZE])} is not WIDTHxHEIGHT")
+    width, height = _size(pairs, a1111.SIZE)
+    strength = _optional(pairs, a1111.VARIATION_SEED_STRENGTH, _float) or 0.0
+    subseed = _optional(pairs, a1111.VARIATION_SEED, _seed_number)
     settings = ImageSettings(
         prompt="\n".join(prompt_lines),
         negative_prompt="\n".join(negative_lines),
         steps=_integer(pairs, a1111.STEPS),
         sampler=sampler_for_a1111(pairs[a1111.SAMPLER], pairs.get(a1111.SCHEDULE_TYPE)),
         guidance_scale=_float(pairs, a1111.CFG_SCALE),
-        seed=_seed(pairs),
-        width=int(size.group(1)),
-        height=int(size.group(2)),
+        seed=_seed_number(pairs, a1111.SEED),
+        width=width,
+        height=height,
         model=pairs.get(a1111.MODEL, ""),
         strength=_optional(pairs, a1111.DENOISING_STRENGTH, _float),
         mask_blur=_optional(pairs, a1111.MASK_BLUR, _integer),
@@ -300,6 +317,11 @@ def read_parameters(text: str) -> Infotext:
         clip_skip=_optional(pairs, a1111.CLIP_SKIP, _integer) or 1,
         eta=next((_float(pairs, key) for key in _ETA_KEYS if key in pairs), None),
         model_hash=_optional(pairs, a1111.MODEL_HASH, _model_hash) or "",
+        random_source=_random_source(pairs),
+        eta_noise_seed_delta=_optional(pairs, a1111.ENSD, _seed_number) or 0,
+        subseed=subseed if strength else None,
+        subseed_strength=strength,
+        seed_resize_from=_optional(pairs, a1111.SEED_RESIZE_FROM, _size),
     )
     # The writer's version says nothing of the picture, unless it is a web UI's that drew otherwise.
     if not a1111.drawn_before_current(dict.get(pairs, a1111.VERSION)):
@@ -311,6 +333,27 @@ def _model_hash(pairs: dict[str, str], key: str) -> str:
     if not _MODEL_HASH.fullmatch(pairs[key]):
         raise SettingsError(f"parameters field {key}: {quoted(pairs[key])} is not a checkpoint's hex hash")
     return pairs[key].lower()
+
+
+def _rng_value(source: str | None) -> str | None:
+    """The RNG field: the web UI's spelling of its sources, none for its default GPU, and sdrun's "numpy"."""
+    if source is None or source == NUMPY:
+        return NUMPY
+    return None if source == GPU else {name: key for key, name in a1111.RNG_NAMES.items()}[source]
+
+
+def _random_source(pairs: dict[str, str]) -> str | None:
+    """The source a text names: GPU, the web UI's default, when it names none; None for sdrun's numpy."""
+    value = pairs.get(a1111.RNG, a1111.RNG_DEFAULT)
+    if value.lower() == NUMPY:
+        return None
+    source = a1111.RNG_NAMES.get(value.upper())
+    if source is None:
+        raise SettingsError(
+            f"parameters field {a1111.RNG}: {quoted(value)} is not a random source sdrun draws "
+            f"({', '.join(a1111.RNG_NAMES)} or {NUMPY})"
+        )
+    return source
 
 
 def _eta_key(label: str) -> str:

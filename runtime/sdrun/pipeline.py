@@ -16,7 +16,7 @@ from PIL import Image
 
 from sdrun.a1111 import model_hash
 from sdrun.defaults import GenerationDefaults
-from sdrun.draws import draw_image
+from sdrun.draws import SeedFeatures, draw_image
 from sdrun.errors import GraphOutputError, ModelFolderError, SdrunError, SettingsError
 from sdrun.folder import ModelFolder, open_model_folder
 from sdrun.folder_layout import TEXT_ENCODER, TINY_VAE_ENCODER, UNET
@@ -43,6 +43,7 @@ from sdrun.networks import (
 )
 from sdrun.progress import Progress, ProgressCallback
 from sdrun.providers import ProviderRequest, create_session, provider_name, requested_providers
+from sdrun.random_sources import NormalSource
 from sdrun.request import GenerationRequest, prepare, settings_of
 from sdrun.results import GeneratedImage, Result
 from sdrun.samplers import KnownLatents, sample
@@ -281,7 +282,7 @@ class Pipeline:
         self,
         embeddings: PromptEmbeddings,
         noise: np.ndarray,
-        rng: np.random.Generator,
+        rng: NormalSource,
         *,
         steps: int,
         guidance_scale: float,
@@ -438,6 +439,7 @@ class Pipeline:
             None if mask is None else mask.latent(facts.vae_factor),
             facts.latent_shape(request.width, request.height),
             request.seed,
+            request.seed_features,
             request.num_images,
             callback,
             progress,
@@ -471,22 +473,27 @@ class Pipeline:
         latent_mask: np.ndarray | None,
         latent_shape: tuple[int, ...],
         seed: int,
+        features: SeedFeatures,
         num_images: int,
         callback: StepCallback | None,
         progress: ProgressCallback | None,
         stop: StopSignal | None,
         **sampling: Any,
     ) -> Iterator[tuple[np.ndarray, bool]]:
-        """(latents, stopped) of image i, from the draws of seed + i (sdrun.draws); stops after the image
-        during which the callback asked to or `stop` was interrupted."""
+        """(latents, stopped) of image i, from the draws of its seeds (`features.image_seeds`; sdrun.draws);
+        stops after the image during which the callback asked to or `stop` was interrupted."""
         for index in range(num_images):
+            image_seed, subseed = features.image_seeds(seed, index)
             draws = draw_image(
-                seed + index,
+                image_seed,
                 latent_shape,
                 self.facts.latent_scale,
                 distribution,
                 masked_distribution if latent_mask is not None else None,
                 inpainting=latent_mask is not None,
+                features=features,
+                subseed=subseed,
+                vae_factor=self.facts.vae_factor,
             )
             stopped = False
 

@@ -14,15 +14,17 @@ import numpy as np
 from PIL import Image
 
 from sdrun.defaults import GenerationDefaults
+from sdrun.draws import SeedFeatures
 from sdrun.errors import SettingsError, quoted
 from sdrun.guidance import unconditional_pass
 from sdrun.images import fit_within, open_image, oriented_size
 from sdrun.inpaint import DEFAULT_MASK_BLUR, MAX_MASK_BLUR
 from sdrun.limits import MAX_GUIDANCE, MAX_PROMPT_CHARACTERS, Limits
 from sdrun.model_facts import ModelFacts
+from sdrun.random_sources import DEFAULT_RANDOM_SOURCE, RANDOM_SOURCES
 from sdrun.samplers import SAMPLERS, first_step, make_sampler
 from sdrun.schedule import NoiseSchedule
-from sdrun.settings import GenerationSettings, ImageSettings, check_seed, random_seed
+from sdrun.settings import MAX_SEED, GenerationSettings, ImageSettings, check_seed, random_seed
 
 
 @dataclass(frozen=True)
@@ -46,16 +48,34 @@ class GenerationRequest:
     mask: Image.Image | None = None
     mask_blur: int | None = None
     overlay: bool = True
+    random_source: str = DEFAULT_RANDOM_SOURCE
+    eta_noise_seed_delta: int = 0
+    subseed: int | None = None
+    subseed_strength: float = 0.0
+    seed_resize_from: tuple[int, int] | None = None
+
+    @property
+    def seed_features(self) -> SeedFeatures:
+        """The random source and seed features the draws of each image follow (sdrun.draws)."""
+        return SeedFeatures(
+            self.random_source,
+            self.eta_noise_seed_delta,
+            self.subseed,
+            self.subseed_strength,
+            self.seed_resize_from,
+        )
 
     def image_settings(self, index: int, model: str, clip_skip: int, model_hash: str = "") -> ImageSettings:
-        """The settings that made image `index` of this call (its seed is the call's + index)."""
+        """The settings that made image `index` of this call (its seed is the call's + index, or with a
+        variation strength the call's, and its subseed the call's + index: SeedFeatures.image_seeds)."""
+        seed, subseed = self.seed_features.image_seeds(self.seed, index)
         return ImageSettings(
             prompt=self.prompt,
             negative_prompt=self.negative_prompt,
             steps=self.steps,
             sampler=self.sampler,
             guidance_scale=self.guidance_scale,
-            seed=self.seed + index,
+            seed=seed,
             width=self.width,
             height=self.height,
             model=model,
@@ -65,6 +85,12 @@ class GenerationRequest:
             clip_skip=clip_skip,
             eta=self.eta,
             model_hash=model_hash,
+            # None stands for sdrun's default source in recorded settings, as the PNG text reads back.
+            random_source=None if self.random_source == DEFAULT_RANDOM_SOURCE else self.random_source,
+            eta_noise_seed_delta=self.eta_noise_seed_delta,
+            subseed=subseed if self.subseed_strength else None,
+            subseed_strength=self.subseed_strength,
+            seed_resize_from=self.seed_resize_from,
         )
 
 
@@ -137,6 +163,10 @@ def prepare(
     limits.check_size(int(width), int(height))
     passes = 2 if two_passes else 1
     limits.check_work(num_images, steps_run, passes, int(width), int(height), facts.vae_factor)
+    subseed_strength = _finite(given.subseed_strength, "variation seed strength", 0.0, 1.0)
+    subseed = given.subseed
+    if subseed is not None or subseed_strength != 0:
+        subseed = random_seed(num_images) if subseed is None else _check_subseed(subseed, num_images)
     return GenerationRequest(
         prompt=prompt,
         negative_prompt=negative_prompt,
@@ -153,7 +183,55 @@ def prepare(
         mask=mask,
         mask_blur=mask_blur if mask is not None else None,
         overlay=given.overlay,
+        random_source=_random_source(given.random_source),
+        eta_noise_seed_delta=_eta_noise_seed_delta(given.eta_noise_seed_delta),
+        subseed=subseed,
+        subseed_strength=subseed_strength,
+        seed_resize_from=_seed_resize_from(given.seed_resize_from, facts, limits),
     )
+
+
+def _random_source(name: object) -> str:
+    """A source name (any case, as the web UI writes GPU, CPU and NV), or None for sdrun's default."""
+    if name is None:
+        return DEFAULT_RANDOM_SOURCE
+    if not isinstance(name, str) or name.lower() not in RANDOM_SOURCES:
+        raise SettingsError(
+            f"random source {quoted(name)} is unknown: give one of {', '.join(RANDOM_SOURCES)}"
+        )
+    return name.lower()
+
+
+def _eta_noise_seed_delta(delta: object) -> int:
+    if isinstance(delta, bool) or not isinstance(delta, int | np.integer) or not 0 <= delta <= MAX_SEED:
+        raise SettingsError(
+            f"eta noise seed delta (ENSD) must be a whole number from 0 to {MAX_SEED}, not {quoted(delta)}"
+        )
+    return int(delta)
+
+
+def _check_subseed(subseed: object, num_images: int) -> int:
+    try:
+        return check_seed(subseed, num_images)
+    except SettingsError as error:
+        raise SettingsError(f"variation {error}") from None
+
+
+def _seed_resize_from(size: object, facts: ModelFacts, limits: Limits) -> tuple[int, int] | None:
+    """(width, height) in pixels to draw the noise at, each at least one latent pixel, or None."""
+    if size is None:
+        return None
+    sides = tuple(size) if isinstance(size, tuple | list) else ()
+    low = facts.vae_factor
+    if len(sides) != 2 or not all(
+        not isinstance(side, bool) and isinstance(side, int | np.integer) and side >= low for side in sides
+    ):
+        raise SettingsError(
+            f"seed resize from must be (width, height), whole numbers of pixels >= {low}, not {quoted(size)}"
+        )
+    width, height = int(sides[0]), int(sides[1])
+    limits.check_size(width, height)
+    return width, height
 
 
 def _or(value: object, default: object) -> object:

@@ -65,6 +65,12 @@ class ImageSettings:
     # The web UI's short hash of the checkpoint the model folder was built from (sdrun.a1111.model_hash),
     # "" when not known.
     model_hash: str = ""
+    # The random source and the web UI's seed features (sdrun.draws); `subseed` is this image's.
+    random_source: str | None = None
+    eta_noise_seed_delta: int = 0
+    subseed: int | None = None
+    subseed_strength: float = 0.0
+    seed_resize_from: tuple[int, int] | None = None
 
 
 # An init image or a mask: a picture, or the path of its file.
@@ -96,6 +102,14 @@ class GenerationSettings:
     mask: ImageSource | None = None
     mask_blur: int | None = None
     overlay: bool = True
+    # The random source (None: "numpy"; sdrun.random_sources) and the web UI's seed features (sdrun.draws):
+    # a variation seed (None with a strength: a random one) and its strength, and the (width, height) in
+    # pixels to draw the noise at and paste centred.
+    random_source: str | None = None
+    eta_noise_seed_delta: int = 0
+    subseed: int | None = None
+    subseed_strength: float = 0.0
+    seed_resize_from: tuple[int, int] | None = None
 
     def but(self, **changes: Any) -> "GenerationSettings":
         """These settings with `changes`; a name that is not a setting is a SettingsError naming them."""
@@ -123,6 +137,11 @@ class GenerationSettings:
             strength=recorded.strength,
             mask_blur=recorded.mask_blur,
             overlay=recorded.overlay,
+            random_source=recorded.random_source,
+            eta_noise_seed_delta=recorded.eta_noise_seed_delta,
+            subseed=recorded.subseed,
+            subseed_strength=recorded.subseed_strength,
+            seed_resize_from=recorded.seed_resize_from,
         )
         return made.but(**changes)
 

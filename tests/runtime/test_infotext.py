@@ -30,7 +30,7 @@ def test_format_follows_the_web_ui_layout() -> None:
         "a red cube\n"
         "Negative prompt: blurry\n"
         "Steps: 20, Sampler: Euler a, Schedule type: Uniform, CFG scale: 7, Seed: 1, Size: 512x768, "
-        f"Model: tiny-shapes, Denoising strength: 0.75, Version: {sdrun_version()}"
+        f"Model: tiny-shapes, Denoising strength: 0.75, RNG: numpy, Version: {sdrun_version()}"
     )
 
 
@@ -105,6 +105,7 @@ def test_parses_what_the_web_ui_writes() -> None:
         strength=0.45,
         clip_skip=2,
         model_hash="6ce0161689",
+        random_source="gpu",  # no RNG field: the web UI's default source
     )
 
 
@@ -169,6 +170,6 @@ def test_png_without_parameters_is_a_clear_error(tmp_path: Path) -> None:
 def test_clip_skip_is_written_as_the_web_ui_writes_it() -> None:
     """Only above 1 (the web UI leaves its default out), and read back."""
     skipped = ImageSettings(**{**BASE.__dict__, "clip_skip": 2})
-    assert "Model: tiny-shapes, Clip skip: 2, Version: sdrun" in format_parameters(skipped)
+    assert "Model: tiny-shapes, Clip skip: 2, RNG: numpy, Version: sdrun" in format_parameters(skipped)
     assert parse_parameters(format_parameters(skipped)) == skipped
     assert "Clip skip" not in format_parameters(BASE)

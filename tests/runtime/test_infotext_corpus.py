@@ -22,7 +22,9 @@ CORPUS = json.loads((DATA / "infotexts.json").read_text(encoding="utf-8"))
 A1111 = json.loads((DATA / "infotexts_a1111_parsed.json").read_text(encoding="utf-8"))
 # Keys the corpus lists as unhonoured that sdrun has learnt to honour since: a key whose behaviour lands
 # moves here (one line), and every text's expectation follows.
-HONOURED_SINCE_THE_CORPUS: frozenset[str] = frozenset()
+HONOURED_SINCE_THE_CORPUS: frozenset[str] = frozenset(
+    {"RNG", "ENSD", "Variation seed", "Variation seed strength", "Seed resize from"}
+)
 # Where the web UI reads a text differently from sdrun on purpose, field by field.
 KNOWN_DIFFERENCES = {
     # The old hires fix's "First pass size" (unhonoured) makes the web UI draw at 512x512 and upscale.

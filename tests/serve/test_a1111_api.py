@@ -28,6 +28,7 @@ from serve_helpers import (
 
 from sdrun.infotext import parse_parameters
 from sdrun.pipeline import Pipeline
+from sdrun.random_sources import GPU  # the A1111 routes draw the web UI's default noise
 from sdrun.serve.config import ServeConfig
 
 httpx = pytest.importorskip("httpx")
@@ -78,7 +79,9 @@ def test_txt2img_gives_the_librarys_images_with_their_seeds(
             "dpmpp_2m_karras",
             5.0,
         )
-        expected = library_pixels(40 + index, steps=3, guidance_scale=5.0, sampler="dpmpp_2m_karras")
+        expected = library_pixels(
+            40 + index, steps=3, guidance_scale=5.0, sampler="dpmpp_2m_karras", random_source=GPU
+        )
         np.testing.assert_array_equal(decode(image), expected)
 
 
@@ -86,7 +89,7 @@ def test_omitted_fields_take_the_models_defaults_and_seed_minus_one_is_random(
     client, library_pixels: Callable[..., np.ndarray]
 ) -> None:
     made = client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "seed": 9}).json()
-    np.testing.assert_array_equal(decode(made["images"][0]), library_pixels(9))
+    np.testing.assert_array_equal(decode(made["images"][0]), library_pixels(9, random_source=GPU))
     info = json.loads(made["info"])  # the folder's defaults (conftest.GENERATION_DEFAULTS), A1111's names
     assert (info["sampler_name"], info["scheduler"], info["steps"], info["cfg_scale"]) == (
         "DPM++ 2M",
@@ -112,11 +115,15 @@ def test_older_clients_sampler_index_names_the_sampler_when_sampler_name_is_abse
     made = client.post("/sdapi/v1/txt2img", json=body).json()
     assert json.loads(made["info"])["sampler_name"] == "Euler a"
     assert parse_parameters(png_parameters(made["images"][0])).sampler == "euler_a"
-    np.testing.assert_array_equal(decode(made["images"][0]), library_pixels(12, steps=3, sampler="euler_a"))
+    np.testing.assert_array_equal(
+        decode(made["images"][0]), library_pixels(12, steps=3, sampler="euler_a", random_source=GPU)
+    )
     both = {**body, "sampler_name": "DDIM"}
     made = client.post("/sdapi/v1/txt2img", json=both).json()
     assert json.loads(made["info"])["sampler_name"] == "DDIM", "sampler_name wins over sampler_index"
-    np.testing.assert_array_equal(decode(made["images"][0]), library_pixels(12, steps=3, sampler="ddim"))
+    np.testing.assert_array_equal(
+        decode(made["images"][0]), library_pixels(12, steps=3, sampler="ddim", random_source=GPU)
+    )
 
 
 def test_img2img_from_a_data_url(client, reference: Pipeline) -> None:
@@ -124,7 +131,9 @@ def test_img2img_from_a_data_url(client, reference: Pipeline) -> None:
     data_url = "data:image/png;base64," + png_b64(start)
     body = {"prompt": PROMPT, "init_images": [data_url], "seed": 3, "steps": 4, "denoising_strength": 0.6}
     made = client.post("/sdapi/v1/img2img", json=body).json()
-    expected = reference.generate(PROMPT, seed=3, steps=4, strength=0.6, init_image=start).images[0]
+    expected = reference.generate(
+        PROMPT, seed=3, steps=4, strength=0.6, init_image=start, random_source=GPU
+    ).images[0]
     np.testing.assert_array_equal(decode(made["images"][0]), np.asarray(expected))
     assert json.loads(made["info"])["denoising_strength"] == 0.6
 
@@ -143,7 +152,9 @@ def test_img2img_with_a_mask_repaints_its_white_area_or_with_invert_its_black_on
     inverted = client.post("/sdapi/v1/img2img", json={**body, "inpainting_mask_invert": 1}).json()
     picture = decode(inverted["images"][0])
     assert_repainted_only(picture, start, repainted=RIGHT, kept=slice(0, SIDE // 4))
-    expected = reference.generate(PROMPT, seed=4, steps=4, init_image=start, mask=ImageOps.invert(mask))
+    expected = reference.generate(
+        PROMPT, seed=4, steps=4, init_image=start, mask=ImageOps.invert(mask), random_source=GPU
+    )
     np.testing.assert_array_equal(picture, np.asarray(expected.images[0]))
     assert parse_parameters(png_parameters(inverted["images"][0])).mask_blur == 4
 

@@ -7,6 +7,11 @@ the served folders. Sampler names are A1111's labels ("DPM++ 2M" with scheduler 
 "DPM++ 2M Karras"), mapped both ways. img2img inpaints with a base64 `mask` (white = repaint, or its alpha
 channel when it has transparency: the library's reading), `mask_blur`, and `inpainting_mask_invert` 1 to
 repaint the black area instead (the route inverts the mask before the library sees it).
+
+The noise is the web UI's: its default source, GPU (torch's CUDA generator, which sdrun draws on any
+device), unless `override_settings.randn_source` names CPU or NV (or sdrun's "numpy"), so that a body sent
+to the web UI and to sdrun starts from the same noise; `override_settings.eta_noise_seed_delta` is its ENSD,
+and `subseed`, `subseed_strength`, `seed_resize_from_w` and `seed_resize_from_h` its seed features.
 """
 
 import json
@@ -15,6 +20,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
 
+from sdrun import a1111
 from sdrun.errors import SettingsError
 from sdrun.infotext import format_parameters
 from sdrun.inpaint import mask_channel
@@ -38,6 +44,8 @@ from sdrun.settings import GenerationSettings
 router = APIRouter(prefix="/sdapi/v1")
 ServedModels = Annotated[Models, Depends(served_models)]
 CHECKPOINT_OPTION = "sd_model_checkpoint"
+RANDN_SOURCE_OPTION = "randn_source"
+ENSD_OPTION = "eta_noise_seed_delta"
 
 
 def _model(body: A1111Txt2ImgRequest) -> str | None:
@@ -49,9 +57,17 @@ def _model(body: A1111Txt2ImgRequest) -> str | None:
     return override
 
 
+def _random_source(body: A1111Txt2ImgRequest) -> object:
+    """The web UI's source the body asks for (GPU, its default, when none): sdrun's name for it; anything
+    else goes to the library as given, which names the sources it knows."""
+    source = (body.override_settings or {}).get(RANDN_SOURCE_OPTION, a1111.RNG_DEFAULT)
+    return a1111.RNG_NAMES.get(source.upper(), source) if isinstance(source, str) else source
+
+
 def _settings(body: A1111Txt2ImgRequest) -> GenerationSettings:
     """The body's settings; what it leaves out, the library takes from the model."""
     sampler = body.sampler_name or body.sampler_index
+    resize = (body.seed_resize_from_w or 0, body.seed_resize_from_h or 0)
     return GenerationSettings(
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
@@ -63,6 +79,11 @@ def _settings(body: A1111Txt2ImgRequest) -> GenerationSettings:
         width=body.width,
         height=body.height,
         num_images=body.batch_size * body.n_iter,
+        random_source=_random_source(body),
+        eta_noise_seed_delta=(body.override_settings or {}).get(ENSD_OPTION, 0),
+        subseed=None if body.subseed is None or body.subseed == -1 else body.subseed,
+        subseed_strength=body.subseed_strength or 0.0,
+        seed_resize_from=resize if min(resize) > 0 else None,
     )
 
 
@@ -79,8 +100,11 @@ async def _response(
         "all_negative_prompts": [settings.negative_prompt for settings in made],
         "seed": first.seed,
         "all_seeds": [settings.seed for settings in made],
-        "subseed": -1,
-        "all_subseeds": [-1] * len(made),
+        "subseed": -1 if first.subseed is None else first.subseed,
+        "all_subseeds": [-1 if settings.subseed is None else settings.subseed for settings in made],
+        "subseed_strength": first.subseed_strength,
+        "seed_resize_from_w": first.seed_resize_from[0] if first.seed_resize_from else -1,
+        "seed_resize_from_h": first.seed_resize_from[1] if first.seed_resize_from else -1,
         "width": first.width,
         "height": first.height,
         "sampler_name": label,

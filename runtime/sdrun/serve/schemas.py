@@ -3,7 +3,8 @@
 JSON bodies are strict (a number is not a string, a bool is not a number) and ignore fields they do not
 know, as clients of both APIs send many (OpenAI's quality and style, A1111's restore_faces, ...). Fields a
 request leaves out are None here and take the model folder's generation defaults in the library, so the
-same prompt and seed give the same picture through either API, the CLI and the library.
+same prompt and seed give the same picture through either API, the CLI and the library (the A1111 routes with
+the web UI's default random source, "gpu": sdrun.serve.a1111_api).
 """
 
 from typing import Any, Literal
@@ -90,7 +91,13 @@ class A1111Txt2ImgRequest(_Strict):
     eta: float | None = Field(None, description="A1111's: DDIM's eta (its Eta DDIM), TCD's gamma")
     batch_size: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST)
     n_iter: int = Field(1, ge=1, le=MAX_IMAGES_PER_REQUEST)
-    override_settings: dict[str, Any] | None = None
+    subseed: int | None = Field(-1, ge=-1, le=MAX_SEED, description="variation seed; -1: random")
+    subseed_strength: float | None = Field(0.0, ge=0.0, le=1.0)
+    seed_resize_from_w: int | None = Field(-1, ge=-1, le=MAX_SIDE, description="<= 0: off")
+    seed_resize_from_h: int | None = Field(-1, ge=-1, le=MAX_SIDE, description="<= 0: off")
+    override_settings: dict[str, Any] | None = Field(
+        None, description="sd_model_checkpoint, randn_source (GPU, CPU, NV) and eta_noise_seed_delta are read"
+    )
 
 
 class A1111Img2ImgRequest(A1111Txt2ImgRequest):
