@@ -37,3 +37,9 @@ CLIP_SKIP = "Clip skip"
 # DDIM's eta has a key of its own; the other samplers' eta (A1111's ancestral ones) is "Eta".
 ETA_DDIM = "Eta DDIM"
 ETA = "Eta"
+# Emphasis modes (the infotext's "Emphasis", written when not the default "Original"; the API's
+# override_settings `emphasis`), and "Pad conds" (written when on; the API's `pad_cond_uncond`).
+EMPHASIS = "Emphasis"
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
+EMPHASIS_DEFAULT = "Original"
+PAD_CONDS = "Pad conds"

@@ -72,6 +72,8 @@ def format_parameters(settings: ImageSettings) -> str:
         MASK_OVERLAY: "off" if settings.mask_blur is not None and not settings.overlay else None,
         a1111.CLIP_SKIP: settings.clip_skip if settings.clip_skip > 1 else None,
         _eta_key(label): None if settings.eta is None else _number(settings.eta),
+        a1111.EMPHASIS: _emphasis(settings),
+        a1111.PAD_CONDS: True if settings.pad_conds else None,
     }
     line = ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items() if value is not None)
     negative = f"\n{a1111.NEGATIVE_PREFIX} {settings.negative_prompt}" if settings.negative_prompt else ""
@@ -187,7 +189,17 @@ def parse_parameters(text: str) -> ImageSettings:
         overlay=_switch(pairs, MASK_OVERLAY) if MASK_OVERLAY in pairs else True,
         clip_skip=_optional(pairs, a1111.CLIP_SKIP, _integer) or 1,
         eta=next((_float(pairs, key) for key in _ETA_KEYS if key in pairs), None),
+        emphasis=pairs.get(a1111.EMPHASIS, a1111.EMPHASIS_DEFAULT),
+        pad_conds=pairs.get(a1111.PAD_CONDS) == "True",
     )
+
+
+def _emphasis(settings: ImageSettings) -> str | None:
+    """The emphasis mode, written as the web UI writes it: when not its default and a prompt has brackets;
+    sdrun also writes "None" for a prompt with BREAK, which that mode reads as a word."""
+    texts = settings.prompt + settings.negative_prompt
+    differs = "(" in texts or "[" in texts or (settings.emphasis == "None" and "BREAK" in texts)
+    return settings.emphasis if settings.emphasis != a1111.EMPHASIS_DEFAULT and differs else None
 
 
 def _eta_key(label: str) -> str:

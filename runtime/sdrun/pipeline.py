@@ -49,6 +49,7 @@ from sdrun.samplers.prediction import Model
 from sdrun.schedule import NoiseSchedule, ScheduleError
 from sdrun.settings import GenerationSettings
 from sdrun.stopping import StopSignal
+from sdrun.text_conditioning import prompt_embeddings
 from sdrun.tiled_vae import decode_tiled
 from sdrun.tokenizer import CLIPTokenizer, TokenizerError
 
@@ -237,15 +238,31 @@ class Pipeline:
             return True
         return self._network(UNET, UNetGraph).batch_of_one
 
-    def encode_prompt(self, prompt: str, negative_prompt: str, guidance_scale: float) -> PromptEmbeddings:
-        """Text encoder states of both prompts in one call; the negative one is skipped at guidance 1 and
-        under an LCM UNet (whose guidance is an input, not an unconditional pass)."""
+    def encode_prompt(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        guidance_scale: float,
+        *,
+        emphasis: str = "Original",
+        pad_conds: bool = False,
+        steps: int | None = None,
+    ) -> PromptEmbeddings:
+        """The UNet's contexts for both prompts, as AUTOMATIC1111 makes them (sdrun.text_conditioning:
+        chunks of 75 tokens, `emphasis`, `pad_conds`; prompt editing over `steps` model calls when given);
+        the negative one is skipped at guidance 1 and under an LCM UNet (whose guidance is an input, not
+        an unconditional pass)."""
         with_negative = unconditional_pass(guidance_scale, self.facts.guidance_embedding_dim)
-        prompts = [prompt, negative_prompt] if with_negative else [prompt]
-        ids = self.tokenizer.encode(prompts)
         with self.sessions.use(TEXT_ENCODER):
-            states = self._network(TEXT_ENCODER, TextEncoderGraph).encode(ids)
-        return PromptEmbeddings(states[:1], states[1:] if with_negative else None)
+            return prompt_embeddings(
+                self.tokenizer,
+                self._network(TEXT_ENCODER, TextEncoderGraph).encode,
+                prompt,
+                negative_prompt if with_negative else None,
+                emphasis=emphasis,
+                pad_conds=pad_conds,
+                calls=steps,
+            )
 
     def encode_image(self, image: Image.Image) -> LatentDistribution:
         """The VAE encoder's latent distribution for an RGB image whose sides are multiples of 8
@@ -266,8 +283,11 @@ class Pipeline:
         before_pass: Callable[[], None] | None = None,
     ) -> Model:
         """model(x, t) for the samplers on this pipeline's UNet (sdrun.guidance.guided_model)."""
+        unet = self._network(UNET, UNetGraph)
+        for context in embeddings.contexts:
+            unet.check_context(context.shape[1])
         return guided_model(
-            self._network(UNET, UNetGraph).predict,
+            unet.predict,
             embeddings,
             guidance_scale,
             guidance_embedding_dim=self.facts.guidance_embedding_dim,
@@ -415,7 +435,15 @@ class Pipeline:
         else:
             request = self.prepare(call, negative_prompt, **fields)
         facts = self.facts
-        embeddings = self.encode_prompt(request.prompt, request.negative_prompt, request.guidance_scale)
+        # Prompt editing counts model calls, one a step for every sdrun sampler (A1111's step multiplier 1).
+        embeddings = self.encode_prompt(
+            request.prompt,
+            request.negative_prompt,
+            request.guidance_scale,
+            emphasis=request.emphasis,
+            pad_conds=request.pad_conds,
+            steps=request.steps,
+        )
         size = (request.width, request.height)
         init = load_rgb(request.image, size) if request.image is not None else None
         mask = load_mask(request.mask, size, request.mask_blur or 0) if request.mask is not None else None

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sdrun.a1111 import EMPHASIS_MODES
 from sdrun.defaults import GenerationDefaults
 from sdrun.errors import SettingsError, quoted
 from sdrun.guidance import unconditional_pass
@@ -46,6 +47,8 @@ class GenerationRequest:
     mask: Image.Image | None = None
     mask_blur: int | None = None
     overlay: bool = True
+    emphasis: str = "Original"
+    pad_conds: bool = False
 
     def image_settings(self, index: int, model: str, clip_skip: int) -> ImageSettings:
         """The settings that made image `index` of this call (its seed is the call's + index)."""
@@ -64,6 +67,8 @@ class GenerationRequest:
             overlay=self.overlay,
             clip_skip=clip_skip,
             eta=self.eta,
+            emphasis=self.emphasis,
+            pad_conds=self.pad_conds,
         )
 
 
@@ -94,6 +99,11 @@ def prepare(
             raise SettingsError(f"the {what} must be a PIL image or a file path, not {type(source).__name__}")
     if not isinstance(given.overlay, bool):
         raise SettingsError(f"overlay must be True or False, not {quoted(given.overlay)}")
+    if given.emphasis not in EMPHASIS_MODES:
+        modes = ", ".join(EMPHASIS_MODES)
+        raise SettingsError(f"emphasis {quoted(given.emphasis)} is unknown: give one of {modes}")
+    if not isinstance(given.pad_conds, bool):
+        raise SettingsError(f"pad_conds must be True or False, not {quoted(given.pad_conds)}")
     mask_blur = _whole(DEFAULT_MASK_BLUR if given.mask_blur is None else given.mask_blur, "mask blur", 0)
     if mask_blur > MAX_MASK_BLUR:
         raise SettingsError(f"mask blur {mask_blur} is out of range: give 0 to {MAX_MASK_BLUR} pixels")
@@ -152,6 +162,8 @@ def prepare(
         mask=mask,
         mask_blur=mask_blur if mask is not None else None,
         overlay=given.overlay,
+        emphasis=given.emphasis,
+        pad_conds=given.pad_conds,
     )
 
 
@@ -192,7 +204,7 @@ def _check_prompt(text: object, name: str) -> str:
     if len(text) > MAX_PROMPT_CHARACTERS:
         raise SettingsError(
             f"the {name} has {len(text):,} characters, above the limit of {MAX_PROMPT_CHARACTERS:,} "
-            "(the text encoder reads the first 77 tokens, about 300 characters)"
+            "(a chunk of 75 tokens is about 300 characters)"
         )
     return text
 

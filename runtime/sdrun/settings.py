@@ -62,6 +62,9 @@ class ImageSettings:
     clip_skip: int = 1
     # The sampler's eta, when it takes one and it is not the sampler's default.
     eta: float | None = None
+    # How prompt weights act (sdrun.text_conditioning.EMPHASIS_MODES), and A1111's "Pad conds".
+    emphasis: str = "Original"
+    pad_conds: bool = False
 
 
 # An init image or a mask: a picture, or the path of its file.
@@ -93,6 +96,8 @@ class GenerationSettings:
     mask: ImageSource | None = None
     mask_blur: int | None = None
     overlay: bool = True
+    emphasis: str = "Original"
+    pad_conds: bool = False
 
     def but(self, **changes: Any) -> "GenerationSettings":
         """These settings with `changes`; a name that is not a setting is a SettingsError naming them."""
@@ -120,6 +125,8 @@ class GenerationSettings:
             strength=recorded.strength,
             mask_blur=recorded.mask_blur,
             overlay=recorded.overlay,
+            emphasis=recorded.emphasis,
+            pad_conds=recorded.pad_conds,
         )
         return made.but(**changes)
 
