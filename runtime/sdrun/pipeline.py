@@ -253,15 +253,15 @@ class Pipeline:
         the negative one is skipped at guidance 1 and under an LCM UNet (whose guidance is an input, not
         an unconditional pass)."""
         with_negative = unconditional_pass(guidance_scale, self.facts.guidance_embedding_dim)
+        negative = [(steps or 1, negative_prompt)] if with_negative else None
         with self.sessions.use(TEXT_ENCODER):
             return prompt_embeddings(
                 self.tokenizer,
                 self._network(TEXT_ENCODER, TextEncoderGraph).encode,
-                prompt,
-                negative_prompt if with_negative else None,
+                [(steps or 1, prompt)],
+                negative,
                 emphasis=emphasis,
                 pad_conds=pad_conds,
-                calls=steps,
             )
 
     def encode_image(self, image: Image.Image) -> LatentDistribution:

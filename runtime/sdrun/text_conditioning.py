@@ -20,18 +20,18 @@ import numpy as np
 from sdrun.errors import SettingsError
 from sdrun.guidance import PromptEmbeddings
 from sdrun.limits import MAX_PROMPT_CHUNKS
-from sdrun.prompt_syntax import parse_emphasis, prompt_schedule
+from sdrun.prompt_syntax import BREAK, parse_emphasis
 from sdrun.tokenizer import CLIPTokenizer
 
 # A chunk's own tokens, between its start and end tokens.
 CHUNK_TOKENS = 75
 # A1111's `comma_padding_backtrack` default.
 COMMA_BACKTRACK = 20
-# parse_emphasis's fragment for BREAK.
-BREAK = ("BREAK", -1.0)
 
 # (text, weight) pairs, as sdrun.prompt_syntax.parse_emphasis gives them.
 Fragment = tuple[str, float]
+# A prompt's editing schedule: (last model call, text) pairs (sdrun.prompt_syntax.prompt_schedule).
+Schedule = Sequence[tuple[int, str]]
 # The text encoder: token ids [n, 77] -> hidden states [n, 77, width].
 Encode = Callable[[np.ndarray], np.ndarray]
 
@@ -172,19 +172,16 @@ def fragments(text: str, mode: str) -> list[Fragment]:
 def prompt_embeddings(
     tokenizer: CLIPTokenizer,
     encode: Encode,
-    prompt: str,
-    negative_prompt: str | None,
+    prompt: Schedule,
+    negative_prompt: Schedule | None,
     *,
     emphasis: str = "Original",
     pad_conds: bool = False,
-    calls: int | None = None,
 ) -> PromptEmbeddings:
-    """The UNet's contexts for `prompt` and `negative_prompt` (None: no unconditional pass). With `calls`
-    (the sampler's model calls, A1111's steps times its step multiplier) prompt editing is read and each
-    prompt's schedule is encoded as one batch, each distinct text once; without, the prompts are read as
-    they are."""
-    prompts = [prompt] if negative_prompt is None else [prompt, negative_prompt]
-    schedules = [[(0, text)] if calls is None else prompt_schedule(text, calls) for text in prompts]
+    """The UNet's contexts for the schedules of `prompt` and `negative_prompt` (None: no unconditional
+    pass); a prompt without editing is one (last call, text) pair. Each schedule is encoded as one batch,
+    each distinct text once."""
+    schedules = [prompt] if negative_prompt is None else [prompt, negative_prompt]
     texts = [[text for _, text in schedule] for schedule in schedules]
     known = {text: prompt_chunks(fragments(text, emphasis), tokenizer) for group in texts for text in group}
     empty = chunk_words([], tokenizer)
@@ -201,9 +198,7 @@ def prompt_embeddings(
     )
 
 
-def _schedule(
-    schedule: list[tuple[int, str]], contexts: list[np.ndarray]
-) -> tuple[tuple[int, np.ndarray], ...]:
+def _schedule(schedule: Schedule, contexts: list[np.ndarray]) -> tuple[tuple[int, np.ndarray], ...]:
     """(last model call, context) pairs of an editing schedule; none for a prompt without editing."""
     if len(contexts) == 1:
         return ()
