@@ -43,3 +43,6 @@ EMPHASIS = "Emphasis"
 EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
 EMPHASIS_DEFAULT = "Original"
 PAD_CONDS = "Pad conds"
+# Their names among the web UI's options (its API's override_settings).
+EMPHASIS_OPTION = "emphasis"
+PAD_CONDS_OPTION = "pad_cond_uncond"

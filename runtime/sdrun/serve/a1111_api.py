@@ -3,8 +3,9 @@
 txt2img and img2img answer `images` (base64 PNGs, each with its `parameters` chunk), `parameters` (the
 request as given) and `info` (a JSON text with the seeds and the settings used). Progress and interrupt
 concern the running jobs; `sd_model_checkpoint` (options, or a request's override_settings) picks among
-the served folders. Sampler names are A1111's labels ("DPM++ 2M" with scheduler "Karras", or the older
-"DPM++ 2M Karras"), mapped both ways. img2img inpaints with a base64 `mask` (white = repaint, or its alpha
+the served folders; override_settings' `emphasis` and `pad_cond_uncond` apply to the request. Sampler
+names are A1111's labels ("DPM++ 2M" with scheduler "Karras", or the older "DPM++ 2M Karras"), mapped
+both ways. img2img inpaints with a base64 `mask` (white = repaint, or its alpha
 channel when it has transparency: the library's reading), `mask_blur`, and `inpainting_mask_invert` 1 to
 repaint the black area instead (the route inverts the mask before the library sees it).
 """
@@ -15,6 +16,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Request
 
+from sdrun import a1111
 from sdrun.errors import SettingsError
 from sdrun.infotext import format_parameters
 from sdrun.inpaint import mask_channel
@@ -52,6 +54,7 @@ def _model(body: A1111Txt2ImgRequest) -> str | None:
 def _settings(body: A1111Txt2ImgRequest) -> GenerationSettings:
     """The body's settings; what it leaves out, the library takes from the model."""
     sampler = body.sampler_name or body.sampler_index
+    options = body.override_settings or {}
     return GenerationSettings(
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
@@ -63,6 +66,8 @@ def _settings(body: A1111Txt2ImgRequest) -> GenerationSettings:
         width=body.width,
         height=body.height,
         num_images=body.batch_size * body.n_iter,
+        emphasis=options.get(a1111.EMPHASIS_OPTION, a1111.EMPHASIS_DEFAULT),
+        pad_conds=options.get(a1111.PAD_CONDS_OPTION, False),
     )
 
 
