@@ -89,8 +89,10 @@ def test_schedule_picks_the_edit_where_a1111_varies() -> None:
         "[a|" * 7_000 + "]" * 7_000,  # nested alternations
         "([a:" * 7_000 + "x",  # nothing closes
     ],
-    ids=["nested-edits", "deep-alternation", "nested-emphasis", "mismatched", "many-edits", "nested-alternations",
-         "unclosed"],
+    ids=[
+        "nested-edits", "deep-alternation", "nested-emphasis", "mismatched", "many-edits",
+        "nested-alternations", "unclosed",
+    ],
 )
 def test_schedule_of_hostile_prompts_is_fast(prompt: str) -> None:
     # A1111 (lark's Earley parser) takes 10 s on 250 nested edits and fails on it (RecursionError). These
