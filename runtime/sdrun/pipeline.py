@@ -41,6 +41,7 @@ from sdrun.networks import (
     VaeEncoderGraph,
 )
 from sdrun.progress import Progress, ProgressCallback
+from sdrun.prompt_syntax import prompt_schedule
 from sdrun.providers import ProviderRequest, create_session, provider_name, requested_providers
 from sdrun.request import GenerationRequest, prepare, settings_of
 from sdrun.results import GeneratedImage, Result
@@ -249,17 +250,21 @@ class Pipeline:
         steps: int | None = None,
     ) -> PromptEmbeddings:
         """The UNet's contexts for both prompts, as AUTOMATIC1111 makes them (sdrun.text_conditioning:
-        chunks of 75 tokens, `emphasis`, `pad_conds`; prompt editing over `steps` model calls when given);
+        chunks of 75 tokens, `emphasis`, `pad_conds`; prompt editing and alternation over `steps` model
+        calls when given, else the prompts as written);
         the negative one is skipped at guidance 1 and under an LCM UNet (whose guidance is an input, not
         an unconditional pass)."""
         with_negative = unconditional_pass(guidance_scale, self.facts.guidance_embedding_dim)
-        negative = [(steps or 1, negative_prompt)] if with_negative else None
+
+        def schedule(text: str) -> list[tuple[int, str]]:
+            return [(1, text)] if steps is None else prompt_schedule(text, steps)
+
         with self.sessions.use(TEXT_ENCODER):
             return prompt_embeddings(
                 self.tokenizer,
                 self._network(TEXT_ENCODER, TextEncoderGraph).encode,
-                [(steps or 1, prompt)],
-                negative,
+                schedule(prompt),
+                schedule(negative_prompt) if with_negative else None,
                 emphasis=emphasis,
                 pad_conds=pad_conds,
             )

@@ -104,15 +104,26 @@ def prompt_chunks(fragments: Sequence[Fragment], tokenizer: CLIPTokenizer) -> Ch
     return chunk_words(pieces, tokenizer)
 
 
-def emphasize(states: np.ndarray, weights: np.ndarray, mode: str) -> np.ndarray:
-    """One chunk's hidden states [n, 77, width] for the batch encoded together, under emphasis `mode`."""
+def emphasize(
+    states: np.ndarray, weights: np.ndarray, mode: str, counts: np.ndarray | None = None
+) -> np.ndarray:
+    """One chunk's hidden states [n, 77, width] for the batch encoded together, under emphasis `mode`;
+    row i stands for `counts[i]` rows of A1111's batch (a text its schedule repeats), 1 each without."""
     if mode in ("None", "Ignore") or not (weights != 1.0).any():
         return states
     weighted = states * weights[..., None]
     if mode == "No norm":
         return weighted
     # "Original": A1111 says the mean restore is a heuristic against artifacts, not a derivation.
-    return weighted * (states.mean(dtype=np.float32) / weighted.mean(dtype=np.float32))
+    return weighted * (_mean(states, counts) / _mean(weighted, counts))
+
+
+def _mean(values: np.ndarray, counts: np.ndarray | None) -> np.float32:
+    """The mean over the batch in which row i stands for counts[i] rows."""
+    if counts is None or (counts == 1).all():
+        return values.mean(dtype=np.float32)
+    per_row = values.mean(axis=(1, 2), dtype=np.float32)
+    return np.float32((per_row * counts).sum(dtype=np.float32) / counts.sum())
 
 
 def condition(
@@ -120,37 +131,45 @@ def condition(
 ) -> list[list[np.ndarray]]:
     """The context [1, 77 k, width] of each prompt of each batch. A batch is what A1111 encodes together
     (one prompt, or the texts of one editing schedule, repeats included): its shorter prompts are padded
-    with `empty` (the empty prompt's chunk) to its longest, and emphasis takes its means over it. Every
-    batch's distinct chunks go through the encoder in one call for all batches."""
-    padded = []
+    with `empty` (the empty prompt's chunk) to its longest, and emphasis takes its means over it. Each
+    batch's distinct prompts are encoded once, and their distinct chunks go through the encoder in one
+    call for all batches (the same chunk in two batches twice, as A1111 encodes each prompt apart: two
+    short prompts are then the rows [prompt, negative])."""
+    plans = []
+    rows: list[np.ndarray] = []
     for batch in batches:
         length = max(len(chunks.ids) for chunks in batch)
-        padded.append([_rows(chunks, length, empty) for chunks in batch])
-    # Each batch's distinct chunks (the same chunk in two batches is encoded twice, as A1111 does: the
-    # rows are then those of one encoder call per prompt, [prompt, negative] for two short prompts).
-    rows: list[np.ndarray] = []
-    places: list[dict[bytes, int]] = []
-    for batch in padded:
+        members: dict[bytes, int] = {}
+        distinct: list[tuple[np.ndarray, np.ndarray]] = []
+        order = []
+        for chunks in batch:
+            key = chunks.ids.tobytes() + chunks.weights.tobytes()
+            if key not in members:
+                members[key] = len(distinct)
+                distinct.append(_rows(chunks, length, empty))
+            order.append(members[key])
         place: dict[bytes, int] = {}
-        for ids, _ in batch:
+        for ids, _ in distinct:
             for row in ids:
                 if row.tobytes() not in place:
                     place[row.tobytes()] = len(rows)
                     rows.append(row)
-        places.append(place)
+        counts = np.bincount(order, minlength=len(distinct)).astype(np.float32)
+        plans.append((distinct, order, place, counts))
     states = encode(np.stack(rows))
     contexts = []
-    for batch, place in zip(padded, places, strict=True):
+    for distinct, order, place, counts in plans:
         chunk_states = [
             emphasize(
-                np.stack([states[place[ids[index].tobytes()]] for ids, _ in batch]),
-                np.stack([weights[index] for _, weights in batch]),
+                np.stack([states[place[ids[index].tobytes()]] for ids, _ in distinct]),
+                np.stack([weights[index] for _, weights in distinct]),
                 mode,
+                counts,
             )
-            for index in range(len(batch[0][0]))
+            for index in range(len(distinct[0][0]))
         ]
-        joined = np.concatenate(chunk_states, axis=1)  # [batch, 77 k, width]
-        contexts.append([joined[item : item + 1] for item in range(len(batch))])
+        joined = np.concatenate(chunk_states, axis=1)  # [distinct prompts, 77 k, width]
+        contexts.append([joined[item : item + 1] for item in order])
     return contexts
 
 

@@ -336,3 +336,47 @@ def test_comma_backtrack_of_zero_fails_the_reference(pipeline: Pipeline, referen
     comma = CASES["comma backtrack"]
     expected = reference_encode(reference, [reference_chunks(reference[0], comma)], "No norm")
     assert _rel_err(_ours(pipeline, comma, "No norm"), expected) > 100 * TOLERANCE
+
+
+def test_prompt_editing_encodes_each_text_of_the_schedule(pipeline: Pipeline, reference) -> None:
+    """"a [red:blue:2] cube" over 4 steps: A1111's schedule [(2, "a red cube"), (4, "a blue cube")], its
+    texts encoded as one batch."""
+    tokenizer = reference[0]
+    edited = ("a [red:blue:2] cube", "[ugly|blurry]")
+    embeddings = pipeline.encode_prompt(*edited, 7.5, emphasis="No norm", steps=4)
+    texts = ["a red cube", "a blue cube"]
+    expected = reference_encode(reference, [reference_chunks(tokenizer, [(text, 1.0)]) for text in texts])
+    assert [last for last, _ in embeddings.conditional_schedule] == [2, 4]
+    for row, (_, context) in enumerate(embeddings.conditional_schedule):
+        assert _rel_err(context, expected[row : row + 1]) < TOLERANCE
+    negatives = ["ugly", "blurry"] * 2
+    assert [last for last, _ in embeddings.unconditional_schedule] == [1, 2, 3, 4]
+    expected = reference_encode(reference, [reference_chunks(tokenizer, [(text, 1.0)]) for text in negatives])
+    for row, (_, context) in enumerate(embeddings.unconditional_schedule):
+        assert _rel_err(context, expected[row : row + 1]) < TOLERANCE
+
+
+def test_the_guided_model_counts_model_calls_as_a1111s_cfg_denoiser() -> None:
+    """CFGDenoiser reads the schedule at its call count (from 0) and counts one per model call: an entry
+    ending at step 2 serves calls 0, 1 and 2."""
+    seen = []
+
+    def predict(x, t, context, guidance, extra):
+        seen.append(float(context[0, 0, 0]))
+        return x
+
+    first, second = np.zeros((1, 77, 4), np.float32), np.ones((1, 77, 4), np.float32)
+    embeddings = PromptEmbeddings(first, None, conditional_schedule=((2, first), (4, second)))
+    model = guided_model(predict, embeddings, 1.0, guidance_embedding_dim=None, sequential=False)
+    for _ in range(5):
+        model(np.zeros((1, 4, 8, 8), np.float32), 1.0)
+    assert seen == [0.0, 0.0, 0.0, 1.0, 1.0]
+
+
+def test_prompt_editing_changes_the_picture(pipeline: Pipeline) -> None:
+    settings = {"steps": 4, "seed": 3, "width": 64, "height": 64, "sampler": "euler", "guidance_scale": 7.5}
+    pictures = [
+        np.asarray(pipeline.generate(prompt, **settings).images[0], dtype=np.int16)
+        for prompt in ("a red cube", "a blue cube", "a [red:blue:2] cube")
+    ]
+    assert np.abs(pictures[2] - pictures[0]).max() > 0 and np.abs(pictures[2] - pictures[1]).max() > 0
