@@ -102,3 +102,17 @@ def test_the_infotext_records_them_as_the_web_ui_does() -> None:
     read = parse_parameters(web_ui)
     assert (read.emphasis, read.pad_conds) == ("None", True)
     assert GenerationSettings.from_image(read).emphasis == "None"
+
+
+def test_the_cli_options_reach_the_png_and_come_back(tiny_sdexport_dir: Path, tmp_path: Path) -> None:
+    from cli_runs import png_parameters, png_pixels, run_cli
+
+    first, again = tmp_path / "first.png", tmp_path / "again.png"
+    fast = ("--steps", 2, "--width", 64, "--height", 64, "--seed", 4)
+    options = ("--emphasis", "No norm", "--pad-conds", "--negative", LONG, *fast)
+    made = run_cli("a (red:1.4) cube", "--model", tiny_sdexport_dir, "--out", first, *options)
+    assert made.exit_code == 0, made.output
+    settings = parse_parameters(png_parameters(first))
+    assert (settings.emphasis, settings.pad_conds) == ("No norm", True)
+    assert run_cli("--from-png", first, "--model", tiny_sdexport_dir, "--out", again).exit_code == 0
+    assert np.array_equal(png_pixels(first), png_pixels(again))
