@@ -50,7 +50,7 @@ from sdrun.samplers.prediction import Model
 from sdrun.schedule import NoiseSchedule, ScheduleError
 from sdrun.settings import GenerationSettings
 from sdrun.stopping import StopSignal
-from sdrun.text_conditioning import prompt_embeddings
+from sdrun.text_conditioning import check_prompt_length, prompt_embeddings
 from sdrun.tiled_vae import decode_tiled
 from sdrun.tokenizer import CLIPTokenizer, TokenizerError
 
@@ -378,7 +378,10 @@ class Pipeline:
         without running any network (sdrun.request.prepare): a SettingsError here is the one the call would
         raise. A server prepares a request before queueing it, and the job runs that very request."""
         settings = settings_of(call, negative_prompt, fields)
-        return prepare(settings, self.facts, self.defaults, self.limits, self.schedule)
+        request = prepare(settings, self.facts, self.defaults, self.limits, self.schedule)
+        for text in (request.prompt, request.negative_prompt):
+            check_prompt_length(self.tokenizer, prompt_schedule(text, request.steps), request.emphasis)
+        return request
 
     def generate(
         self,

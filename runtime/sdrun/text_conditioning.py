@@ -188,6 +188,12 @@ def fragments(text: str, mode: str) -> list[Fragment]:
     return [(text, 1.0)] if mode == "None" else parse_emphasis(text)
 
 
+def check_prompt_length(tokenizer: CLIPTokenizer, schedule: Schedule, emphasis: str) -> None:
+    """Refuse, before any network runs, a prompt any of whose texts needs more than MAX_PROMPT_CHUNKS."""
+    for text in dict.fromkeys(text for _, text in schedule):
+        prompt_chunks(fragments(text, emphasis), tokenizer)
+
+
 def prompt_embeddings(
     tokenizer: CLIPTokenizer,
     encode: Encode,

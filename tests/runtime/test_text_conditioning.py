@@ -275,8 +275,13 @@ def test_open_clip_pads_with_its_pad_token_after_the_end() -> None:
 
 
 def test_too_many_chunks_are_refused(pipeline: Pipeline) -> None:
+    """When the call is prepared (before any network runs), and when encoding."""
+    too_long = " BREAK ".join(["a"] * (MAX_PROMPT_CHUNKS + 1))
     with pytest.raises(SettingsError, match="more than 32 chunks"):
-        pipeline.encode_prompt(" BREAK ".join(["a"] * (MAX_PROMPT_CHUNKS + 1)), "", 1.0)
+        pipeline.prepare("a cube", negative_prompt=too_long)
+    with pytest.raises(SettingsError, match="more than 32 chunks"):
+        pipeline.encode_prompt(too_long, "", 1.0)
+    assert pipeline.prepare(" BREAK ".join(["a"] * MAX_PROMPT_CHUNKS)).steps > 0
 
 
 def test_contexts_of_different_lengths_run_as_two_passes() -> None:
