@@ -78,3 +78,12 @@ SEED_RESIZE_FROM = "Seed resize from"
 # and written as it is.
 RNG_NAMES = {"GPU": "gpu", "CPU": "cpu", "NV": "nv"}
 RNG_DEFAULT = "GPU"
+# Emphasis modes (the infotext's "Emphasis", written when not the default "Original"; the API's
+# override_settings `emphasis`), and "Pad conds" (written when on; the API's `pad_cond_uncond`).
+EMPHASIS = "Emphasis"
+EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
+EMPHASIS_DEFAULT = "Original"
+PAD_CONDS = "Pad conds"
+# Their names among the web UI's options (its API's override_settings).
+EMPHASIS_OPTION = "emphasis"
+PAD_CONDS_OPTION = "pad_cond_uncond"

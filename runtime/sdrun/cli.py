@@ -11,7 +11,7 @@ from typing import Any
 import click
 import numpy as np
 
-from sdrun.a1111 import model_hash
+from sdrun.a1111 import EMPHASIS_MODES, model_hash
 from sdrun.bench import bench_folder, write_json
 from sdrun.defaults import VAE_CHOICES, GenerationDefaults
 from sdrun.errors import ModelFolderError, SdrunError, SettingsError
@@ -202,6 +202,20 @@ def _open_pipeline(
     help="Inpainting: paste the init image's pixels back outside the blurred mask after decoding, so they "
     "come back unchanged (diffusers leaves them as the VAE decodes them).  [default: overlay, or as "
     "--from-png records it]",
+)
+@click.option(
+    "--emphasis",
+    type=click.Choice(EMPHASIS_MODES),
+    help="How (word:1.2) weights act, as AUTOMATIC1111's Emphasis mode: Original rescales each chunk of "
+    "75 tokens to its unweighted mean, No norm does not, Ignore drops the weights, None reads brackets "
+    "as text.  [default: Original, or as --from-png records it]",
+)
+@click.option(
+    "--pad-conds/--no-pad-conds",
+    default=None,
+    help="Pad the shorter of prompt and negative prompt with empty chunks so that both share one UNet "
+    "batch (AUTOMATIC1111's Pad conds); else prompts of different lengths run as two UNet passes.  "
+    "[default: off, or as --from-png records it]",
 )
 @click.option(
     "--provider",

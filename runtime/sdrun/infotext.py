@@ -111,6 +111,8 @@ def format_parameters(settings: ImageSettings) -> str:
         a1111.MASK_BLUR: settings.mask_blur,
         MASK_OVERLAY: "off" if settings.mask_blur is not None and not settings.overlay else None,
         _eta_key(label): None if settings.eta is None else _number(settings.eta),
+        a1111.EMPHASIS: _emphasis(settings),
+        a1111.PAD_CONDS: True if settings.pad_conds else None,
         a1111.VERSION: sdrun_version(),
     }
     line = ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items() if value is not None)
@@ -322,6 +324,8 @@ def read_parameters(text: str) -> Infotext:
         subseed=subseed if strength else None,
         subseed_strength=strength,
         seed_resize_from=_optional(pairs, a1111.SEED_RESIZE_FROM, _size),
+        emphasis=pairs.get(a1111.EMPHASIS, a1111.EMPHASIS_DEFAULT),
+        pad_conds=pairs.get(a1111.PAD_CONDS) == "True",
     )
     # The writer's version says nothing of the picture, unless it is a web UI's that drew otherwise.
     if not a1111.drawn_before_current(dict.get(pairs, a1111.VERSION)):
@@ -354,6 +358,14 @@ def _random_source(pairs: dict[str, str]) -> str | None:
             f"({', '.join(a1111.RNG_NAMES)} or {NUMPY})"
         )
     return source
+
+
+def _emphasis(settings: ImageSettings) -> str | None:
+    """The emphasis mode, written as the web UI writes it: when not its default and a prompt has brackets;
+    sdrun also writes "None" for a prompt with BREAK, which that mode reads as a word."""
+    texts = settings.prompt + settings.negative_prompt
+    differs = "(" in texts or "[" in texts or (settings.emphasis == "None" and "BREAK" in texts)
+    return settings.emphasis if settings.emphasis != a1111.EMPHASIS_DEFAULT and differs else None
 
 
 def _eta_key(label: str) -> str:

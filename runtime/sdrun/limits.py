@@ -35,6 +35,10 @@ MAX_IMAGES = 1000
 MAX_STEPS = 1000
 # CLIP reads 77 tokens (about 300 characters); a prompt a hundred times longer is not a prompt.
 MAX_PROMPT_CHARACTERS = 30_000
+# A prompt's chunks of 75 tokens (sdrun.text_conditioning): the UNet's cross-attention grows with the
+# context, 77 tokens a chunk; 32 chunks (2,464 tokens, some 10,000 characters) hold a 64x64-latent SD 1.x
+# cross-attention's scores at 8 heads x 4096 x 2464 floats (320 MB) per pass.
+MAX_PROMPT_CHUNKS = 32
 MAX_GUIDANCE = 1000.0
 # The latent pixels of one work unit, and the attention term's weight b / a at that size (see above).
 WORK_UNIT_LATENT_PIXELS = 64 * 64

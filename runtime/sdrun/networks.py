@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
+from sdrun.errors import SettingsError
 from sdrun.graphs import Graph
 from sdrun.guidance_embedding import guidance_input
 
@@ -52,6 +53,16 @@ class UNetGraph(Graph):
         self.timestep_cond = guidance_input(self, guidance_embedding_dim)
         known = [self.sample, self.timestep, self.context, self.timestep_cond]
         self.check_inputs([node for node in known if node is not None])
+
+    def check_context(self, length: int) -> None:
+        """Refuse a text context of `length` tokens when the graph fixes another (a prompt past 75 tokens
+        needs 77 per chunk of 75)."""
+        fixed = self.context.shape[1]
+        if isinstance(fixed, int) and fixed != length:
+            raise SettingsError(
+                f"this UNet graph takes a text context of {fixed} tokens only and the prompts need {length}: "
+                "shorten them to 75 tokens each, or export the model again (sdexport's UNet takes any length)"
+            )
 
     @property
     def batch_of_one(self) -> bool:

@@ -42,6 +42,7 @@ from sdrun.networks import (
     VaeEncoderGraph,
 )
 from sdrun.progress import Progress, ProgressCallback
+from sdrun.prompt_syntax import prompt_schedule
 from sdrun.providers import ProviderRequest, create_session, provider_name, requested_providers
 from sdrun.random_sources import NormalSource
 from sdrun.request import GenerationRequest, prepare, settings_of
@@ -51,6 +52,7 @@ from sdrun.samplers.prediction import Model
 from sdrun.schedule import NoiseSchedule, ScheduleError
 from sdrun.settings import GenerationSettings
 from sdrun.stopping import StopSignal
+from sdrun.text_conditioning import check_prompt_length, prompt_embeddings
 from sdrun.tiled_vae import decode_tiled
 from sdrun.tokenizer import CLIPTokenizer, TokenizerError
 
@@ -239,15 +241,35 @@ class Pipeline:
             return True
         return self._network(UNET, UNetGraph).batch_of_one
 
-    def encode_prompt(self, prompt: str, negative_prompt: str, guidance_scale: float) -> PromptEmbeddings:
-        """Text encoder states of both prompts in one call; the negative one is skipped at guidance 1 and
-        under an LCM UNet (whose guidance is an input, not an unconditional pass)."""
+    def encode_prompt(
+        self,
+        prompt: str,
+        negative_prompt: str,
+        guidance_scale: float,
+        *,
+        emphasis: str = "Original",
+        pad_conds: bool = False,
+        steps: int | None = None,
+    ) -> PromptEmbeddings:
+        """The UNet's contexts for both prompts, as AUTOMATIC1111 makes them (sdrun.text_conditioning:
+        chunks of 75 tokens, `emphasis`, `pad_conds`; prompt editing and alternation over `steps` model
+        calls when given, else the prompts as written);
+        the negative one is skipped at guidance 1 and under an LCM UNet (whose guidance is an input, not
+        an unconditional pass)."""
         with_negative = unconditional_pass(guidance_scale, self.facts.guidance_embedding_dim)
-        prompts = [prompt, negative_prompt] if with_negative else [prompt]
-        ids = self.tokenizer.encode(prompts)
+
+        def schedule(text: str) -> list[tuple[int, str]]:
+            return [(1, text)] if steps is None else prompt_schedule(text, steps)
+
         with self.sessions.use(TEXT_ENCODER):
-            states = self._network(TEXT_ENCODER, TextEncoderGraph).encode(ids)
-        return PromptEmbeddings(states[:1], states[1:] if with_negative else None)
+            return prompt_embeddings(
+                self.tokenizer,
+                self._network(TEXT_ENCODER, TextEncoderGraph).encode,
+                schedule(prompt),
+                schedule(negative_prompt) if with_negative else None,
+                emphasis=emphasis,
+                pad_conds=pad_conds,
+            )
 
     def encode_image(self, image: Image.Image) -> LatentDistribution:
         """The VAE encoder's latent distribution for an RGB image whose sides are multiples of 8
@@ -268,8 +290,11 @@ class Pipeline:
         before_pass: Callable[[], None] | None = None,
     ) -> Model:
         """model(x, t) for the samplers on this pipeline's UNet (sdrun.guidance.guided_model)."""
+        unet = self._network(UNET, UNetGraph)
+        for context in embeddings.contexts:
+            unet.check_context(context.shape[1])
         return guided_model(
-            self._network(UNET, UNetGraph).predict,
+            unet.predict,
             embeddings,
             guidance_scale,
             guidance_embedding_dim=self.facts.guidance_embedding_dim,
@@ -355,7 +380,10 @@ class Pipeline:
         without running any network (sdrun.request.prepare): a SettingsError here is the one the call would
         raise. A server prepares a request before queueing it, and the job runs that very request."""
         settings = settings_of(call, negative_prompt, fields)
-        return prepare(settings, self.facts, self.defaults, self.limits, self.schedule)
+        request = prepare(settings, self.facts, self.defaults, self.limits, self.schedule)
+        for text in (request.prompt, request.negative_prompt):
+            check_prompt_length(self.tokenizer, prompt_schedule(text, request.steps), request.emphasis)
+        return request
 
     def generate(
         self,
@@ -417,7 +445,15 @@ class Pipeline:
         else:
             request = self.prepare(call, negative_prompt, **fields)
         facts = self.facts
-        embeddings = self.encode_prompt(request.prompt, request.negative_prompt, request.guidance_scale)
+        # Prompt editing counts model calls, one a step for every sdrun sampler (A1111's step multiplier 1).
+        embeddings = self.encode_prompt(
+            request.prompt,
+            request.negative_prompt,
+            request.guidance_scale,
+            emphasis=request.emphasis,
+            pad_conds=request.pad_conds,
+            steps=request.steps,
+        )
         size = (request.width, request.height)
         init = load_rgb(request.image, size) if request.image is not None else None
         mask = load_mask(request.mask, size, request.mask_blur or 0) if request.mask is not None else None

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from sdrun.a1111 import EMPHASIS_MODES
 from sdrun.defaults import GenerationDefaults
 from sdrun.draws import SeedFeatures
 from sdrun.errors import SettingsError, quoted
@@ -53,6 +54,8 @@ class GenerationRequest:
     subseed: int | None = None
     subseed_strength: float = 0.0
     seed_resize_from: tuple[int, int] | None = None
+    emphasis: str = "Original"
+    pad_conds: bool = False
 
     @property
     def seed_features(self) -> SeedFeatures:
@@ -91,6 +94,8 @@ class GenerationRequest:
             subseed=subseed if self.subseed_strength else None,
             subseed_strength=self.subseed_strength,
             seed_resize_from=self.seed_resize_from,
+            emphasis=self.emphasis,
+            pad_conds=self.pad_conds,
         )
 
 
@@ -121,6 +126,11 @@ def prepare(
             raise SettingsError(f"the {what} must be a PIL image or a file path, not {type(source).__name__}")
     if not isinstance(given.overlay, bool):
         raise SettingsError(f"overlay must be True or False, not {quoted(given.overlay)}")
+    if given.emphasis not in EMPHASIS_MODES:
+        modes = ", ".join(EMPHASIS_MODES)
+        raise SettingsError(f"emphasis {quoted(given.emphasis)} is unknown: give one of {modes}")
+    if not isinstance(given.pad_conds, bool):
+        raise SettingsError(f"pad_conds must be True or False, not {quoted(given.pad_conds)}")
     mask_blur = _whole(DEFAULT_MASK_BLUR if given.mask_blur is None else given.mask_blur, "mask blur", 0)
     if mask_blur > MAX_MASK_BLUR:
         raise SettingsError(f"mask blur {mask_blur} is out of range: give 0 to {MAX_MASK_BLUR} pixels")
@@ -188,6 +198,8 @@ def prepare(
         subseed=subseed,
         subseed_strength=subseed_strength,
         seed_resize_from=_seed_resize_from(given.seed_resize_from, facts, limits),
+        emphasis=given.emphasis,
+        pad_conds=given.pad_conds,
     )
 
 
@@ -271,7 +283,7 @@ def _check_prompt(text: object, name: str) -> str:
     if len(text) > MAX_PROMPT_CHARACTERS:
         raise SettingsError(
             f"the {name} has {len(text):,} characters, above the limit of {MAX_PROMPT_CHARACTERS:,} "
-            "(the text encoder reads the first 77 tokens, about 300 characters)"
+            "(a chunk of 75 tokens is about 300 characters)"
         )
     return text
 

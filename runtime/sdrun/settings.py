@@ -71,6 +71,9 @@ class ImageSettings:
     subseed: int | None = None
     subseed_strength: float = 0.0
     seed_resize_from: tuple[int, int] | None = None
+    # How prompt weights act (sdrun.text_conditioning.EMPHASIS_MODES), and A1111's "Pad conds".
+    emphasis: str = "Original"
+    pad_conds: bool = False
 
 
 # An init image or a mask: a picture, or the path of its file.
@@ -110,6 +113,8 @@ class GenerationSettings:
     subseed: int | None = None
     subseed_strength: float = 0.0
     seed_resize_from: tuple[int, int] | None = None
+    emphasis: str = "Original"
+    pad_conds: bool = False
 
     def but(self, **changes: Any) -> "GenerationSettings":
         """These settings with `changes`; a name that is not a setting is a SettingsError naming them."""
@@ -142,6 +147,8 @@ class GenerationSettings:
             subseed=recorded.subseed,
             subseed_strength=recorded.subseed_strength,
             seed_resize_from=recorded.seed_resize_from,
+            emphasis=recorded.emphasis,
+            pad_conds=recorded.pad_conds,
         )
         return made.but(**changes)
 

@@ -101,6 +101,8 @@ class CLIPTokenizer:
         self.bos_token_id = vocab[tokens["bos_token"]]
         self.eos_token_id = vocab[tokens["eos_token"]]
         self.pad_token_id = vocab[tokens["pad_token"]]
+        # AUTOMATIC1111 moves the words after the last comma near a chunk's end into the next chunk.
+        self.comma_token_id = vocab.get(",</w>")
         self._tokenizer = _build_tokenizer(vocab, merges, tokens)
         self._expansions = _add_words(self._tokenizer, added_tokens or {})
         self.vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
@@ -135,14 +137,7 @@ class CLIPTokenizer:
 
     def tokenize(self, prompts: Sequence[str]) -> TokenizedPrompts:
         """Token ids of each prompt, and what each over-long prompt lost (no warning: the caller reports)."""
-        if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
-            raise TokenizerError("prompts must be a list of strings: wrap a single prompt in a list")
-        for prompt in prompts:
-            try:
-                prompt.encode("utf-8")
-            # Lone surrogates: what Python makes of non-UTF-8 bytes in argv.
-            except UnicodeEncodeError as error:
-                raise TokenizerError("the prompt is not valid UTF-8 text: write it in UTF-8") from error
+        _check_texts(prompts)
         room = self.max_length - 2
         input_ids = np.full((len(prompts), self.max_length), self.pad_token_id, dtype=np.int64)
         truncations = []
@@ -155,6 +150,13 @@ class CLIPTokenizer:
                 dropped_from = offsets[room][0]
                 truncations.append(Truncation(index, len(all_ids) - room, prompt[dropped_from:].strip()))
         return TokenizedPrompts(input_ids, truncations)
+
+    def words(self, texts: Sequence[str]) -> list[list[tuple[int, ...]]]:
+        """Each text's tokens, without start, end or padding, as words: one token each, except a
+        multi-vector embedding's word, which is all of its tokens (a chunk keeps them together)."""
+        _check_texts(texts)
+        encodings = self._tokenizer.encode_batch(list(texts), add_special_tokens=False)
+        return [[self._expansions.get(token, (token,)) for token in item.ids] for item in encodings]
 
     def _expand(
         self, ids: list[int], offsets: list[tuple[int, int]]
@@ -175,6 +177,17 @@ class CLIPTokenizer:
         for truncation in tokenized.truncations:
             warnings.warn(truncation.message(self.max_length), PromptTruncatedWarning, stacklevel=2)
         return tokenized.input_ids
+
+
+def _check_texts(texts: Sequence[str]) -> None:
+    if isinstance(texts, str) or not all(isinstance(text, str) for text in texts):
+        raise TokenizerError("prompts must be a list of strings: wrap a single prompt in a list")
+    for text in texts:
+        try:
+            text.encode("utf-8")
+        # Lone surrogates: what Python makes of non-UTF-8 bytes in argv.
+        except UnicodeEncodeError as error:
+            raise TokenizerError("the prompt is not valid UTF-8 text: write it in UTF-8") from error
 
 
 def _build_tokenizer(

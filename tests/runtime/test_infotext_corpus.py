@@ -23,7 +23,7 @@ A1111 = json.loads((DATA / "infotexts_a1111_parsed.json").read_text(encoding="ut
 # Keys the corpus lists as unhonoured that sdrun has learnt to honour since: a key whose behaviour lands
 # moves here (one line), and every text's expectation follows.
 HONOURED_SINCE_THE_CORPUS: frozenset[str] = frozenset(
-    {"RNG", "ENSD", "Variation seed", "Variation seed strength", "Seed resize from"}
+    {"RNG", "ENSD", "Variation seed", "Variation seed strength", "Seed resize from", "Emphasis", "Pad conds"}
 )
 # Where the web UI reads a text differently from sdrun on purpose, field by field.
 KNOWN_DIFFERENCES = {

@@ -232,3 +232,15 @@ def test_sd_model_checkpoint_switches_among_the_served_folders(served_folder: Pa
             "/sdapi/v1/txt2img", json={**body, "override_settings": {"sd_model_checkpoint": "x"}}
         )
         assert refused.status_code == 400 and "not served here" in refused.json()["detail"]
+
+
+def test_override_settings_set_emphasis_and_pad_conds(client) -> None:
+    """A1111's option names in override_settings reach the generation and its infotext; bad values are
+    the library's 400s."""
+    body = {"prompt": "a (red:1.3) cube", "negative_prompt": " ".join(["blurry"] * 80), "seed": 2, "steps": 1}
+    options = {"emphasis": "No norm", "pad_cond_uncond": True}
+    made = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": options}).json()
+    settings = parse_parameters(png_parameters(made["images"][0]))
+    assert (settings.emphasis, settings.pad_conds) == ("No norm", True)
+    refused = client.post("/sdapi/v1/txt2img", json={**body, "override_settings": {"emphasis": "Strong"}})
+    assert refused.status_code == 400 and "emphasis 'Strong' is unknown" in refused.json()["detail"]

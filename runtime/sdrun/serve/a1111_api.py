@@ -3,8 +3,9 @@
 txt2img and img2img answer `images` (base64 PNGs, each with its `parameters` chunk), `parameters` (the
 request as given) and `info` (a JSON text with the seeds and the settings used). Progress and interrupt
 concern the running jobs; `sd_model_checkpoint` (options, or a request's override_settings) picks among
-the served folders. Sampler names are A1111's labels ("DPM++ 2M" with scheduler "Karras", or the older
-"DPM++ 2M Karras"), mapped both ways. img2img inpaints with a base64 `mask` (white = repaint, or its alpha
+the served folders; override_settings' `emphasis` and `pad_cond_uncond` apply to the request. Sampler
+names are A1111's labels ("DPM++ 2M" with scheduler "Karras", or the older "DPM++ 2M Karras"), mapped
+both ways. img2img inpaints with a base64 `mask` (white = repaint, or its alpha
 channel when it has transparency: the library's reading), `mask_blur`, and `inpainting_mask_invert` 1 to
 repaint the black area instead (the route inverts the mask before the library sees it).
 
@@ -68,6 +69,7 @@ def _settings(body: A1111Txt2ImgRequest) -> GenerationSettings:
     """The body's settings; what it leaves out, the library takes from the model."""
     sampler = body.sampler_name or body.sampler_index
     resize = (body.seed_resize_from_w or 0, body.seed_resize_from_h or 0)
+    options = body.override_settings or {}
     return GenerationSettings(
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
@@ -80,10 +82,12 @@ def _settings(body: A1111Txt2ImgRequest) -> GenerationSettings:
         height=body.height,
         num_images=body.batch_size * body.n_iter,
         random_source=_random_source(body),
-        eta_noise_seed_delta=(body.override_settings or {}).get(ENSD_OPTION, 0),
+        eta_noise_seed_delta=options.get(ENSD_OPTION, 0),
         subseed=None if body.subseed is None or body.subseed == -1 else body.subseed,
         subseed_strength=body.subseed_strength or 0.0,
         seed_resize_from=resize if min(resize) > 0 else None,
+        emphasis=options.get(a1111.EMPHASIS_OPTION, a1111.EMPHASIS_DEFAULT),
+        pad_conds=options.get(a1111.PAD_CONDS_OPTION, False),
     )
 
 
