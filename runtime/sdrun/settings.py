@@ -37,6 +37,26 @@ def check_seed(seed: object, num_images: int = 1) -> int:
 
 
 @dataclass(frozen=True)
+class HiresFix:
+    """AUTOMATIC1111's hires fix: a second pass that upscales the first pass's result to the target size and
+    runs image-to-image on it (sdrun.hires). The target is `resize` (width, height; a side of 0 follows the
+    first pass's aspect, both given crop to it) or else the first pass's size times `scale`. `upscaler` is
+    one of A1111's latent or pixel upscalers (sdrun.a1111); `steps` None runs as many steps as the first
+    pass; `strength` is the second pass's denoising strength; prompts, sampler and schedule type None are
+    the first pass's."""
+
+    scale: float = 2.0
+    resize: tuple[int, int] | None = None
+    upscaler: str = "Latent"
+    steps: int | None = None
+    strength: float = 0.7
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    sampler: str | None = None
+    schedule_type: str | None = None
+
+
+@dataclass(frozen=True)
 class ImageSettings:
     """Everything `Pipeline.generate` needs to make this one image again (given the same model folder).
 
@@ -62,6 +82,8 @@ class ImageSettings:
     clip_skip: int = 1
     # The sampler's eta, when it takes one and it is not the sampler's default.
     eta: float | None = None
+    # The hires fix's second pass (width and height stay the first pass's, as the web UI records them).
+    hires: HiresFix | None = None
 
 
 # An init image or a mask: a picture, or the path of its file.
@@ -93,6 +115,7 @@ class GenerationSettings:
     mask: ImageSource | None = None
     mask_blur: int | None = None
     overlay: bool = True
+    hires: HiresFix | None = None
 
     def but(self, **changes: Any) -> "GenerationSettings":
         """These settings with `changes`; a name that is not a setting is a SettingsError naming them."""
@@ -120,6 +143,7 @@ class GenerationSettings:
             strength=recorded.strength,
             mask_blur=recorded.mask_blur,
             overlay=recorded.overlay,
+            hires=recorded.hires,
         )
         return made.but(**changes)
 
