@@ -10,6 +10,7 @@ noise is the first draw at the new size, as the web UI's fresh ImageRNG gives it
 """
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,3 +205,24 @@ def upscale_picture(image: Image.Image, width: int, height: int, upscaler: str) 
     if image.size != (width, height):
         image = image.resize((width, height), resample=Image.Resampling.LANCZOS)
     return image
+
+
+def upscale_first_pass(
+    latents: np.ndarray,
+    target: HiresTarget,
+    upscaler: str,
+    factor: int,
+    decode: Callable[[np.ndarray], np.ndarray],
+    encode: Callable[[Image.Image], np.ndarray],
+) -> np.ndarray:
+    """The first pass's (scaled) `latents` upscaled to `target` by `upscaler` and cropped: resized in latent
+    space, or `decode`d to pixels in [-1, 1], resized as a picture and `encode`d again to scaled latents
+    (sdrun takes the encoder's mean: see the module's docstring). A picture whose target side is not a
+    multiple of `factor` loses its last pixels before encoding, which the web UI's encoder drops too."""
+    width, height = target.upscale_to
+    if upscaler in a1111.LATENT_UPSCALERS:
+        upscaled = resize_latents(latents, height // factor, width // factor, upscaler)
+    else:
+        picture = upscale_picture(picture_of(decode(latents)), width, height, upscaler)
+        upscaled = encode(picture.crop((0, 0, width // factor * factor, height // factor * factor)))
+    return truncated(upscaled, target.truncate)

@@ -21,6 +21,7 @@ from sdrun.folder import ModelFolder, open_model_folder
 from sdrun.folder_layout import TEXT_ENCODER, TINY_VAE_ENCODER, UNET
 from sdrun.graphs import Graph
 from sdrun.guidance import PromptEmbeddings, guided_model, unconditional_pass
+from sdrun.hires import hires_target, second_pass_schedule, upscale_first_pass
 from sdrun.images import from_pixels, load_rgb, to_pixels
 from sdrun.inpaint import Mask, load_mask, paste_unmasked
 from sdrun.limits import DEFAULT_LIMITS, Limits
@@ -44,7 +45,7 @@ from sdrun.progress import Progress, ProgressCallback
 from sdrun.providers import ProviderRequest, create_session, provider_name, requested_providers
 from sdrun.request import GenerationRequest, prepare, settings_of
 from sdrun.results import GeneratedImage, Result
-from sdrun.samplers import KnownLatents, sample
+from sdrun.samplers import SAMPLERS, KnownLatents, sample
 from sdrun.samplers.prediction import Model
 from sdrun.schedule import NoiseSchedule, ScheduleError
 from sdrun.settings import GenerationSettings
@@ -331,6 +332,9 @@ class Pipeline:
             return [self._decode_one(item[None]) for item in latents]
 
     def _decode_one(self, latent: np.ndarray, stop: StopSignal | None = None) -> Image.Image:
+        return from_pixels(self._decode_pixels(latent, stop))
+
+    def _decode_pixels(self, latent: np.ndarray, stop: StopSignal | None = None) -> np.ndarray:
         decoder = self._network(self.facts.vae_decoder, VaeDecoderGraph)
 
         def decode(latents: np.ndarray) -> np.ndarray:
@@ -343,8 +347,7 @@ class Pipeline:
         tiled = self.memory.tiled_vae
         if tiled is None:
             tiled = item.shape[2] * item.shape[3] * factor**2 > AUTO_TILE_PIXELS
-        pixels = decode_tiled(decode, item, factor) if tiled else decode(item)
-        return from_pixels(pixels)
+        return decode_tiled(decode, item, factor) if tiled else decode(item)
 
     def prepare(
         self, call: GenerationSettings | str, negative_prompt: str | None = None, **fields: Any
@@ -407,6 +410,10 @@ class Pipeline:
         diffusers' StableDiffusionInpaintPipeline). With `overlay` the init image's pixels are pasted back
         outside the blurred mask after decoding (as AUTOMATIC1111 does; diffusers leaves them as decoded).
         An inpainting UNet without a mask repaints the whole image.
+
+        `hires` (text-to-image only) runs AUTOMATIC1111's hires fix on each image before it is decoded
+        (sdrun.hires): the first pass's latents upscaled, then image-to-image at the target size with a
+        fresh draw of the image's seed at that size; the steps, callback and progress count both passes.
         """
         if isinstance(call, GenerationRequest):
             if fields or negative_prompt is not None:
@@ -441,12 +448,15 @@ class Pipeline:
             callback,
             progress,
             stop,
+            later_steps=0 if request.hires is None else _or(request.hires.steps, request.steps),
             steps=request.steps,
             guidance_scale=request.guidance_scale,
             sampler=request.sampler,
             strength=1.0 if request.strength is None else request.strength,
             eta=request.eta,
         )
+        if request.hires is not None:
+            sampled = self._hires_images(sampled, request, embeddings, callback, progress, stop)
         if not self.memory.keep_sessions:
             # Every image is sampled before any is decoded, so that each session opens once per call;
             # the latents waiting for the decoder are small.
@@ -472,10 +482,12 @@ class Pipeline:
         callback: StepCallback | None,
         progress: ProgressCallback | None,
         stop: StopSignal | None,
+        later_steps: int = 0,
         **sampling: Any,
     ) -> Iterator[tuple[np.ndarray, bool]]:
         """(latents, stopped) of image i, from the draws of seed + i (sdrun.draws); stops after the image
-        during which the callback asked to or `stop` was interrupted."""
+        during which the callback asked to or `stop` was interrupted. The callback and progress count
+        `later_steps` more steps of each image after these (a hires pass's)."""
         for index in range(num_images):
             draws = draw_image(
                 seed + index,
@@ -489,9 +501,7 @@ class Pipeline:
 
             def on_step(step: int, total: int, latents: np.ndarray, index: int = index) -> bool:
                 nonlocal stopped
-                asked = callback is not None and callback(index * total + step, num_images * total, latents)
-                told = progress is not None and progress(Progress(index, num_images, step + 1, total))
-                stopped = bool(asked) or bool(told)
+                stopped = _report(callback, progress, index, num_images, step, total + later_steps, latents)
                 return stopped
 
             with self.sessions.use(UNET):
@@ -507,12 +517,101 @@ class Pipeline:
                     **sampling,
                 )
             stopped = stopped or (stop is not None and stop.interrupted.is_set())
-            if not np.isfinite(latents).all():
-                raise GraphOutputError(
-                    f"sampling with {sampling['sampler']} diverged to NaN or infinite latents; nothing was "
-                    "written (try fewer steps, a smaller guidance scale or another sampler)"
-                )
+            _check_finite(latents, sampling["sampler"])
             yield latents, stopped
             if stopped:
                 return
+
+    def _hires_images(
+        self,
+        sampled: Iterator[tuple[np.ndarray, bool]],
+        request: GenerationRequest,
+        embeddings: PromptEmbeddings,
+        callback: StepCallback | None,
+        progress: ProgressCallback | None,
+        stop: StopSignal | None,
+    ) -> Iterator[tuple[np.ndarray, bool]]:
+        """Each first pass's (latents, stopped) through the hires fix's second pass; an image stopped in its
+        first pass keeps its first pass's latents, as the web UI's sample_hr_pass returns them."""
+        hires, facts = request.hires, self.facts
+        assert hires is not None
+        prompt = _or(hires.prompt, request.prompt)
+        negative_prompt = _or(hires.negative_prompt, request.negative_prompt)
+        if (prompt, negative_prompt) != (request.prompt, request.negative_prompt):
+            embeddings = self.encode_prompt(prompt, negative_prompt, request.guidance_scale)
+        steps = _or(hires.steps, request.steps)
+        schedule_steps, strength = second_pass_schedule(steps, hires.strength)
+        target = hires_target(request.width, request.height, hires.scale, hires.resize, facts.vae_factor)
+        eta = request.eta if SAMPLERS[hires.sampler].eta_default is not None else None
+
+        def decode(latents: np.ndarray) -> np.ndarray:
+            with self.sessions.use(facts.vae_decoder):
+                return self._decode_pixels(latents, stop)
+
+        def encode(picture: Image.Image) -> np.ndarray:
+            return self.encode_image(picture).mean * facts.latent_scale
+
+        for index, (first, stopped) in enumerate(sampled):
+            if stopped:
+                yield first, stopped
+                return
+            latents = upscale_first_pass(first, target, hires.upscaler, facts.vae_factor, decode, encode)
+            # The web UI's fresh ImageRNG for the image's seed at the new size: its first draw is the noise.
+            draws = draw_image(
+                request.seed + index, latents.shape, facts.latent_scale, None, None, inpainting=False
+            )
+
+            def on_step(step: int, total: int, latents: np.ndarray, index: int = index) -> bool:
+                nonlocal stopped
+                done, all_steps = request.steps + step, request.steps + total
+                stopped = _report(callback, progress, index, request.num_images, done, all_steps, latents)
+                return stopped
+
+            with self.sessions.use(UNET):
+                latents = self.denoise(
+                    embeddings,
+                    draws.noise,
+                    draws.rng,
+                    steps=schedule_steps,
+                    guidance_scale=request.guidance_scale,
+                    sampler=hires.sampler,
+                    init_latents=latents,
+                    strength=strength,
+                    eta=eta,
+                    callback=on_step,
+                    stop=stop,
+                )
+            stopped = stopped or (stop is not None and stop.interrupted.is_set())
+            _check_finite(latents, hires.sampler)
+            yield latents, stopped
+            if stopped:
+                return
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _report(
+    callback: StepCallback | None,
+    progress: ProgressCallback | None,
+    index: int,
+    num_images: int,
+    step: int,
+    total: int,
+    latents: np.ndarray,
+) -> bool:
+    """Step `step` (from 0) of `total` of image `index` to the callback and progress; whether either asked to
+    stop."""
+    asked = callback is not None and callback(index * total + step, num_images * total, latents)
+    told = progress is not None and progress(Progress(index, num_images, step + 1, total))
+    return bool(asked) or bool(told)
+
+
+def _check_finite(latents: np.ndarray, sampler: str) -> None:
+    if not np.isfinite(latents).all():
+        raise GraphOutputError(
+            f"sampling with {sampler} diverged to NaN or infinite latents; nothing was "
+            "written (try fewer steps, a smaller guidance scale or another sampler)"
+        )
 
