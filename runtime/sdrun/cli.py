@@ -1,6 +1,8 @@
 """The `sdrun` command: `sdrun "a prompt" --model DIR` writes PNGs that carry their settings."""
 
+import dataclasses
 import functools
+import re
 import sys
 import warnings
 from collections.abc import Callable
@@ -13,6 +15,7 @@ import numpy as np
 from sdrun.bench import bench_folder, write_json
 from sdrun.defaults import VAE_CHOICES, GenerationDefaults
 from sdrun.errors import ModelFolderError, SdrunError, SettingsError
+from sdrun.hires import UPSCALERS
 from sdrun.inpaint import DEFAULT_MASK_BLUR, MAX_MASK_BLUR
 from sdrun.limits import DEFAULT_MAX_PIXELS, MAX_IMAGES, Limits
 from sdrun.outputs import check_outputs, output_paths
@@ -21,7 +24,7 @@ from sdrun.png_files import read_png_settings, save_png
 from sdrun.providers import PROVIDER_CHOICES
 from sdrun.samplers import SAMPLERS
 from sdrun.serve.config import DEFAULT_MAX_WORK
-from sdrun.settings import MAX_SEED, GenerationSettings, ImageSettings, check_seed, random_seed
+from sdrun.settings import MAX_SEED, GenerationSettings, HiresFix, ImageSettings, check_seed, random_seed
 
 # Where `sdexport build` puts the model that ships with the project.
 DEFAULT_MODEL_DIR = Path("exported") / "tiny-shapes"
@@ -169,6 +172,32 @@ def _open_pipeline(
     "--from-png records it]",
 )
 @click.option(
+    "--hires-scale",
+    type=float,
+    help="Hires fix (AUTOMATIC1111's): make the image at its size, upscale it by this factor and run "
+    "image-to-image on it. Any --hires-* option turns the fix on.  [default: 2]",
+)
+@click.option(
+    "--hires-resize",
+    callback=lambda ctx, param, value: _size_option(value),
+    help="Hires fix: upscale to WIDTHxHEIGHT instead of by --hires-scale (a side of 0 keeps the aspect; "
+    "both given crop to it).",
+)
+@click.option("--hires-upscaler", help=f"Hires fix: one of {', '.join(UPSCALERS)}.  [default: Latent]")
+@click.option(
+    "--hires-steps", type=click.IntRange(min=1), help="Hires fix: second-pass steps.  [default: --steps]"
+)
+@click.option(
+    "--hires-strength", type=float, help="Hires fix: denoising strength, in (0, 1].  [default: 0.7]"
+)
+@click.option("--hires-prompt", help="Hires fix: the second pass's prompt.  [default: the prompt]")
+@click.option("--hires-negative-prompt", help="Hires fix: the second pass's negative prompt.")
+@click.option(
+    "--hires-sampler",
+    type=click.Choice(list(SAMPLERS)),
+    help="Hires fix: the second pass's sampler.  [default: --sampler]",
+)
+@click.option(
     "--provider",
     type=click.Choice(PROVIDER_CHOICES),
     default="auto",
@@ -249,8 +278,9 @@ def generate(
     if low_memory and fast:
         raise click.UsageError("--low-memory and --fast pull opposite ways: choose one")
     recorded = read_png_settings(from_png) if from_png is not None else None
+    hires = {key: overrides.pop(key) for key in list(overrides) if key.startswith("hires_")}
     options = {**overrides, "num_images": num_images, "init_image": init_image}
-    settings = _settings_from_options(prompt, recorded, options)
+    settings = _with_hires(_settings_from_options(prompt, recorded, options), hires)
     # The seeds name the files, and every file is checked before any work starts.
     seed = random_seed(num_images) if settings.seed is None else check_seed(settings.seed, num_images)
     settings = settings.but(seed=seed)
@@ -462,6 +492,23 @@ def _settings_from_options(
             f"the PNG was inpainted with a mask (mask blur {recorded.mask_blur}); pass that mask with --mask"
         )
     return GenerationSettings.from_image(recorded, **given)
+
+
+def _size_option(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    size = re.fullmatch(r"([0-9]{1,6})x([0-9]{1,6})", value)
+    if size is None:
+        raise click.BadParameter(f"{value!r} is not WIDTHxHEIGHT (such as 1024x0)")
+    return int(size.group(1)), int(size.group(2))
+
+
+def _with_hires(settings: GenerationSettings, options: dict[str, Any]) -> GenerationSettings:
+    """`settings` with the --hires-* options over their hires fix (a recorded one, or the defaults)."""
+    given = {key.removeprefix("hires_"): value for key, value in options.items() if value is not None}
+    if not given:
+        return settings
+    return settings.but(hires=dataclasses.replace(settings.hires or HiresFix(), **given))
 
 
 class _ProgressBar:

@@ -151,6 +151,7 @@ def prepare(
         make_sampler(hires.sampler, schedule, schedule_steps, hires_eta, run_strength)
         limits.check_counts(num_images, hires_steps)
         final = hires_target(int(width), int(height), hires.scale, hires.resize, facts.vae_factor)
+        limits.check_size(*final.upscale_to)  # upscaled before it is cropped
         final_width, final_height = final.size(facts.vae_factor)
         _check_size(final_width, final_height, facts, "the hires fix's target ")
         limits.check_size(final_width, final_height)

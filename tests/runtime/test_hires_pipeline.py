@@ -170,7 +170,7 @@ def test_interrupting_the_first_pass_gives_its_image(pipeline) -> None:
     "hires, message",
     [
         (HiresFix(upscaler="R-ESRGAN 4x+"), "unknown hires upscaler 'R-ESRGAN 4x+': sdrun has Latent, "),
-        (HiresFix(scale=1.2), "the hires fix's target height 72 is not a positive multiple of 16"),
+        (HiresFix(resize=(4, 0)), "the hires fix's target height 0 is not a positive multiple of 8"),
         (HiresFix(scale=40.0), "hires scale 40.0 is out of range"),
         (HiresFix(strength=0.0), "hires strength 0 leaves no step to run"),
         (HiresFix(steps=0), "hires steps must be a whole number >= 1"),
