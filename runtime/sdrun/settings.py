@@ -96,7 +96,8 @@ class GenerationSettings:
     (sdrun.defaults) for steps, guidance scale, sampler and strength, the UNet's sample size (or the init
     image's size) for width and height, a random seed, the sampler's own eta, and a mask blur of
     sdrun.inpaint.DEFAULT_MASK_BLUR pixels. `eta` is the noise of the samplers that take one (DDIM's eta,
-    0 deterministic; TCD's gamma). `Pipeline.prepare` checks and completes them into a
+    0 deterministic; TCD's gamma). `hires` adds AUTOMATIC1111's hires fix to text-to-image (HiresFix).
+    `Pipeline.prepare` checks and completes them into a
     GenerationRequest; `Pipeline.generate_each` says what each does.
     """
 
