@@ -27,6 +27,9 @@ from sdrun.settings import HiresFix
 
 PROMPT, NEGATIVE, GUIDANCE, STEPS, SEED = "a red cube on a table", "blurry", 7.5, 4, 11
 LATENT_RTOL = 1e-5
+# A pixel upscaler's picture is 8-bit: where ONNX's and torch's decodes straddle a level, one pixel moves by
+# 1/255 before the encoder (measured: 6e-5 with Lanczos); the swaps below move the latents by over 1e-3.
+PIXEL_RTOL = 2e-4
 SCHEDULERS = {"euler": EulerDiscreteScheduler, "ddim": DDIMScheduler}
 
 
@@ -131,7 +134,7 @@ def test_two_passes_match_diffusers(
     hires = HiresFix(scale=scale, upscaler=upscaler, steps=steps, strength=strength)
     ours, image, reported = _sdrun(pipeline, sampler, hires)
     theirs = _two_passes(reference, monkeypatch, sampler, upscaler, scale, steps, strength)
-    assert _relative_l2(ours, theirs) < LATENT_RTOL
+    assert _relative_l2(ours, theirs) < (LATENT_RTOL if upscaler.startswith("Latent") else PIXEL_RTOL)
     assert image.size == (int(64 * scale),) * 2
     # The callback counts both passes: the first's steps, then the hires steps.
     total = STEPS + steps
@@ -142,7 +145,7 @@ def test_two_passes_match_diffusers(
     other = "Latent" if "nearest" in upscaler else "Latent (nearest)"
     for swapped, swapped_strength in ((other, strength), (upscaler, 0.9)):
         again = _two_passes(reference, monkeypatch, sampler, swapped, scale, steps, swapped_strength)
-        assert _relative_l2(ours, again) > 1e-3
+        assert _relative_l2(ours, again) > 1e-3, (swapped, swapped_strength)
 
 
 def test_second_pass_takes_its_own_prompt_and_sampler(pipeline) -> None:
