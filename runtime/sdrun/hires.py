@@ -72,10 +72,15 @@ def hires_target(
     return HiresTarget(to, ((to[0] - resize_x) // factor, (to[1] - resize_y) // factor))
 
 
-def second_pass_schedule(steps: int, strength: float) -> tuple[int, float]:
+def second_pass_schedule(
+    steps: int, strength: float, strength_sets_timesteps: bool = False
+) -> tuple[int, float]:
     """The web UI's hires pass runs exactly `steps` steps, the last ones of a schedule of
     int(steps / strength) steps (its img2img with the steps given): that schedule's length, and the strength
-    that has sdrun's image-to-image (diffusers' step count) run `steps` of it."""
+    that has sdrun's image-to-image (diffusers' step count) run `steps` of it. A sampler whose strength sets
+    its timesteps (LCM, TCD) runs all its steps anyway: `steps` and `strength` as they are."""
+    if strength_sets_timesteps:
+        return steps, strength
     fraction = min(strength, MAX_STRENGTH_FRACTION)
     schedule_steps = int(steps / fraction)
     # Half a step above `steps` so that int(schedule_steps * strength) is `steps` despite rounding.

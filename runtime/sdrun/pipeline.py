@@ -540,7 +540,8 @@ class Pipeline:
         if (prompt, negative_prompt) != (request.prompt, request.negative_prompt):
             embeddings = self.encode_prompt(prompt, negative_prompt, request.guidance_scale)
         steps = _or(hires.steps, request.steps)
-        schedule_steps, strength = second_pass_schedule(steps, hires.strength)
+        sets_timesteps = SAMPLERS[hires.sampler].strength_sets_timesteps
+        schedule_steps, strength = second_pass_schedule(steps, hires.strength, sets_timesteps)
         target = hires_target(request.width, request.height, hires.scale, hires.resize, facts.vae_factor)
         eta = request.eta if SAMPLERS[hires.sampler].eta_default is not None else None
 

@@ -146,7 +146,8 @@ def prepare(
     if given.hires is not None:
         hires = _check_hires(given.hires, image is not None, prompt, negative_prompt, sampler, steps, facts)
         hires_steps = _or(hires.steps, steps)
-        schedule_steps, run_strength = second_pass_schedule(hires_steps, hires.strength)
+        sets_timesteps = SAMPLERS[hires.sampler].strength_sets_timesteps
+        schedule_steps, run_strength = second_pass_schedule(hires_steps, hires.strength, sets_timesteps)
         hires_eta = eta if SAMPLERS[hires.sampler].eta_default is not None else None
         make_sampler(hires.sampler, schedule, schedule_steps, hires_eta, run_strength)
         limits.check_counts(num_images, hires_steps)

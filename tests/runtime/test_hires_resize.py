@@ -117,3 +117,8 @@ def test_second_pass_runs_its_steps_of_a_longer_schedule(steps: int, strength: f
     total, run_strength = second_pass_schedule(steps, strength)
     assert total == schedule_steps
     assert min(int(total * run_strength), total) == steps
+
+
+def test_samplers_whose_strength_sets_their_timesteps_keep_both() -> None:
+    """LCM and TCD run all their steps lower in the schedule: the hires steps and strength as given."""
+    assert second_pass_schedule(4, 0.5, strength_sets_timesteps=True) == (4, 0.5)
