@@ -124,8 +124,8 @@ def _relative_l2(ours: np.ndarray, theirs: np.ndarray) -> float:
     [
         ("euler", "Latent", 2.0, 3, 0.7),
         pytest.param("ddim", "Latent (bicubic antialiased)", 1.5, 4, 0.5, marks=pytest.mark.slow),
-        pytest.param("euler", "Latent (nearest-exact)", 2.0, 2, 0.5, marks=pytest.mark.slow),
-        pytest.param("euler", "Lanczos", 2.0, 3, 0.7, marks=pytest.mark.slow),
+        ("euler", "Latent (nearest-exact)", 2.0, 2, 0.5),
+        ("euler", "Lanczos", 2.0, 3, 0.7),
     ],
 )
 def test_two_passes_match_diffusers(
