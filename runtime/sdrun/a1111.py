@@ -87,3 +87,27 @@ PAD_CONDS = "Pad conds"
 # Their names among the web UI's options (its API's override_settings).
 EMPHASIS_OPTION = "emphasis"
 PAD_CONDS_OPTION = "pad_cond_uncond"
+
+# Hires fix (txt2img's second pass). "Denoising strength" is its strength on txt2img; Size stays the first
+# pass's, and the target size is "Hires upscale" (a scale) or "Hires resize" (WIDTHxHEIGHT, 0 for auto).
+HIRES_UPSCALE = "Hires upscale"
+HIRES_RESIZE = "Hires resize"
+HIRES_STEPS = "Hires steps"
+HIRES_UPSCALER = "Hires upscaler"
+HIRES_PROMPT = "Hires prompt"
+HIRES_NEGATIVE_PROMPT = "Hires negative prompt"
+HIRES_SAMPLER = "Hires sampler"
+HIRES_SCHEDULE_TYPE = "Hires schedule type"
+# Hires upscalers that resize the latents (shared.latent_upscale_modes): torch.nn.functional.interpolate's
+# mode and antialias for each; "Latent" is the API's default when hr_upscaler is left out.
+LATENT_UPSCALERS = {
+    "Latent": ("bilinear", False),
+    "Latent (antialiased)": ("bilinear", True),
+    "Latent (bicubic)": ("bicubic", False),
+    "Latent (bicubic antialiased)": ("bicubic", True),
+    "Latent (nearest)": ("nearest", False),
+    "Latent (nearest-exact)": ("nearest-exact", False),
+}
+# Hires upscalers that resize the decoded picture with PIL (modules/upscaler.py; the model upscalers, ESRGAN
+# and the like, are not run by sdrun).
+PIXEL_UPSCALERS = ("None", "Lanczos", "Nearest")

@@ -1,5 +1,6 @@
 """The `sdrun` command: `sdrun "a prompt" --model DIR` writes PNGs that carry their settings."""
 
+import dataclasses
 import functools
 import re
 import sys
@@ -15,6 +16,7 @@ from sdrun.a1111 import EMPHASIS_MODES, model_hash
 from sdrun.bench import bench_folder, write_json
 from sdrun.defaults import VAE_CHOICES, GenerationDefaults
 from sdrun.errors import ModelFolderError, SdrunError, SettingsError
+from sdrun.hires import UPSCALERS
 from sdrun.infotext import read_parameters_file
 from sdrun.inpaint import DEFAULT_MASK_BLUR, MAX_MASK_BLUR
 from sdrun.limits import DEFAULT_MAX_PIXELS, MAX_IMAGES, Limits
@@ -25,7 +27,7 @@ from sdrun.providers import PROVIDER_CHOICES
 from sdrun.random_sources import RANDOM_SOURCES
 from sdrun.samplers import SAMPLERS
 from sdrun.serve.config import DEFAULT_MAX_WORK
-from sdrun.settings import MAX_SEED, GenerationSettings, ImageSettings, check_seed, random_seed
+from sdrun.settings import MAX_SEED, GenerationSettings, HiresFix, ImageSettings, check_seed, random_seed
 
 # Where `sdexport build` puts the model that ships with the project.
 DEFAULT_MODEL_DIR = Path("exported") / "tiny-shapes"
@@ -164,7 +166,7 @@ def _open_pipeline(
 @click.option(
     "--seed-resize-from",
     metavar="WxH",
-    callback=lambda _ctx, _param, value: None if value is None else _size(value, "--seed-resize-from"),
+    callback=lambda _ctx, _param, value: _size_option(value, "--seed-resize-from"),
     help="The web UI's 'resize seed from': draw the noise at this size in pixels, pasted centred.",
 )
 @click.option("--negative", help="Negative prompt.")
@@ -216,6 +218,32 @@ def _open_pipeline(
     help="Pad the shorter of prompt and negative prompt with empty chunks so that both share one UNet "
     "batch (AUTOMATIC1111's Pad conds); else prompts of different lengths run as two UNet passes.  "
     "[default: off, or as --from-png records it]",
+)
+@click.option(
+    "--hires-scale",
+    type=float,
+    help="Hires fix (AUTOMATIC1111's): make the image at its size, upscale it by this factor and run "
+    "image-to-image on it. Any --hires-* option turns the fix on.  [default: 2]",
+)
+@click.option(
+    "--hires-resize",
+    callback=lambda _ctx, _param, value: _size_option(value, "--hires-resize"),
+    help="Hires fix: upscale to WIDTHxHEIGHT instead of by --hires-scale (a side of 0 keeps the aspect; "
+    "both given crop to it).",
+)
+@click.option("--hires-upscaler", help=f"Hires fix: one of {', '.join(UPSCALERS)}.  [default: Latent]")
+@click.option(
+    "--hires-steps", type=click.IntRange(min=1), help="Hires fix: second-pass steps.  [default: --steps]"
+)
+@click.option(
+    "--hires-strength", type=float, help="Hires fix: denoising strength, in (0, 1].  [default: 0.7]"
+)
+@click.option("--hires-prompt", help="Hires fix: the second pass's prompt.  [default: the prompt]")
+@click.option("--hires-negative-prompt", help="Hires fix: the second pass's negative prompt.")
+@click.option(
+    "--hires-sampler",
+    type=click.Choice(list(SAMPLERS)),
+    help="Hires fix: the second pass's sampler.  [default: --sampler]",
 )
 @click.option(
     "--provider",
@@ -306,8 +334,9 @@ def generate(
     if low_memory and fast:
         raise click.UsageError("--low-memory and --fast pull opposite ways: choose one")
     source, recorded = _recorded_settings(from_png, from_infotext)
+    hires = {key: overrides.pop(key) for key in list(overrides) if key.startswith("hires_")}
     options = {**overrides, "num_images": num_images, "init_image": init_image}
-    settings = _settings_from_options(prompt, recorded, options)
+    settings = _with_hires(_settings_from_options(prompt, recorded, options), hires)
     # The seeds name the files, and every file is checked before any work starts.
     seed = random_seed(num_images) if settings.seed is None else check_seed(settings.seed, num_images)
     settings = settings.but(seed=seed)
@@ -519,12 +548,6 @@ def _recorded_settings(
     if note is not None:
         warnings.warn(note, stacklevel=1)
     return source, read.settings
-def _size(text: str, option: str) -> tuple[int, int]:
-    """A WIDTHxHEIGHT option as (width, height)."""
-    size = re.fullmatch(r"\s*([0-9]{1,6})\s*[xX]\s*([0-9]{1,6})\s*", text)
-    if size is None:
-        raise click.BadParameter(f"{text[:40]!r} is not WIDTHxHEIGHT, e.g. 512x768", param_hint=option)
-    return int(size.group(1)), int(size.group(2))
 
 
 def _settings_from_options(
@@ -549,6 +572,24 @@ def _settings_from_options(
             f"the PNG was inpainted with a mask (mask blur {recorded.mask_blur}); pass that mask with --mask"
         )
     return GenerationSettings.from_image(recorded, **given)
+
+
+def _size_option(value: str | None, option: str) -> tuple[int, int] | None:
+    """A WIDTHxHEIGHT option as (width, height)."""
+    if value is None:
+        return None
+    size = re.fullmatch(r"\s*([0-9]{1,6})\s*[xX]\s*([0-9]{1,6})\s*", value)
+    if size is None:
+        raise click.BadParameter(f"{value[:40]!r} is not WIDTHxHEIGHT, e.g. 512x768", param_hint=option)
+    return int(size.group(1)), int(size.group(2))
+
+
+def _with_hires(settings: GenerationSettings, options: dict[str, Any]) -> GenerationSettings:
+    """`settings` with the --hires-* options over their hires fix (a recorded one, or the defaults)."""
+    given = {key.removeprefix("hires_"): value for key, value in options.items() if value is not None}
+    if not given:
+        return settings
+    return settings.but(hires=dataclasses.replace(settings.hires or HiresFix(), **given))
 
 
 class _ProgressBar:

@@ -35,7 +35,7 @@ from sdrun import a1111
 from sdrun.errors import SettingsError, quoted
 from sdrun.random_sources import GPU, NUMPY
 from sdrun.samplers import a1111_names, sampler_for_a1111
-from sdrun.settings import MAX_SEED, ImageSettings
+from sdrun.settings import MAX_SEED, HiresFix, ImageSettings
 
 T = TypeVar("T")
 _REQUIRED_KEYS = (a1111.STEPS, a1111.SAMPLER, a1111.CFG_SCALE, a1111.SEED, a1111.SIZE)
@@ -104,13 +104,14 @@ def format_parameters(settings: ImageSettings) -> str:
         a1111.VARIATION_SEED: settings.subseed if varied else None,
         a1111.VARIATION_SEED_STRENGTH: _number(settings.subseed_strength) if varied else None,
         a1111.SEED_RESIZE_FROM: f"{resized[0]}x{resized[1]}" if resized else None,
-        a1111.DENOISING_STRENGTH: None if settings.strength is None else _number(settings.strength),
+        a1111.DENOISING_STRENGTH: _strength(settings),
         a1111.CLIP_SKIP: settings.clip_skip if settings.clip_skip > 1 else None,
         a1111.ENSD: settings.eta_noise_seed_delta or None,
         a1111.RNG: _rng_value(settings.random_source),
         a1111.MASK_BLUR: settings.mask_blur,
         MASK_OVERLAY: "off" if settings.mask_blur is not None and not settings.overlay else None,
         _eta_key(label): None if settings.eta is None else _number(settings.eta),
+        **_hires_pairs(settings.hires, settings.sampler),
         a1111.EMPHASIS: _emphasis(settings),
         a1111.PAD_CONDS: True if settings.pad_conds else None,
         a1111.VERSION: sdrun_version(),
@@ -118,6 +119,54 @@ def format_parameters(settings: ImageSettings) -> str:
     line = ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items() if value is not None)
     negative = f"\n{a1111.NEGATIVE_PREFIX} {settings.negative_prompt}" if settings.negative_prompt else ""
     return f"{settings.prompt}{negative}\n{line}".strip()
+
+
+def _strength(settings: ImageSettings) -> str | None:
+    """The web UI's "Denoising strength": image-to-image's, or on text-to-image the hires fix's."""
+    strength = settings.hires.strength if settings.hires is not None else settings.strength
+    return None if strength is None else _number(strength)
+
+
+def _hires_pairs(hires: HiresFix | None, sampler: str) -> dict[str, object]:
+    """The hires fix's keys in the order the web UI writes them; the sampler, schedule type and prompts only
+    where they differ from the first pass's (`prepare` leaves the prompts None where they are equal)."""
+    if hires is None:
+        return {}
+    label, schedule = a1111_names(sampler)
+    hires_label, hires_schedule = a1111_names(hires.sampler or sampler)
+    return {
+        a1111.HIRES_SAMPLER: hires_label if hires_label != label else None,
+        a1111.HIRES_PROMPT: hires.prompt,
+        a1111.HIRES_NEGATIVE_PROMPT: hires.negative_prompt,
+        a1111.HIRES_UPSCALE: _number(hires.scale) if hires.resize is None else None,
+        a1111.HIRES_RESIZE: None if hires.resize is None else f"{hires.resize[0]}x{hires.resize[1]}",
+        a1111.HIRES_STEPS: hires.steps,
+        a1111.HIRES_UPSCALER: hires.upscaler,
+        a1111.HIRES_SCHEDULE_TYPE: hires_schedule if hires_schedule != schedule else None,
+    }
+
+
+def _parse_hires(pairs: dict[str, str], sampler: str) -> HiresFix | None:
+    """The hires fix, when the text has one: as the web UI's paste, a denoising strength with a hires upscale,
+    resize or upscaler (their defaults otherwise: 2, "Latent")."""
+    keys = (a1111.HIRES_UPSCALE, a1111.HIRES_RESIZE, a1111.HIRES_UPSCALER)
+    if a1111.DENOISING_STRENGTH not in pairs or not any(key in pairs for key in keys):
+        return None
+    label = pairs.get(a1111.HIRES_SAMPLER, pairs[a1111.SAMPLER])
+    schedule = pairs.get(a1111.HIRES_SCHEDULE_TYPE, pairs.get(a1111.SCHEDULE_TYPE))
+    hires_sampler = sampler
+    if a1111.HIRES_SAMPLER in pairs or a1111.HIRES_SCHEDULE_TYPE in pairs:
+        hires_sampler = sampler_for_a1111(label, schedule)
+    return HiresFix(
+        scale=_optional(pairs, a1111.HIRES_UPSCALE, _float) or 2.0,
+        resize=_optional(pairs, a1111.HIRES_RESIZE, _size),
+        upscaler=pairs.get(a1111.HIRES_UPSCALER, "Latent"),
+        steps=_optional(pairs, a1111.HIRES_STEPS, _integer),
+        strength=_float(pairs, a1111.DENOISING_STRENGTH),
+        prompt=pairs.get(a1111.HIRES_PROMPT),
+        negative_prompt=pairs.get(a1111.HIRES_NEGATIVE_PROMPT),
+        sampler=hires_sampler,
+    )
 
 
 def _parse_pairs(line: str) -> dict[str, str]:
@@ -199,6 +248,13 @@ def _float(pairs: dict[str, str], key: str) -> float:
     if not _DECIMAL.fullmatch(pairs[key]):
         raise SettingsError(f"parameters field {key}: {quoted(pairs[key])} is not a number")
     return float(pairs[key])
+
+
+def _size(pairs: dict[str, str], key: str) -> tuple[int, int]:
+    size = _SIZE.fullmatch(pairs[key])
+    if size is None:
+        raise SettingsError(f"parameters field {key}: {quoted(pairs[key])} is not WIDTHxHEIGHT")
+    return int(size.group(1)), int(size.group(2))
 
 
 def _switch(pairs: dict[str, str], key: str) -> bool:
@@ -301,19 +357,21 @@ def read_parameters(text: str) -> Infotext:
             line = line[len(a1111.NEGATIVE_PREFIX) :].strip()
         (negative_lines if in_negative else prompt_lines).append(line)
     width, height = _size(pairs, a1111.SIZE)
-    strength = _optional(pairs, a1111.VARIATION_SEED_STRENGTH, _float) or 0.0
+    variation = _optional(pairs, a1111.VARIATION_SEED_STRENGTH, _float) or 0.0
     subseed = _optional(pairs, a1111.VARIATION_SEED, _seed_number)
+    sampler = sampler_for_a1111(pairs[a1111.SAMPLER], pairs.get(a1111.SCHEDULE_TYPE))
+    hires = _parse_hires(pairs, sampler)
     settings = ImageSettings(
         prompt="\n".join(prompt_lines),
         negative_prompt="\n".join(negative_lines),
         steps=_integer(pairs, a1111.STEPS),
-        sampler=sampler_for_a1111(pairs[a1111.SAMPLER], pairs.get(a1111.SCHEDULE_TYPE)),
+        sampler=sampler,
         guidance_scale=_float(pairs, a1111.CFG_SCALE),
         seed=_seed_number(pairs, a1111.SEED),
         width=width,
         height=height,
         model=pairs.get(a1111.MODEL, ""),
-        strength=_optional(pairs, a1111.DENOISING_STRENGTH, _float),
+        strength=_optional(pairs, a1111.DENOISING_STRENGTH, _float) if hires is None else None,
         mask_blur=_optional(pairs, a1111.MASK_BLUR, _integer),
         overlay=_switch(pairs, MASK_OVERLAY) if MASK_OVERLAY in pairs else True,
         clip_skip=_optional(pairs, a1111.CLIP_SKIP, _integer) or 1,
@@ -321,11 +379,12 @@ def read_parameters(text: str) -> Infotext:
         model_hash=_optional(pairs, a1111.MODEL_HASH, _model_hash) or "",
         random_source=_random_source(pairs),
         eta_noise_seed_delta=_optional(pairs, a1111.ENSD, _seed_number) or 0,
-        subseed=subseed if strength else None,
-        subseed_strength=strength,
+        subseed=subseed if variation else None,
+        subseed_strength=variation,
         seed_resize_from=_optional(pairs, a1111.SEED_RESIZE_FROM, _size),
         emphasis=pairs.get(a1111.EMPHASIS, a1111.EMPHASIS_DEFAULT),
         pad_conds=pairs.get(a1111.PAD_CONDS) == "True",
+        hires=hires,
     )
     # The writer's version says nothing of the picture, unless it is a web UI's that drew otherwise.
     if not a1111.drawn_before_current(dict.get(pairs, a1111.VERSION)):

@@ -76,21 +76,36 @@ class Limits:
             raise SettingsError(f"{steps} steps is above the limit of {self.max_steps}: use fewer steps")
 
     def check_work(
-        self, num_images: int, steps_run: int, passes_per_step: int, width: int, height: int, factor: int
+        self,
+        num_images: int,
+        steps_run: int,
+        passes_per_step: int,
+        width: int,
+        height: int,
+        factor: int,
+        second_pass: tuple[int, int, int] | None = None,
     ) -> None:
         """Refuse a call whose UNet work (see the module's docstring) is above `max_work`, saying how many
-        steps would fit; `factor` is the VAE's (image pixels per latent pixel, a side)."""
+        steps would fit; `factor` is the VAE's (image pixels per latent pixel, a side). `second_pass`
+        (steps, width, height) is the hires fix's, counted too."""
         if self.max_work is None:
             return
         per_step = num_images * passes_per_step * unet_pass_work((width // factor) * (height // factor))
         work = per_step * steps_run
+        hires = ""
+        if second_pass is not None:
+            hires_steps, hires_width, hires_height = second_pass
+            pass_work = unet_pass_work((hires_width // factor) * (hires_height // factor))
+            work += num_images * passes_per_step * pass_work * hires_steps
+            hires = f" and {hires_steps} hires steps at {hires_width}x{hires_height}"
         if work <= self.max_work:
             return
         fitting = int(self.max_work // per_step)
-        fewer_steps = f"at most {fitting} steps that run at this size and count, " if fitting else ""
+        fitting_steps = fitting and not hires
+        fewer_steps = f"at most {fitting} steps that run at this size and count, " if fitting_steps else ""
         raise SettingsError(
-            f"{num_images} image(s) of {width}x{height} with {steps_run} steps of {passes_per_step} UNet "
-            f"pass(es) is {work:,.0f} units of work, above the limit of {self.max_work:,.0f} (a unit is "
+            f"{num_images} image(s) of {width}x{height} with {steps_run} steps{hires} of {passes_per_step} "
+            f"UNet pass(es) is {work:,.0f} units of work, above the limit of {self.max_work:,.0f} (a unit is "
             f"one UNet pass at 512x512): ask for {fewer_steps}fewer images or a smaller size"
         )
 

@@ -16,12 +16,13 @@ from PIL import Image
 
 from sdrun.a1111 import model_hash
 from sdrun.defaults import GenerationDefaults
-from sdrun.draws import SeedFeatures, draw_image
+from sdrun.draws import SeedFeatures, draw_image, image_noise
 from sdrun.errors import GraphOutputError, ModelFolderError, SdrunError, SettingsError
 from sdrun.folder import ModelFolder, open_model_folder
 from sdrun.folder_layout import TEXT_ENCODER, TINY_VAE_ENCODER, UNET
 from sdrun.graphs import Graph
 from sdrun.guidance import PromptEmbeddings, guided_model, unconditional_pass
+from sdrun.hires import hires_target, second_pass_schedule, upscale_first_pass
 from sdrun.images import from_pixels, load_rgb, to_pixels
 from sdrun.inpaint import Mask, load_mask, paste_unmasked
 from sdrun.limits import DEFAULT_LIMITS, Limits
@@ -47,10 +48,10 @@ from sdrun.providers import ProviderRequest, create_session, provider_name, requ
 from sdrun.random_sources import NormalSource
 from sdrun.request import GenerationRequest, prepare, settings_of
 from sdrun.results import GeneratedImage, Result
-from sdrun.samplers import KnownLatents, sample
+from sdrun.samplers import SAMPLERS, KnownLatents, sample
 from sdrun.samplers.prediction import Model
 from sdrun.schedule import NoiseSchedule, ScheduleError
-from sdrun.settings import GenerationSettings
+from sdrun.settings import GenerationSettings, HiresFix
 from sdrun.stopping import StopSignal
 from sdrun.text_conditioning import check_prompt_length, prompt_embeddings
 from sdrun.tiled_vae import decode_tiled
@@ -250,16 +251,18 @@ class Pipeline:
         emphasis: str = "Original",
         pad_conds: bool = False,
         steps: int | None = None,
+        hires_steps: int | None = None,
     ) -> PromptEmbeddings:
         """The UNet's contexts for both prompts, as AUTOMATIC1111 makes them (sdrun.text_conditioning:
         chunks of 75 tokens, `emphasis`, `pad_conds`; prompt editing and alternation over `steps` model
-        calls when given, else the prompts as written);
+        calls when given, else the prompts as written; with `hires_steps`, over a hires pass of that many
+        after `steps`, sdrun.prompt_syntax.prompt_schedule);
         the negative one is skipped at guidance 1 and under an LCM UNet (whose guidance is an input, not
         an unconditional pass)."""
         with_negative = unconditional_pass(guidance_scale, self.facts.guidance_embedding_dim)
 
         def schedule(text: str) -> list[tuple[int, str]]:
-            return [(1, text)] if steps is None else prompt_schedule(text, steps)
+            return [(1, text)] if steps is None else prompt_schedule(text, steps, hires_steps)
 
         with self.sessions.use(TEXT_ENCODER):
             return prompt_embeddings(
@@ -358,6 +361,9 @@ class Pipeline:
             return [self._decode_one(item[None]) for item in latents]
 
     def _decode_one(self, latent: np.ndarray, stop: StopSignal | None = None) -> Image.Image:
+        return from_pixels(self._decode_pixels(latent, stop))
+
+    def _decode_pixels(self, latent: np.ndarray, stop: StopSignal | None = None) -> np.ndarray:
         decoder = self._network(self.facts.vae_decoder, VaeDecoderGraph)
 
         def decode(latents: np.ndarray) -> np.ndarray:
@@ -370,8 +376,7 @@ class Pipeline:
         tiled = self.memory.tiled_vae
         if tiled is None:
             tiled = item.shape[2] * item.shape[3] * factor**2 > AUTO_TILE_PIXELS
-        pixels = decode_tiled(decode, item, factor) if tiled else decode(item)
-        return from_pixels(pixels)
+        return decode_tiled(decode, item, factor) if tiled else decode(item)
 
     def prepare(
         self, call: GenerationSettings | str, negative_prompt: str | None = None, **fields: Any
@@ -437,6 +442,10 @@ class Pipeline:
         diffusers' StableDiffusionInpaintPipeline). With `overlay` the init image's pixels are pasted back
         outside the blurred mask after decoding (as AUTOMATIC1111 does; diffusers leaves them as decoded).
         An inpainting UNet without a mask repaints the whole image.
+
+        `hires` (text-to-image only) runs AUTOMATIC1111's hires fix on each image before it is decoded
+        (sdrun.hires): the first pass's latents upscaled, then image-to-image at the target size with a
+        fresh draw of the image's seed at that size; the steps, callback and progress count both passes.
         """
         if isinstance(call, GenerationRequest):
             if fields or negative_prompt is not None:
@@ -480,12 +489,15 @@ class Pipeline:
             callback,
             progress,
             stop,
+            later_steps=0 if request.hires is None else _or(request.hires.steps, request.steps),
             steps=request.steps,
             guidance_scale=request.guidance_scale,
             sampler=request.sampler,
             strength=1.0 if request.strength is None else request.strength,
             eta=request.eta,
         )
+        if request.hires is not None:
+            sampled = self._hires_images(sampled, request, request.hires, callback, progress, stop)
         if not self.memory.keep_sessions:
             # Every image is sampled before any is decoded, so that each session opens once per call;
             # the latents waiting for the decoder are small.
@@ -514,10 +526,12 @@ class Pipeline:
         callback: StepCallback | None,
         progress: ProgressCallback | None,
         stop: StopSignal | None,
+        later_steps: int = 0,
         **sampling: Any,
     ) -> Iterator[tuple[np.ndarray, bool]]:
         """(latents, stopped) of image i, from the draws of its seeds (`features.image_seeds`; sdrun.draws);
-        stops after the image during which the callback asked to or `stop` was interrupted."""
+        stops after the image during which the callback asked to or `stop` was interrupted. The callback and
+        progress count `later_steps` more steps of each image after these (a hires pass's)."""
         for index in range(num_images):
             image_seed, subseed = features.image_seeds(seed, index)
             draws = draw_image(
@@ -535,9 +549,7 @@ class Pipeline:
 
             def on_step(step: int, total: int, latents: np.ndarray, index: int = index) -> bool:
                 nonlocal stopped
-                asked = callback is not None and callback(index * total + step, num_images * total, latents)
-                told = progress is not None and progress(Progress(index, num_images, step + 1, total))
-                stopped = bool(asked) or bool(told)
+                stopped = _report(callback, progress, index, num_images, step, total + later_steps, latents)
                 return stopped
 
             with self.sessions.use(UNET):
@@ -553,12 +565,108 @@ class Pipeline:
                     **sampling,
                 )
             stopped = stopped or (stop is not None and stop.interrupted.is_set())
-            if not np.isfinite(latents).all():
-                raise GraphOutputError(
-                    f"sampling with {sampling['sampler']} diverged to NaN or infinite latents; nothing was "
-                    "written (try fewer steps, a smaller guidance scale or another sampler)"
-                )
+            _check_finite(latents, sampling["sampler"])
             yield latents, stopped
             if stopped:
                 return
+
+    def _hires_images(
+        self,
+        sampled: Iterator[tuple[np.ndarray, bool]],
+        request: GenerationRequest,
+        hires: HiresFix,
+        callback: StepCallback | None,
+        progress: ProgressCallback | None,
+        stop: StopSignal | None,
+    ) -> Iterator[tuple[np.ndarray, bool]]:
+        """Each first pass's (latents, stopped) through the hires fix's second pass; an image stopped in its
+        first pass keeps its first pass's latents, as the web UI's sample_hr_pass returns them."""
+        facts = self.facts
+        steps = _or(hires.steps, request.steps)
+        # The web UI encodes the hires prompts on their own schedule (prompt editing counts on over the
+        # hires steps), even when they are the first pass's.
+        embeddings = self.encode_prompt(
+            _or(hires.prompt, request.prompt),
+            _or(hires.negative_prompt, request.negative_prompt),
+            request.guidance_scale,
+            emphasis=request.emphasis,
+            pad_conds=request.pad_conds,
+            steps=request.steps,
+            hires_steps=steps,
+        )
+        sets_timesteps = SAMPLERS[hires.sampler].strength_sets_timesteps
+        schedule_steps, strength = second_pass_schedule(steps, hires.strength, sets_timesteps)
+        target = hires_target(request.width, request.height, hires.scale, hires.resize, facts.vae_factor)
+        eta = request.eta if SAMPLERS[hires.sampler].eta_default is not None else None
+
+        def decode(latents: np.ndarray) -> np.ndarray:
+            with self.sessions.use(facts.vae_decoder):
+                return self._decode_pixels(latents, stop)
+
+        def encode(picture: Image.Image) -> np.ndarray:
+            return self.encode_image(picture).mean * facts.latent_scale
+
+        for index, (first, stopped) in enumerate(sampled):
+            if stopped:
+                yield first, stopped
+                return
+            latents = upscale_first_pass(first, target, hires.upscaler, facts.vae_factor, decode, encode)
+            # The web UI's fresh ImageRNG for the image's seeds at the new size: its first draw is the noise.
+            image_seed, subseed = request.seed_features.image_seeds(request.seed, index)
+            features = request.seed_features
+            noise, rng = image_noise(image_seed, subseed, latents.shape, features, facts.vae_factor)
+
+            def on_step(step: int, total: int, latents: np.ndarray, index: int = index) -> bool:
+                nonlocal stopped
+                done, all_steps = request.steps + step, request.steps + total
+                stopped = _report(callback, progress, index, request.num_images, done, all_steps, latents)
+                return stopped
+
+            with self.sessions.use(UNET):
+                latents = self.denoise(
+                    embeddings,
+                    noise,
+                    rng,
+                    steps=schedule_steps,
+                    guidance_scale=request.guidance_scale,
+                    sampler=hires.sampler,
+                    init_latents=latents,
+                    strength=strength,
+                    eta=eta,
+                    callback=on_step,
+                    stop=stop,
+                )
+            stopped = stopped or (stop is not None and stop.interrupted.is_set())
+            _check_finite(latents, hires.sampler)
+            yield latents, stopped
+            if stopped:
+                return
+
+
+def _or(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _report(
+    callback: StepCallback | None,
+    progress: ProgressCallback | None,
+    index: int,
+    num_images: int,
+    step: int,
+    total: int,
+    latents: np.ndarray,
+) -> bool:
+    """Step `step` (from 0) of `total` of image `index` to the callback and progress; whether either asked to
+    stop."""
+    asked = callback is not None and callback(index * total + step, num_images * total, latents)
+    told = progress is not None and progress(Progress(index, num_images, step + 1, total))
+    return bool(asked) or bool(told)
+
+
+def _check_finite(latents: np.ndarray, sampler: str) -> None:
+    if not np.isfinite(latents).all():
+        raise GraphOutputError(
+            f"sampling with {sampler} diverged to NaN or infinite latents; nothing was "
+            "written (try fewer steps, a smaller guidance scale or another sampler)"
+        )
 

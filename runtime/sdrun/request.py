@@ -18,6 +18,7 @@ from sdrun.defaults import GenerationDefaults
 from sdrun.draws import SeedFeatures
 from sdrun.errors import SettingsError, quoted
 from sdrun.guidance import unconditional_pass
+from sdrun.hires import check_upscaler, hires_target, second_pass_schedule
 from sdrun.images import fit_within, open_image, oriented_size
 from sdrun.inpaint import DEFAULT_MASK_BLUR, MAX_MASK_BLUR
 from sdrun.limits import MAX_GUIDANCE, MAX_PROMPT_CHARACTERS, Limits
@@ -25,14 +26,18 @@ from sdrun.model_facts import ModelFacts
 from sdrun.random_sources import DEFAULT_RANDOM_SOURCE, RANDOM_SOURCES
 from sdrun.samplers import SAMPLERS, first_step, make_sampler
 from sdrun.schedule import NoiseSchedule
-from sdrun.settings import MAX_SEED, GenerationSettings, ImageSettings, check_seed, random_seed
+from sdrun.settings import MAX_SEED, GenerationSettings, HiresFix, ImageSettings, check_seed, random_seed
+
+# The web UI's slider stops at 4; a larger scale is bounded by the pixel and work limits anyway.
+MAX_HIRES_SCALE = 16.0
 
 
 @dataclass(frozen=True)
 class GenerationRequest:
     """A call's settings as `prepare` checked and completed them; `image` is the opened init image (None
     for text-to-image, and then `strength` is None too), `mask` the opened mask (None without one, and
-    then `mask_blur` is None too)."""
+    then `mask_blur` is None too); `hires` the hires fix checked, its sampler completed and its prompts None
+    where they are the first pass's (`width` and `height` are the first pass's)."""
 
     prompt: str
     negative_prompt: str
@@ -56,6 +61,7 @@ class GenerationRequest:
     seed_resize_from: tuple[int, int] | None = None
     emphasis: str = "Original"
     pad_conds: bool = False
+    hires: HiresFix | None = None
 
     @property
     def seed_features(self) -> SeedFeatures:
@@ -96,6 +102,7 @@ class GenerationRequest:
             seed_resize_from=self.seed_resize_from,
             emphasis=self.emphasis,
             pad_conds=self.pad_conds,
+            hires=self.hires,
         )
 
 
@@ -172,7 +179,22 @@ def prepare(
     _check_size(width, height, facts)
     limits.check_size(int(width), int(height))
     passes = 2 if two_passes else 1
-    limits.check_work(num_images, steps_run, passes, int(width), int(height), facts.vae_factor)
+    hires, second = None, None
+    if given.hires is not None:
+        hires = _check_hires(given.hires, image is not None, prompt, negative_prompt, sampler, steps, facts)
+        hires_steps = _or(hires.steps, steps)
+        sets_timesteps = SAMPLERS[hires.sampler].strength_sets_timesteps
+        schedule_steps, run_strength = second_pass_schedule(hires_steps, hires.strength, sets_timesteps)
+        hires_eta = eta if SAMPLERS[hires.sampler].eta_default is not None else None
+        make_sampler(hires.sampler, schedule, schedule_steps, hires_eta, run_strength)
+        limits.check_counts(num_images, hires_steps)
+        final = hires_target(int(width), int(height), hires.scale, hires.resize, facts.vae_factor)
+        limits.check_size(*final.upscale_to)  # upscaled before it is cropped
+        final_width, final_height = final.size(facts.vae_factor)
+        _check_size(final_width, final_height, facts, "the hires fix's target ")
+        limits.check_size(final_width, final_height)
+        second = (hires_steps, final_width, final_height)
+    limits.check_work(num_images, steps_run, passes, int(width), int(height), facts.vae_factor, second)
     subseed_strength = _finite(given.subseed_strength, "variation seed strength", 0.0, 1.0)
     subseed = given.subseed
     if subseed is not None or subseed_strength != 0:
@@ -200,6 +222,55 @@ def prepare(
         seed_resize_from=_seed_resize_from(given.seed_resize_from, facts, limits),
         emphasis=given.emphasis,
         pad_conds=given.pad_conds,
+        hires=hires,
+    )
+
+
+def _check_hires(
+    hires: object,
+    image_to_image: bool,
+    prompt: str,
+    negative_prompt: str,
+    sampler: str,
+    steps: int,
+    facts: ModelFacts,
+) -> HiresFix:
+    """The hires fix's settings checked (its target size is checked by the caller), with its sampler
+    completed and its prompts None where they are the first pass's (the web UI records them only then)."""
+    if not isinstance(hires, HiresFix):
+        raise SettingsError(f"hires must be a HiresFix, not {type(hires).__name__}")
+    if image_to_image:
+        raise SettingsError(
+            "the hires fix is a second pass of text-to-image: leave it out with an init image"
+        )
+    if facts.inpainting:
+        raise SettingsError("the hires fix needs a plain UNet; this folder's is an inpainting one")
+    scale = _finite(hires.scale, "hires scale", 1.0, MAX_HIRES_SCALE)
+    resize = hires.resize
+    if resize is not None:
+        if not isinstance(resize, tuple) or len(resize) != 2:
+            raise SettingsError(f"hires resize must be (width, height), not {quoted(resize)}")
+        resize = (_whole(resize[0], "hires resize width", 0), _whole(resize[1], "hires resize height", 0))
+    hires_steps = None if hires.steps is None else _whole(hires.steps, "hires steps", 1)
+    strength = _finite(hires.strength, "hires strength", 0.0, 1.0)
+    if strength == 0.0:
+        raise SettingsError("hires strength 0 leaves no step to run: give a strength above 0, up to 1")
+    hires_prompt = None if hires.prompt is None else _check_prompt(hires.prompt, "hires prompt")
+    hires_negative = None
+    if hires.negative_prompt is not None:
+        hires_negative = _check_prompt(hires.negative_prompt, "hires negative prompt")
+    if hires.schedule_type is not None and not isinstance(hires.schedule_type, str):
+        raise SettingsError(f"the hires schedule type must be text, not {type(hires.schedule_type).__name__}")
+    return HiresFix(
+        scale=scale,
+        resize=None if resize == (0, 0) else resize,
+        upscaler=check_upscaler(hires.upscaler),
+        steps=hires_steps,
+        strength=strength,
+        prompt=None if hires_prompt == prompt else hires_prompt,
+        negative_prompt=None if hires_negative == negative_prompt else hires_negative,
+        sampler=_or(hires.sampler, sampler),
+        schedule_type=hires.schedule_type,
     )
 
 
@@ -250,12 +321,12 @@ def _or(value: object, default: object) -> object:
     return default if value is None else value
 
 
-def _check_size(width: object, height: object, facts: ModelFacts) -> None:
+def _check_size(width: object, height: object, facts: ModelFacts, what: str = "") -> None:
     for name, side in (("height", height), ("width", width)):
         whole = not isinstance(side, bool) and isinstance(side, int | np.integer) and side > 0
         if not whole or side % facts.size_multiple:
             raise SettingsError(
-                f"{name} {quoted(side)} is not a positive multiple of {facts.size_multiple}, "
+                f"{what}{name} {quoted(side)} is not a positive multiple of {facts.size_multiple}, "
                 f"which this model needs (e.g. {facts.default_size})"
             )
 

@@ -37,6 +37,26 @@ def check_seed(seed: object, num_images: int = 1) -> int:
 
 
 @dataclass(frozen=True)
+class HiresFix:
+    """AUTOMATIC1111's hires fix: a second pass that upscales the first pass's result to the target size and
+    runs image-to-image on it (sdrun.hires). The target is `resize` (width, height; a side of 0 follows the
+    first pass's aspect, both given crop to it) or else the first pass's size times `scale`. `upscaler` is
+    one of A1111's latent or pixel upscalers (sdrun.a1111); `steps` None runs as many steps as the first
+    pass; `strength` is the second pass's denoising strength; prompts, sampler and schedule type None are
+    the first pass's."""
+
+    scale: float = 2.0
+    resize: tuple[int, int] | None = None
+    upscaler: str = "Latent"
+    steps: int | None = None
+    strength: float = 0.7
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    sampler: str | None = None
+    schedule_type: str | None = None
+
+
+@dataclass(frozen=True)
 class ImageSettings:
     """Everything `Pipeline.generate` needs to make this one image again (given the same model folder).
 
@@ -74,6 +94,8 @@ class ImageSettings:
     # How prompt weights act (sdrun.text_conditioning.EMPHASIS_MODES), and A1111's "Pad conds".
     emphasis: str = "Original"
     pad_conds: bool = False
+    # The hires fix's second pass (width and height stay the first pass's, as the web UI records them).
+    hires: HiresFix | None = None
 
 
 # An init image or a mask: a picture, or the path of its file.
@@ -86,7 +108,8 @@ class GenerationSettings:
     (sdrun.defaults) for steps, guidance scale, sampler and strength, the UNet's sample size (or the init
     image's size) for width and height, a random seed, the sampler's own eta, and a mask blur of
     sdrun.inpaint.DEFAULT_MASK_BLUR pixels. `eta` is the noise of the samplers that take one (DDIM's eta,
-    0 deterministic; TCD's gamma). `Pipeline.prepare` checks and completes them into a
+    0 deterministic; TCD's gamma). `hires` adds AUTOMATIC1111's hires fix to text-to-image (HiresFix).
+    `Pipeline.prepare` checks and completes them into a
     GenerationRequest; `Pipeline.generate_each` says what each does.
     """
 
@@ -115,6 +138,7 @@ class GenerationSettings:
     seed_resize_from: tuple[int, int] | None = None
     emphasis: str = "Original"
     pad_conds: bool = False
+    hires: HiresFix | None = None
 
     def but(self, **changes: Any) -> "GenerationSettings":
         """These settings with `changes`; a name that is not a setting is a SettingsError naming them."""
@@ -149,6 +173,7 @@ class GenerationSettings:
             seed_resize_from=recorded.seed_resize_from,
             emphasis=recorded.emphasis,
             pad_conds=recorded.pad_conds,
+            hires=recorded.hires,
         )
         return made.but(**changes)
 

@@ -23,7 +23,9 @@ A1111 = json.loads((DATA / "infotexts_a1111_parsed.json").read_text(encoding="ut
 # Keys the corpus lists as unhonoured that sdrun has learnt to honour since: a key whose behaviour lands
 # moves here (one line), and every text's expectation follows.
 HONOURED_SINCE_THE_CORPUS: frozenset[str] = frozenset(
-    {"RNG", "ENSD", "Variation seed", "Variation seed strength", "Seed resize from", "Emphasis", "Pad conds"}
+    {"RNG", "ENSD", "Variation seed", "Variation seed strength", "Seed resize from", "Emphasis",
+     "Pad conds", "Hires upscale", "Hires resize", "Hires steps", "Hires upscaler", "Hires prompt",
+     "Hires negative prompt", "Hires sampler", "Hires schedule type"}  # fmt: skip
 )
 # Where the web UI reads a text differently from sdrun on purpose, field by field.
 KNOWN_DIFFERENCES = {
@@ -100,7 +102,11 @@ def test_reads_each_text_as_the_web_ui_does(entry: dict) -> None:
         "model": (settings.model, theirs.get("Model", "")),
         "model hash": (settings.model_hash, theirs.get("Model hash", "")),
         "clip skip": (settings.clip_skip, int(theirs["Clip skip"])),
-        "strength": (settings.strength, _optional_float(theirs, "Denoising strength")),
+        # On text-to-image with a hires fix, "Denoising strength" is the second pass's.
+        "strength": (
+            settings.strength if settings.hires is None else settings.hires.strength,
+            _optional_float(theirs, "Denoising strength"),
+        ),
         "mask blur": (settings.mask_blur, _optional_float(theirs, "Mask blur")),
         "eta": (settings.eta, _eta(theirs)),
         # The web UI reads a missing "Schedule type" as Automatic.

@@ -40,13 +40,17 @@ from sdrun.serve.schemas import (
     A1111State,
     A1111Txt2ImgRequest,
 )
-from sdrun.settings import GenerationSettings
+from sdrun.settings import GenerationSettings, HiresFix
 
 router = APIRouter(prefix="/sdapi/v1")
 ServedModels = Annotated[Models, Depends(served_models)]
 CHECKPOINT_OPTION = "sd_model_checkpoint"
 RANDN_SOURCE_OPTION = "randn_source"
 ENSD_OPTION = "eta_noise_seed_delta"
+# txt2img's denoising_strength when a hires fix leaves it out (StableDiffusionProcessingTxt2Img's default).
+HIRES_API_STRENGTH = 0.75
+# The web UI's dropdown choices that mean the first pass's.
+SAME_SAMPLER, SAME_SCHEDULER = "Use same sampler", "Use same scheduler"
 
 
 def _model(body: A1111Txt2ImgRequest) -> str | None:
@@ -91,6 +95,28 @@ def _settings(body: A1111Txt2ImgRequest) -> GenerationSettings:
     )
 
 
+def _hires(body: A1111Txt2ImgRequest) -> HiresFix | None:
+    """txt2img's hires fix: A1111's hr_* fields, with its meanings of 0 and "" (the first pass's)."""
+    if not body.enable_hr:
+        return None
+    sampler_name = None if body.hr_sampler_name in (None, SAME_SAMPLER) else body.hr_sampler_name
+    scheduler = None if body.hr_scheduler in (None, SAME_SCHEDULER) else body.hr_scheduler
+    sampler = None
+    if sampler_name is not None or scheduler is not None:
+        first = body.sampler_name or body.sampler_index
+        sampler = sampler_for(sampler_name or first, scheduler or body.scheduler)
+    return HiresFix(
+        scale=body.hr_scale,
+        resize=(body.hr_resize_x, body.hr_resize_y),
+        upscaler=body.hr_upscaler or "Latent",
+        steps=body.hr_second_pass_steps or None,
+        strength=HIRES_API_STRENGTH if body.denoising_strength is None else body.denoising_strength,
+        prompt=body.hr_prompt or None,
+        negative_prompt=body.hr_negative_prompt or None,
+        sampler=sampler,
+    )
+
+
 async def _response(
     body: A1111Txt2ImgRequest, images: list[GeneratedImage], interrupted: bool
 ) -> A1111ImagesResponse:
@@ -117,7 +143,7 @@ async def _response(
         "steps": first.steps,
         "batch_size": body.batch_size,
         "n_iter": body.n_iter,
-        "denoising_strength": first.strength,
+        "denoising_strength": first.strength if first.hires is None else first.hires.strength,
         "sd_model_name": first.model,
         "infotexts": [format_parameters(settings) for settings in made],
         "interrupted": interrupted,
@@ -133,7 +159,8 @@ async def _response(
 
 @router.post("/txt2img")
 async def txt2img(body: A1111Txt2ImgRequest, request: Request, models: ServedModels) -> A1111ImagesResponse:
-    images, interrupted = await run_job(request, models, _model(body), _settings(body))
+    settings = _settings(body).but(hires=_hires(body))
+    images, interrupted = await run_job(request, models, _model(body), settings)
     return await _response(body, images, interrupted)
 
 

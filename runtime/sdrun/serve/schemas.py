@@ -98,6 +98,20 @@ class A1111Txt2ImgRequest(_Strict):
     override_settings: dict[str, Any] | None = Field(
         None, description="sd_model_checkpoint, randn_source (GPU, CPU, NV) and eta_noise_seed_delta are read"
     )
+    override_settings: dict[str, Any] | None = None
+    # The hires fix (txt2img only; sdrun.hires). A1111's names and defaults; its denoising_strength is
+    # the second pass's here.
+    enable_hr: bool = False
+    hr_scale: float = Field(2.0, ge=-MAX_SIDE, le=MAX_SIDE, description="the library checks the range")
+    hr_resize_x: int = Field(0, ge=0, le=MAX_SIDE, description="0: from hr_scale or the aspect")
+    hr_resize_y: int = Field(0, ge=0, le=MAX_SIDE)
+    hr_upscaler: str | None = Field(None, max_length=60, description="null: Latent")
+    hr_second_pass_steps: int = Field(0, ge=0, le=MAX_STEPS_PER_REQUEST, description="0: steps")
+    denoising_strength: float | None = Field(None, ge=0.0, le=1.0, description="null: 0.75, A1111's")
+    hr_prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS, description='"": the prompt')
+    hr_negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARACTERS)
+    hr_sampler_name: str | None = Field(None, max_length=60, description="null: sampler_name")
+    hr_scheduler: str | None = Field(None, max_length=40, description="null: scheduler")
 
 
 class A1111Img2ImgRequest(A1111Txt2ImgRequest):
