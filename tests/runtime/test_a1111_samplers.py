@@ -142,8 +142,12 @@ def test_brownian_path_has_torchsdes_law() -> None:
     rng = np.random.default_rng(5)
     ours = _increments(BrownianNoise(shape, 0.03, rng), sigmas)
     tree = sampling.BrownianTreeNoiseSampler(torch.zeros(shape), 0.03, 14.6, seed=5)
-    exact = torch.float64  # the tree's bounds are float64: query it so, within them
-    theirs = _increments(lambda a, b: tree(torch.tensor(a, dtype=exact), torch.tensor(b, dtype=exact)), sigmas)
+
+    def theirs_at(sigma: float, sigma_next: float) -> torch.Tensor:
+        exact = torch.float64  # the tree's bounds are float64: query it so, within them
+        return tree(torch.tensor(sigma, dtype=exact), torch.tensor(sigma_next, dtype=exact))
+
+    theirs = _increments(theirs_at, sigmas)
     np.testing.assert_allclose(np.corrcoef(ours), np.corrcoef(theirs), atol=0.03)
     np.testing.assert_allclose(ours.std(axis=1), 1.0, atol=0.02)
     np.testing.assert_allclose(theirs.std(axis=1), 1.0, atol=0.02)
