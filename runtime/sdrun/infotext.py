@@ -12,7 +12,7 @@ As in that format, leading and trailing spaces of each prompt line are not kept,
 starts with "Negative prompt:" cannot be told from the negative prompt.
 
 A text to read settings from may come from anywhere: it is bounded, and the parser is linear in its input.
-The keys are A1111's (sdrun.a1111); "Mask overlay" is sdrun's own.
+The keys are A1111's (sdrun.a1111); "Mask overlay" and "sdrun sampler" are sdrun's own.
 """
 
 import json
@@ -22,14 +22,16 @@ from typing import TypeVar
 
 from sdrun import a1111
 from sdrun.errors import SettingsError, quoted
-from sdrun.samplers import a1111_names, sampler_for_a1111
+from sdrun.samplers import a1111_names, a1111_sampler
 from sdrun.settings import MAX_SEED, ImageSettings
 
 T = TypeVar("T")
 _REQUIRED_KEYS = (a1111.STEPS, a1111.SAMPLER, a1111.CFG_SCALE, a1111.SEED, a1111.SIZE)
 _ETA_KEYS = (a1111.ETA_DDIM, a1111.ETA)
-# sdrun's own key: inpainting without the init image pasted back.
+# sdrun's own keys: inpainting without the init image pasted back; the sdrun sampler, where A1111's names
+# for it stand for another (sdrun's diffusers-discretised euler_a is "Euler a", which reads as k_euler_a).
 MASK_OVERLAY = "Mask overlay"
+SDRUN_SAMPLER = "sdrun sampler"
 # The web UI's longest texts (prompts with many LoRA and embedding tags) are a few kB.
 MAX_PARAMETERS_CHARACTERS = 65_536
 _WHOLE = re.compile(r"[0-9]{1,20}")
@@ -58,7 +60,8 @@ def _number(value: float) -> str:
 
 def format_parameters(settings: ImageSettings) -> str:
     """The `parameters` text for one image."""
-    label, schedule = a1111_names(settings.sampler)
+    label, schedule = a1111_names(settings.sampler, settings.schedule_type)
+    own = a1111_sampler(label, schedule)[0] != settings.sampler
     pairs = {
         a1111.STEPS: settings.steps,
         a1111.SAMPLER: label,
@@ -72,6 +75,7 @@ def format_parameters(settings: ImageSettings) -> str:
         MASK_OVERLAY: "off" if settings.mask_blur is not None and not settings.overlay else None,
         a1111.CLIP_SKIP: settings.clip_skip if settings.clip_skip > 1 else None,
         _eta_key(label): None if settings.eta is None else _number(settings.eta),
+        SDRUN_SAMPLER: settings.sampler if own else None,
     }
     line = ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items() if value is not None)
     negative = f"\n{a1111.NEGATIVE_PREFIX} {settings.negative_prompt}" if settings.negative_prompt else ""
@@ -169,6 +173,7 @@ def parse_parameters(text: str) -> ImageSettings:
             in_negative = True
             line = line[len(a1111.NEGATIVE_PREFIX) :].strip()
         (negative_lines if in_negative else prompt_lines).append(line)
+    sampler, schedule_type = a1111_sampler(pairs[a1111.SAMPLER], pairs.get(a1111.SCHEDULE_TYPE))
     size = _SIZE.fullmatch(pairs[a1111.SIZE])
     if size is None:
         raise SettingsError(f"parameters field Size: {quoted(pairs[a1111.SIZE])} is not WIDTHxHEIGHT")
@@ -176,7 +181,7 @@ def parse_parameters(text: str) -> ImageSettings:
         prompt="\n".join(prompt_lines),
         negative_prompt="\n".join(negative_lines),
         steps=_integer(pairs, a1111.STEPS),
-        sampler=sampler_for_a1111(pairs[a1111.SAMPLER], pairs.get(a1111.SCHEDULE_TYPE)),
+        sampler=pairs.get(SDRUN_SAMPLER, sampler),
         guidance_scale=_float(pairs, a1111.CFG_SCALE),
         seed=_seed(pairs),
         width=int(size.group(1)),
@@ -187,6 +192,7 @@ def parse_parameters(text: str) -> ImageSettings:
         overlay=_switch(pairs, MASK_OVERLAY) if MASK_OVERLAY in pairs else True,
         clip_skip=_optional(pairs, a1111.CLIP_SKIP, _integer) or 1,
         eta=next((_float(pairs, key) for key in _ETA_KEYS if key in pairs), None),
+        schedule_type=None if SDRUN_SAMPLER in pairs else schedule_type,
     )
 
 

@@ -288,6 +288,7 @@ class Pipeline:
         init_latents: np.ndarray | None = None,
         strength: float = 1.0,
         eta: float | None = None,
+        schedule_type: str | None = None,
         mask: np.ndarray | None = None,
         masked_latents: np.ndarray | None = None,
         callback: StepCallback | None = None,
@@ -322,6 +323,7 @@ class Pipeline:
                 eta=eta,
                 callback=callback,
                 known=known,
+                schedule_type=schedule_type,
             )
 
     def decode(self, latents: np.ndarray) -> list[Image.Image]:
@@ -446,6 +448,7 @@ class Pipeline:
             sampler=request.sampler,
             strength=1.0 if request.strength is None else request.strength,
             eta=request.eta,
+            schedule_type=request.schedule_type,
         )
         if not self.memory.keep_sessions:
             # Every image is sampled before any is decoded, so that each session opens once per call;

@@ -20,7 +20,7 @@ from sdrun.images import fit_within, open_image, oriented_size
 from sdrun.inpaint import DEFAULT_MASK_BLUR, MAX_MASK_BLUR
 from sdrun.limits import MAX_GUIDANCE, MAX_PROMPT_CHARACTERS, Limits
 from sdrun.model_facts import ModelFacts
-from sdrun.samplers import SAMPLERS, first_step, make_sampler
+from sdrun.samplers import SAMPLERS, first_step, make_sampler, resolve_schedule_type
 from sdrun.schedule import NoiseSchedule
 from sdrun.settings import GenerationSettings, ImageSettings, check_seed, random_seed
 
@@ -46,6 +46,7 @@ class GenerationRequest:
     mask: Image.Image | None = None
     mask_blur: int | None = None
     overlay: bool = True
+    schedule_type: str | None = None
 
     def image_settings(self, index: int, model: str, clip_skip: int) -> ImageSettings:
         """The settings that made image `index` of this call (its seed is the call's + index)."""
@@ -64,6 +65,7 @@ class GenerationRequest:
             overlay=self.overlay,
             clip_skip=clip_skip,
             eta=self.eta,
+            schedule_type=self.schedule_type,
         )
 
 
@@ -130,7 +132,8 @@ def prepare(
     mask = None if given.mask is None else open_image(given.mask, limits.max_init_pixels, "mask")
     width, height = _or(width, facts.default_size), _or(height, facts.default_size)
     eta = None if given.eta is None else _finite(given.eta, "eta", -MAX_GUIDANCE, MAX_GUIDANCE)
-    make_sampler(sampler, schedule, steps, eta, strength if image is not None else 1.0)
+    make_sampler(sampler, schedule, steps, eta, strength if image is not None else 1.0, given.schedule_type)
+    schedule_type = resolve_schedule_type(sampler, given.schedule_type)
     steps_run = steps - first_step(steps, strength, sampler) if image is not None else steps
     _check_size(width, height, facts)
     limits.check_size(int(width), int(height))
@@ -152,6 +155,7 @@ def prepare(
         mask=mask,
         mask_blur=mask_blur if mask is not None else None,
         overlay=given.overlay,
+        schedule_type=schedule_type,
     )
 
 

@@ -62,6 +62,8 @@ class ImageSettings:
     clip_skip: int = 1
     # The sampler's eta, when it takes one and it is not the sampler's default.
     eta: float | None = None
+    # A1111's schedule type of the samplers that take one (A1111's own, the k_* ones); None: Automatic.
+    schedule_type: str | None = None
 
 
 # An init image or a mask: a picture, or the path of its file.
@@ -93,6 +95,8 @@ class GenerationSettings:
     mask: ImageSource | None = None
     mask_blur: int | None = None
     overlay: bool = True
+    # A1111's schedule type (its label or its API's name) for the samplers that take one; None: Automatic.
+    schedule_type: str | None = None
 
     def but(self, **changes: Any) -> "GenerationSettings":
         """These settings with `changes`; a name that is not a setting is a SettingsError naming them."""
@@ -106,7 +110,8 @@ class GenerationSettings:
     @classmethod
     def from_image(cls, recorded: "ImageSettings", **changes: Any) -> "GenerationSettings":
         """The settings that make `recorded`'s image again (its init image and mask, which a PNG does not
-        carry, come in `changes`, with anything else to change)."""
+        carry, come in `changes`, with anything else to change; another sampler leaves the recorded
+        schedule type behind)."""
         made = cls(
             prompt=recorded.prompt,
             negative_prompt=recorded.negative_prompt,
@@ -120,6 +125,7 @@ class GenerationSettings:
             strength=recorded.strength,
             mask_blur=recorded.mask_blur,
             overlay=recorded.overlay,
+            schedule_type=None if "sampler" in changes else recorded.schedule_type,
         )
         return made.but(**changes)
 

@@ -48,6 +48,7 @@ __all__ = [
     "SamplingStopped",
     "check_sampler_name",
     "check_schedule_type",
+    "resolve_schedule_type",
     "a1111_sampler",
     "check_strength",
     "first_step",
@@ -207,9 +208,14 @@ def a1111_names(sampler: str, schedule_type: str | None = None) -> tuple[str, st
     spec = SAMPLERS.get(sampler)
     if spec is None:
         return sampler, a1111.UNIFORM
-    if spec.takes_schedule_type:
-        return spec.a1111_label, check_schedule_type(schedule_type) or spec.a1111_schedule
-    return spec.a1111_label, spec.a1111_schedule
+    return spec.a1111_label, resolve_schedule_type(sampler, schedule_type) or spec.a1111_schedule
+
+
+def resolve_schedule_type(sampler: str, schedule_type: str | None) -> str | None:
+    """The schedule type the sampler runs on, "Automatic" (None) resolved to the one A1111 picks for it;
+    None for a sampler that takes none."""
+    spec = SAMPLERS[sampler]
+    return (check_schedule_type(schedule_type) or spec.a1111_schedule) if spec.takes_schedule_type else None
 
 
 def check_schedule_type(schedule_type: str | None) -> str | None:

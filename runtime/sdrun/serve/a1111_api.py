@@ -23,13 +23,14 @@ from sdrun.samplers import a1111_names
 from sdrun.serve.dependencies import run_job, served_models
 from sdrun.serve.encoding import image_from_base64, inverted_mask, pngs_base64
 from sdrun.serve.jobs import Models
-from sdrun.serve.samplers import a1111_samplers, sampler_for
+from sdrun.serve.samplers import a1111_samplers, a1111_schedulers, sampler_and_schedule
 from sdrun.serve.schemas import (
     A1111ImagesResponse,
     A1111Img2ImgRequest,
     A1111Model,
     A1111Progress,
     A1111Sampler,
+    A1111Scheduler,
     A1111State,
     A1111Txt2ImgRequest,
 )
@@ -51,14 +52,15 @@ def _model(body: A1111Txt2ImgRequest) -> str | None:
 
 def _settings(body: A1111Txt2ImgRequest) -> GenerationSettings:
     """The body's settings; what it leaves out, the library takes from the model."""
-    sampler = body.sampler_name or body.sampler_index
+    sampler, schedule_type = sampler_and_schedule(body.sampler_name or body.sampler_index, body.scheduler)
     return GenerationSettings(
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
         seed=None if body.seed is None or body.seed == -1 else body.seed,
         steps=body.steps,
         guidance_scale=body.cfg_scale,
-        sampler=sampler_for(sampler, body.scheduler),
+        sampler=sampler,
+        schedule_type=schedule_type,
         eta=body.eta,
         width=body.width,
         height=body.height,
@@ -71,7 +73,7 @@ async def _response(
 ) -> A1111ImagesResponse:
     made = [item.settings for item in images]
     first = made[0]
-    label, schedule = a1111_names(first.sampler)
+    label, schedule = a1111_names(first.sampler, first.schedule_type)
     info = {
         "prompt": first.prompt,
         "all_prompts": [settings.prompt for settings in made],
@@ -164,6 +166,11 @@ async def sd_models(models: ServedModels) -> list[A1111Model]:
 @router.get("/samplers")
 async def samplers() -> list[A1111Sampler]:
     return [A1111Sampler(**sampler) for sampler in a1111_samplers()]
+
+
+@router.get("/schedulers")
+async def schedulers() -> list[A1111Scheduler]:
+    return [A1111Scheduler(**scheduler) for scheduler in a1111_schedulers()]
 
 
 @router.get("/options")
