@@ -189,7 +189,9 @@ def a1111_sampler(label: str, schedule: str | None = None) -> tuple[str, str | N
     rows = [spec for spec in SAMPLER_TABLE if spec.a1111_label.lower() == label.lower()]
     family = [spec for spec in rows if spec.takes_schedule_type]
     if family:
-        return family[0].name, a1111.UNIFORM if schedule is None else schedule
+        if schedule is None:
+            return family[0].name, a1111.UNIFORM
+        return family[0].name, None if schedule.lower() == a1111.AUTOMATIC.lower() else schedule
     for spec in rows:
         automatic = schedule == a1111.AUTOMATIC and spec.a1111_automatic
         if automatic or spec.a1111_schedule == (schedule or a1111.UNIFORM):

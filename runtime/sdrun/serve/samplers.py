@@ -37,7 +37,7 @@ def sampler_and_schedule(name: str | None, scheduler: str | None = None) -> tupl
             f"unknown sampler {name[:60]!r} (with scheduler {schedule}): choose one of {labels} "
             "(GET /sdapi/v1/samplers)"
         )
-    return sampler, None if schedule_type == a1111.AUTOMATIC else schedule_type
+    return sampler, schedule_type
 
 
 def a1111_samplers() -> list[dict]:
