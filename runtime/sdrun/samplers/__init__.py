@@ -1,11 +1,13 @@
 """Samplers in numpy: the noise schedule plus a model callable in, latents out.
 
 Every sampler matches its diffusers scheduler step for step (timesteps, model inputs, updates, img2img
-start). Randomness comes only from the ``rng`` passed in: every step that re-injects noise draws exactly
-one ``rng.standard_normal(latents.shape, dtype=np.float32)``, after that step's model call, and nothing
-else is drawn. Those steps are: every step of ddpm, of euler_a, and of ddim and ddim_trailing with
-eta > 0; every step but the last of lcm, and of tcd with gamma (its eta) > 0. Latents stay float32, as in
-diffusers; the schedule's coefficients are computed once per run in float64.
+start), but AUTOMATIC1111's own (the k_* rows), which match k-diffusion's functions on A1111's noise levels
+(sdrun.samplers.karras_family). Randomness comes only from the ``rng`` passed in, as
+``rng.standard_normal(latents.shape, dtype=np.float32)`` draws and nothing else. The diffusers rows draw
+exactly one, after that step's model call, on every step that re-injects noise: every step of ddpm, of
+euler_a, and of ddim and ddim_trailing with eta > 0; every step but the last of lcm, and of tcd with gamma
+(its eta) > 0. The k_* rows draw as k-diffusion does (sdrun.samplers.karras_ancestral). Latents stay
+float32, as in diffusers; the schedule's coefficients are computed once per run in float64.
 
 A sampler goes on from the very array it yielded, so that ``sample`` can paste known latents into it
 (KnownLatents: inpainting with a plain UNet) and every sampler takes them alike.

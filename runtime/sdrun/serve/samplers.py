@@ -16,11 +16,6 @@ def _schedule(scheduler: str | None) -> str:
     return schedule
 
 
-def sampler_for(name: str | None, scheduler: str | None = None) -> str | None:
-    """The sdrun sampler of `sampler_and_schedule`."""
-    return sampler_and_schedule(name, scheduler)[0]
-
-
 def sampler_and_schedule(name: str | None, scheduler: str | None = None) -> tuple[str | None, str | None]:
     """The sdrun sampler and schedule type for a sampler name (A1111's label or sdrun's own) and an A1111
     scheduler; None means "Automatic", as in the web UI since 1.9. No name: None (the model's sampler),
