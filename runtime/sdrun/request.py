@@ -137,7 +137,7 @@ def prepare(
     steps_run = steps - first_step(steps, strength, sampler) if image is not None else steps
     _check_size(width, height, facts)
     limits.check_size(int(width), int(height))
-    passes = 2 if two_passes else 1
+    passes = (2 if two_passes else 1) * SAMPLERS[sampler].model_calls
     limits.check_work(num_images, steps_run, passes, int(width), int(height), facts.vae_factor)
     return GenerationRequest(
         prompt=prompt,

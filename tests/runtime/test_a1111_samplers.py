@@ -151,3 +151,14 @@ def test_brownian_path_has_torchsdes_law() -> None:
     np.testing.assert_allclose(np.corrcoef(ours), np.corrcoef(theirs), atol=0.03)
     np.testing.assert_allclose(ours.std(axis=1), 1.0, atol=0.02)
     np.testing.assert_allclose(theirs.std(axis=1), 1.0, atol=0.02)
+
+
+@pytest.mark.parametrize("name", FAMILY)
+def test_model_calls_bound_each_step(name: str) -> None:
+    """The table's model_calls (the work bound's passes a step) is the most k-diffusion makes in a step."""
+    schedule = NoiseSchedule.from_config(SD1_CONFIG)
+    model = CompVisModel(schedule.alphas_cumprod, fake_model)
+    noise = np.zeros(SHAPE, np.float32)
+    trajectory, _ = run_a1111(name, model, schedule.prediction_type, 6, noise, _noise_sampler(name, 0))
+    most = -(-len(model.calls) // len(trajectory))
+    assert SAMPLERS[name].model_calls == most

@@ -120,7 +120,8 @@ class SamplerSpec:
     name it as AUTOMATIC1111 does; `a1111_automatic` marks the schedule that A1111's "Automatic" picks for
     that label. `takes_schedule_type`: it is one of A1111's own k-diffusion samplers, on A1111's noise
     levels for a schedule type (`a1111_schedule` is the one "Automatic" picks) and with A1111's img2img
-    steps; the others run on their diffusers scheduler's timesteps."""
+    steps; the others run on their diffusers scheduler's timesteps. `model_calls`: the model calls a step
+    makes at most (A1111's "second_order" samplers make two), for the bound on a call's work."""
 
     name: str
     make: Callable[..., Sampler]
@@ -132,14 +133,25 @@ class SamplerSpec:
     distilled: bool = False
     strength_sets_timesteps: bool = False
     takes_schedule_type: bool = False
+    model_calls: int = 1
 
 
 def _a1111(
-    name: str, sampler: type[KarrasSampler], label: str, eta_default: float | None = None
+    name: str,
+    sampler: type[KarrasSampler],
+    label: str,
+    eta_default: float | None = None,
+    model_calls: int = 1,
 ) -> SamplerSpec:
     """A row of A1111's k-diffusion family; those that take an eta take A1111's "Eta" (1 by default)."""
     return SamplerSpec(
-        name, sampler, label, sampler.automatic, eta_default=eta_default, takes_schedule_type=True
+        name,
+        sampler,
+        label,
+        sampler.automatic,
+        eta_default=eta_default,
+        takes_schedule_type=True,
+        model_calls=model_calls,
     )
 
 
@@ -160,13 +172,13 @@ SAMPLER_TABLE = (
     SamplerSpec("euler_trailing", _trailing(Euler), "Euler", a1111.SGM_UNIFORM, a1111_automatic=False),
     _a1111("k_euler", KEuler, "Euler"),
     _a1111("k_euler_a", KEulerAncestral, "Euler a", 1.0),
-    _a1111("k_heun", KHeun, "Heun"),
+    _a1111("k_heun", KHeun, "Heun", model_calls=2),
     _a1111("k_lms", KLMS, "LMS"),
-    _a1111("k_dpm_2", KDPM2, "DPM2"),
-    _a1111("k_dpm_2_a", KDPM2Ancestral, "DPM2 a", 1.0),
-    _a1111("k_dpmpp_2s_a", KDPMPP2SAncestral, "DPM++ 2S a", 1.0),
+    _a1111("k_dpm_2", KDPM2, "DPM2", model_calls=2),
+    _a1111("k_dpm_2_a", KDPM2Ancestral, "DPM2 a", 1.0, 2),
+    _a1111("k_dpmpp_2s_a", KDPMPP2SAncestral, "DPM++ 2S a", 1.0, 2),
     _a1111("k_dpmpp_2m", KDPMPP2M, "DPM++ 2M"),
-    _a1111("k_dpmpp_sde", KDPMPPSDE, "DPM++ SDE", 1.0),
+    _a1111("k_dpmpp_sde", KDPMPPSDE, "DPM++ SDE", 1.0, 2),
     _a1111("k_dpmpp_2m_sde", KDPMPP2MSDE, "DPM++ 2M SDE", 1.0),
 )
 SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in SAMPLER_TABLE}
