@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from a1111_reference import CompVisModel, a1111_sigmas, wrapper
+from cli_runs import assert_one_line_error, png_parameters, png_pixels, run_cli
 from kdiffusion_reference import requires_kdiffusion
 
 from sdrun.errors import SettingsError
@@ -81,3 +82,16 @@ def test_the_unet_sees_a1111s_timesteps(pipeline: Pipeline, monkeypatch, schedul
     again = GenerationSettings.from_image(settings)
     assert again.schedule_type == label
     assert GenerationSettings.from_image(settings, sampler="ddim").schedule_type is None, "goes with it"
+
+
+def test_the_cli_takes_a_schedule_type_and_the_png_says_it(tiny_onnx_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "cube.png"
+    args = (PROMPT, "--model", tiny_onnx_dir, "--steps", 3, "--seed", 4, "--sampler", "k_euler_a")
+    made = run_cli(*args, "--schedule-type", "sgm_uniform", "--out", out)
+    assert made.exit_code == 0, made.output
+    assert "Sampler: Euler a, Schedule type: SGM Uniform," in png_parameters(out)
+    again = tmp_path / "again.png"
+    assert run_cli("--from-png", out, "--model", tiny_onnx_dir, "--out", again).exit_code == 0
+    np.testing.assert_array_equal(png_pixels(again), png_pixels(out))
+    refused = run_cli(PROMPT, "--model", tiny_onnx_dir, "--sampler", "lcm", "--schedule-type", "karras")
+    assert_one_line_error(refused, "lcm runs on its own timesteps and takes no schedule type (Karras)")
