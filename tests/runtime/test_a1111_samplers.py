@@ -33,9 +33,20 @@ BROWNIAN = [name for name in A1111_SAMPLERS if A1111_SAMPLERS[name][2].get("brow
 SCHEDULE_TYPES = [None, *SCHEDULE_NAMES]
 
 
-def _noise_sampler(name: str, seed: int):
+class CountingGenerator:
+    """A numpy generator that counts its draws."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+        self.draws = 0
+
+    def standard_normal(self, *args, **kwargs) -> np.ndarray:
+        self.draws += 1
+        return self._rng.standard_normal(*args, **kwargs)
+
+
+def _noise_sampler(name: str, rng: CountingGenerator):
     """What the reference hands k-diffusion: our draws, in the order our samplers make them."""
-    rng = np.random.default_rng(seed)
     if name in BROWNIAN:
 
         def brownian(sigmas: torch.Tensor):
@@ -51,23 +62,25 @@ def assert_same_run(name, steps, *, schedule_type=None, config=SD1_CONFIG, init=
     schedule = NoiseSchedule.from_config(config)
     noise = np.random.default_rng(50 + seed).standard_normal(SHAPE, dtype=np.float32)
     model = CompVisModel(schedule.alphas_cumprod, fake_model)
+    reference_rng = CountingGenerator(seed)
     reference, _ = run_a1111(
-        name, model, schedule.prediction_type, steps, noise, _noise_sampler(name, seed),
+        name, model, schedule.prediction_type, steps, noise, _noise_sampler(name, reference_rng),
         schedule_type=schedule_type, init=init, strength=strength, eta=1.0 if eta is None else eta,
     )
-    calls, trajectory = [], []
+    calls, trajectory, rng = [], [], CountingGenerator(seed)
 
     def ours(x_in: np.ndarray, t: float) -> np.ndarray:
         calls.append((x_in.copy(), t))
         return fake_model(x_in, t)
 
     result = sample(
-        name, ours, schedule, steps, noise, np.random.default_rng(seed), init_latents=init,
+        name, ours, schedule, steps, noise, rng, init_latents=init,
         strength=strength, eta=eta, schedule_type=schedule_type,
         callback=lambda step, total, x: trajectory.append(x.copy()),
     )
     np.testing.assert_array_equal(result, trajectory[-1])
     assert len(calls) == len(model.calls), "model calls"
+    assert rng.draws == reference_rng.draws, "noise draws"
     for step, ((x_in, t), (ref_x_in, ref_t)) in enumerate(zip(calls, model.calls, strict=True)):
         assert t == pytest.approx(ref_t, rel=1e-5, abs=1e-3), f"timestep of call {step}"
         assert relative_error(x_in, ref_x_in) < RTOL, f"model input of call {step}"
@@ -159,6 +172,8 @@ def test_model_calls_bound_each_step(name: str) -> None:
     schedule = NoiseSchedule.from_config(SD1_CONFIG)
     model = CompVisModel(schedule.alphas_cumprod, fake_model)
     noise = np.zeros(SHAPE, np.float32)
-    trajectory, _ = run_a1111(name, model, schedule.prediction_type, 6, noise, _noise_sampler(name, 0))
+    trajectory, _ = run_a1111(
+        name, model, schedule.prediction_type, 6, noise, _noise_sampler(name, CountingGenerator(0))
+    )
     most = -(-len(model.calls) // len(trajectory))
     assert SAMPLERS[name].model_calls == most
