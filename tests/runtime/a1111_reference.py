@@ -110,8 +110,19 @@ def a1111_sigmas(inner_model, name: str, steps: int, schedule_type: str | None) 
     return sigmas
 
 
-def run_a1111(name, model, prediction_type, steps, noise, noise_sampler, *, schedule_type=None, init=None,
-              strength=1.0, eta=1.0):
+def run_a1111(
+    name,
+    model,
+    prediction_type,
+    steps,
+    noise,
+    noise_sampler,
+    *,
+    schedule_type=None,
+    init=None,
+    strength=1.0,
+    eta=1.0,
+):
     """A1111's run: (latents after each step, its sigmas). ``noise_sampler(sigmas)`` gives the noise
     sampler to hand k-diffusion (A1111 hands the SDE samplers a Brownian tree over the full schedule)."""
     sampling, _ = load()

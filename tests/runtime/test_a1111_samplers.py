@@ -57,15 +57,24 @@ def _noise_sampler(name: str, rng: CountingGenerator):
     return lambda sigmas: lambda sigma, sigma_next: torch.from_numpy(rng.standard_normal(SHAPE, np.float32))
 
 
-def assert_same_run(name, steps, *, schedule_type=None, config=SD1_CONFIG, init=None, strength=1.0, eta=None,
-                    seed=3):
+def assert_same_run(
+    name, steps, *, schedule_type=None, config=SD1_CONFIG, init=None, strength=1.0, eta=None, seed=3
+):
     schedule = NoiseSchedule.from_config(config)
     noise = np.random.default_rng(50 + seed).standard_normal(SHAPE, dtype=np.float32)
     model = CompVisModel(schedule.alphas_cumprod, fake_model)
     reference_rng = CountingGenerator(seed)
     reference, _ = run_a1111(
-        name, model, schedule.prediction_type, steps, noise, _noise_sampler(name, reference_rng),
-        schedule_type=schedule_type, init=init, strength=strength, eta=1.0 if eta is None else eta,
+        name,
+        model,
+        schedule.prediction_type,
+        steps,
+        noise,
+        _noise_sampler(name, reference_rng),
+        schedule_type=schedule_type,
+        init=init,
+        strength=strength,
+        eta=1.0 if eta is None else eta,
     )
     calls, trajectory, rng = [], [], CountingGenerator(seed)
 
@@ -74,8 +83,16 @@ def assert_same_run(name, steps, *, schedule_type=None, config=SD1_CONFIG, init=
         return fake_model(x_in, t)
 
     result = sample(
-        name, ours, schedule, steps, noise, rng, init_latents=init,
-        strength=strength, eta=eta, schedule_type=schedule_type,
+        name,
+        ours,
+        schedule,
+        steps,
+        noise,
+        rng,
+        init_latents=init,
+        strength=strength,
+        eta=eta,
+        schedule_type=schedule_type,
         callback=lambda step, total, x: trajectory.append(x.copy()),
     )
     np.testing.assert_array_equal(result, trajectory[-1])
