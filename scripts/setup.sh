@@ -18,6 +18,11 @@ $py -m pip install -q --disable-pip-version-check -e ".[$extras]"
 if [ "${1:-}" = "test" ] && [ ! -d .venv/onnxruntime-1.23 ]; then
   $py -m pip install -q --disable-pip-version-check --no-deps --target .venv/onnxruntime-1.23 onnxruntime==1.23.2
 fi
+# k-diffusion, the reference of AUTOMATIC1111's samplers (tests/runtime/test_a1111_samplers.py), without its
+# dependencies (torchvision, clean-fid, wandb...): the tests load only its sampling and external modules.
+if [ "${1:-}" = "test" ] && [ ! -d .venv/k-diffusion ]; then
+  $py -m pip install -q --disable-pip-version-check --no-deps --target .venv/k-diffusion k-diffusion==0.1.1.post1
+fi
 # onnxruntime with the OpenVINO execution provider, for tests/runtime/test_openvino.py. Its wheel replaces
 # the onnxruntime package (same import name), so it gets an environment of its own: the runtime's
 # dependencies, onnxruntime-openvino as pinned by pyproject's openvino extra, and the project without its

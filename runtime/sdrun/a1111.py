@@ -13,6 +13,9 @@ KARRAS = "Karras"
 # The web UI's "sgm_uniform" schedule: evenly spaced timesteps from the top that leave out the bottom one,
 # which is the "trailing" spacing of the Hyper-SD and turbo samplers up to fractions of a timestep.
 SGM_UNIFORM = "SGM Uniform"
+EXPONENTIAL = "Exponential"
+SIMPLE = "Simple"
+NORMAL = "Normal"
 # Since web UI 1.9, each sampler's own default schedule (for DPM++ 2M, Karras).
 AUTOMATIC = "Automatic"
 # The API's scheduler names -> schedule types.
@@ -21,6 +24,9 @@ SCHEDULER_NAMES = {
     "uniform": UNIFORM,
     "karras": KARRAS,
     "sgm_uniform": SGM_UNIFORM,
+    "exponential": EXPONENTIAL,
+    "simple": SIMPLE,
+    "normal": NORMAL,
 }
 
 # The infotext: the PNG text chunk that holds it, the line that starts the negative prompt, and its keys.

@@ -26,6 +26,7 @@ from sdrun.png_files import read_png_infotext, save_png
 from sdrun.providers import PROVIDER_CHOICES
 from sdrun.random_sources import RANDOM_SOURCES
 from sdrun.samplers import SAMPLERS
+from sdrun.samplers.a1111_sigmas import SCHEDULE_TYPES
 from sdrun.serve.config import DEFAULT_MAX_WORK
 from sdrun.settings import MAX_SEED, GenerationSettings, HiresFix, ImageSettings, check_seed, random_seed
 
@@ -130,14 +131,22 @@ def _open_pipeline(
     type=click.Choice(list(SAMPLERS)),
     help="Few-step models want their own, at 1-8 --steps: lcm for LCM models and LCM-LoRAs, tcd for TCD "
     "LoRAs, ddim_trailing or euler_trailing for Hyper-SD and turbo-style models; all at --guidance 1 (one "
-    "UNet pass a step) but LCM-distilled UNets, which take the guidance as an input.  "
+    "UNet pass a step) but LCM-distilled UNets, which take the guidance as an input. The k_* ones are "
+    "AUTOMATIC1111's (k-diffusion on its noise levels, see --schedule-type); the others diffusers'.  "
     f"[default: the model's, else {_SD.sampler}]",
+)
+@click.option(
+    "--schedule-type",
+    help="AUTOMATIC1111's schedule type for its samplers (the k_* ones): "
+    f"{', '.join(SCHEDULE_TYPES)} (or its API's name: karras, sgm_uniform, ...).  [default: Automatic, "
+    "the one A1111 picks for the sampler]",
 )
 @click.option(
     "--eta",
     type=float,
-    help="The sampler's noise, for ddim and ddim_trailing (0, deterministic, to 1) and tcd (its gamma, "
-    "0 to 1).  [default: 0 for ddim, 0.3 for tcd]",
+    help="The sampler's noise, for ddim and ddim_trailing (0, deterministic, to 1), tcd (its gamma, "
+    "0 to 1) and A1111's ancestral and SDE samplers (its Eta, 0 deterministic).  [default: 0 for ddim, "
+    "0.3 for tcd, 1 for A1111's]",
 )
 @click.option(
     "--random-source",

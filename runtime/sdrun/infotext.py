@@ -17,9 +17,10 @@ model's "Model hash" when the folder records its checkpoint's digest, and "Versi
 A text to read settings from may come from anywhere: it is bounded, and the parser is linear in its input.
 Reading never drops a field silently: what sdrun has no setting for (an extension's fields, "Lora hashes",
 a VAE's name) comes back in `Infotext.unhonoured`, for the caller to name in one warning.
-The keys are A1111's (sdrun.a1111); "Mask overlay" is sdrun's own. "RNG" is the random source: the web UI
-writes it only for its CPU and NV sources, so a text without it was drawn by its GPU source ("gpu"), and
-sdrun writes "RNG: numpy" for its own default so that its pictures come back as they were made.
+The keys are A1111's (sdrun.a1111); "Mask overlay" and "sdrun sampler" are sdrun's own (the latter names
+a diffusers-discretised sampler whose A1111 label runs A1111's own). "RNG" is the random source: the web
+UI writes it only for its CPU and NV sources, so a text without it was drawn by its GPU source ("gpu"),
+and sdrun writes "RNG: numpy" for its own default so that its pictures come back as they were made.
 """
 
 import json
@@ -34,14 +35,16 @@ from typing import TypeVar
 from sdrun import a1111
 from sdrun.errors import SettingsError, quoted
 from sdrun.random_sources import GPU, NUMPY
-from sdrun.samplers import a1111_names, sampler_for_a1111
+from sdrun.samplers import a1111_names, a1111_sampler
 from sdrun.settings import MAX_SEED, HiresFix, ImageSettings
 
 T = TypeVar("T")
 _REQUIRED_KEYS = (a1111.STEPS, a1111.SAMPLER, a1111.CFG_SCALE, a1111.SEED, a1111.SIZE)
 _ETA_KEYS = (a1111.ETA_DDIM, a1111.ETA)
-# sdrun's own key: inpainting without the init image pasted back.
+# sdrun's own keys: inpainting without the init image pasted back; the sdrun sampler, where A1111's names
+# for it stand for another (sdrun's diffusers-discretised euler_a is "Euler a", which reads as k_euler_a).
 MASK_OVERLAY = "Mask overlay"
+SDRUN_SAMPLER = "sdrun sampler"
 # The web UI's longest texts (prompts with many LoRA and embedding tags) are a few kB.
 MAX_PARAMETERS_CHARACTERS = 65_536
 _WHOLE = re.compile(r"[0-9]{1,20}")
@@ -89,9 +92,10 @@ def sdrun_version() -> str:
 def format_parameters(settings: ImageSettings) -> str:
     """The `parameters` text for one image, its fields in the order the web UI writes them (its fixed
     fields, then those its scripts add, as Mask blur and Eta, then Version)."""
-    label, schedule = a1111_names(settings.sampler)
+    label, schedule = a1111_names(settings.sampler, settings.schedule_type)
     varied = settings.subseed_strength != 0
     resized = settings.seed_resize_from
+    own = a1111_sampler(label, schedule)[0] != settings.sampler
     pairs = {
         a1111.STEPS: settings.steps,
         a1111.SAMPLER: label,
@@ -111,9 +115,10 @@ def format_parameters(settings: ImageSettings) -> str:
         a1111.MASK_BLUR: settings.mask_blur,
         MASK_OVERLAY: "off" if settings.mask_blur is not None and not settings.overlay else None,
         _eta_key(label): None if settings.eta is None else _number(settings.eta),
-        **_hires_pairs(settings.hires, settings.sampler),
+        **_hires_pairs(settings.hires, settings.sampler, settings.schedule_type),
         a1111.EMPHASIS: _emphasis(settings),
         a1111.PAD_CONDS: True if settings.pad_conds else None,
+        SDRUN_SAMPLER: settings.sampler if own else None,
         a1111.VERSION: sdrun_version(),
     }
     line = ", ".join(f"{key}: {_quote(value)}" for key, value in pairs.items() if value is not None)
@@ -127,13 +132,13 @@ def _strength(settings: ImageSettings) -> str | None:
     return None if strength is None else _number(strength)
 
 
-def _hires_pairs(hires: HiresFix | None, sampler: str) -> dict[str, object]:
+def _hires_pairs(hires: HiresFix | None, sampler: str, schedule_type: str | None) -> dict[str, object]:
     """The hires fix's keys in the order the web UI writes them; the sampler, schedule type and prompts only
     where they differ from the first pass's (`prepare` leaves the prompts None where they are equal)."""
     if hires is None:
         return {}
-    label, schedule = a1111_names(sampler)
-    hires_label, hires_schedule = a1111_names(hires.sampler or sampler)
+    label, schedule = a1111_names(sampler, schedule_type)
+    hires_label, hires_schedule = a1111_names(hires.sampler or sampler, hires.schedule_type or schedule_type)
     return {
         a1111.HIRES_SAMPLER: hires_label if hires_label != label else None,
         a1111.HIRES_PROMPT: hires.prompt,
@@ -146,7 +151,7 @@ def _hires_pairs(hires: HiresFix | None, sampler: str) -> dict[str, object]:
     }
 
 
-def _parse_hires(pairs: dict[str, str], sampler: str) -> HiresFix | None:
+def _parse_hires(pairs: dict[str, str], sampler: str, schedule_type: str | None) -> HiresFix | None:
     """The hires fix, when the text has one: as the web UI's paste, a denoising strength with a hires upscale,
     resize or upscaler (their defaults otherwise: 2, "Latent")."""
     keys = (a1111.HIRES_UPSCALE, a1111.HIRES_RESIZE, a1111.HIRES_UPSCALER)
@@ -154,9 +159,9 @@ def _parse_hires(pairs: dict[str, str], sampler: str) -> HiresFix | None:
         return None
     label = pairs.get(a1111.HIRES_SAMPLER, pairs[a1111.SAMPLER])
     schedule = pairs.get(a1111.HIRES_SCHEDULE_TYPE, pairs.get(a1111.SCHEDULE_TYPE))
-    hires_sampler = sampler
+    hires_sampler, hires_schedule = sampler, schedule_type
     if a1111.HIRES_SAMPLER in pairs or a1111.HIRES_SCHEDULE_TYPE in pairs:
-        hires_sampler = sampler_for_a1111(label, schedule)
+        hires_sampler, hires_schedule = a1111_sampler(label, schedule)
     return HiresFix(
         scale=_optional(pairs, a1111.HIRES_UPSCALE, _float) or 2.0,
         resize=_optional(pairs, a1111.HIRES_RESIZE, _size),
@@ -166,6 +171,7 @@ def _parse_hires(pairs: dict[str, str], sampler: str) -> HiresFix | None:
         prompt=pairs.get(a1111.HIRES_PROMPT),
         negative_prompt=pairs.get(a1111.HIRES_NEGATIVE_PROMPT),
         sampler=hires_sampler,
+        schedule_type=hires_schedule,
     )
 
 
@@ -359,8 +365,10 @@ def read_parameters(text: str) -> Infotext:
     width, height = _size(pairs, a1111.SIZE)
     variation = _optional(pairs, a1111.VARIATION_SEED_STRENGTH, _float) or 0.0
     subseed = _optional(pairs, a1111.VARIATION_SEED, _seed_number)
-    sampler = sampler_for_a1111(pairs[a1111.SAMPLER], pairs.get(a1111.SCHEDULE_TYPE))
-    hires = _parse_hires(pairs, sampler)
+    sampler, schedule_type = a1111_sampler(pairs[a1111.SAMPLER], pairs.get(a1111.SCHEDULE_TYPE))
+    if SDRUN_SAMPLER in pairs:
+        sampler, schedule_type = pairs[SDRUN_SAMPLER], None
+    hires = _parse_hires(pairs, sampler, schedule_type)
     settings = ImageSettings(
         prompt="\n".join(prompt_lines),
         negative_prompt="\n".join(negative_lines),
@@ -385,6 +393,7 @@ def read_parameters(text: str) -> Infotext:
         emphasis=pairs.get(a1111.EMPHASIS, a1111.EMPHASIS_DEFAULT),
         pad_conds=pairs.get(a1111.PAD_CONDS) == "True",
         hires=hires,
+        schedule_type=schedule_type,
     )
     # The writer's version says nothing of the picture, unless it is a web UI's that drew otherwise.
     if not a1111.drawn_before_current(dict.get(pairs, a1111.VERSION)):

@@ -318,6 +318,7 @@ class Pipeline:
         init_latents: np.ndarray | None = None,
         strength: float = 1.0,
         eta: float | None = None,
+        schedule_type: str | None = None,
         mask: np.ndarray | None = None,
         masked_latents: np.ndarray | None = None,
         callback: StepCallback | None = None,
@@ -352,6 +353,7 @@ class Pipeline:
                 eta=eta,
                 callback=callback,
                 known=known,
+                schedule_type=schedule_type,
             )
 
     def decode(self, latents: np.ndarray) -> list[Image.Image]:
@@ -495,6 +497,7 @@ class Pipeline:
             sampler=request.sampler,
             strength=1.0 if request.strength is None else request.strength,
             eta=request.eta,
+            schedule_type=request.schedule_type,
         )
         if request.hires is not None:
             sampled = self._hires_images(sampled, request, request.hires, callback, progress, stop)
@@ -630,6 +633,7 @@ class Pipeline:
                     steps=schedule_steps,
                     guidance_scale=request.guidance_scale,
                     sampler=hires.sampler,
+                    schedule_type=hires.schedule_type,
                     init_latents=latents,
                     strength=strength,
                     eta=eta,

@@ -4,6 +4,7 @@ any network. It is a function of plain data (the settings, what the model folder
 limits and the noise schedule), so the CLI, the servers and the library refuse the same things alike.
 """
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from sdrun.inpaint import DEFAULT_MASK_BLUR, MAX_MASK_BLUR
 from sdrun.limits import MAX_GUIDANCE, MAX_PROMPT_CHARACTERS, Limits
 from sdrun.model_facts import ModelFacts
 from sdrun.random_sources import DEFAULT_RANDOM_SOURCE, RANDOM_SOURCES
-from sdrun.samplers import SAMPLERS, first_step, make_sampler
+from sdrun.samplers import SAMPLERS, first_step, make_sampler, resolve_schedule_type
 from sdrun.schedule import NoiseSchedule
 from sdrun.settings import MAX_SEED, GenerationSettings, HiresFix, ImageSettings, check_seed, random_seed
 
@@ -62,6 +63,7 @@ class GenerationRequest:
     emphasis: str = "Original"
     pad_conds: bool = False
     hires: HiresFix | None = None
+    schedule_type: str | None = None
 
     @property
     def seed_features(self) -> SeedFeatures:
@@ -103,6 +105,7 @@ class GenerationRequest:
             emphasis=self.emphasis,
             pad_conds=self.pad_conds,
             hires=self.hires,
+            schedule_type=self.schedule_type,
         )
 
 
@@ -174,26 +177,30 @@ def prepare(
     mask = None if given.mask is None else open_image(given.mask, limits.max_init_pixels, "mask")
     width, height = _or(width, facts.default_size), _or(height, facts.default_size)
     eta = None if given.eta is None else _finite(given.eta, "eta", -MAX_GUIDANCE, MAX_GUIDANCE)
-    make_sampler(sampler, schedule, steps, eta, strength if image is not None else 1.0)
+    make_sampler(sampler, schedule, steps, eta, strength if image is not None else 1.0, given.schedule_type)
+    schedule_type = resolve_schedule_type(sampler, given.schedule_type)
     steps_run = steps - first_step(steps, strength, sampler) if image is not None else steps
     _check_size(width, height, facts)
     limits.check_size(int(width), int(height))
-    passes = 2 if two_passes else 1
+    passes = (2 if two_passes else 1) * SAMPLERS[sampler].model_calls
     hires, second = None, None
     if given.hires is not None:
         hires = _check_hires(given.hires, image is not None, prompt, negative_prompt, sampler, steps, facts)
+        # The web UI's "Use same scheduler": the first pass's schedule type, if the hires sampler takes one.
+        hires_schedule = _or(hires.schedule_type, given.schedule_type)
+        hires = dataclasses.replace(hires, schedule_type=resolve_schedule_type(hires.sampler, hires_schedule))
         hires_steps = _or(hires.steps, steps)
         sets_timesteps = SAMPLERS[hires.sampler].strength_sets_timesteps
         schedule_steps, run_strength = second_pass_schedule(hires_steps, hires.strength, sets_timesteps)
         hires_eta = eta if SAMPLERS[hires.sampler].eta_default is not None else None
-        make_sampler(hires.sampler, schedule, schedule_steps, hires_eta, run_strength)
+        make_sampler(hires.sampler, schedule, schedule_steps, hires_eta, run_strength, hires.schedule_type)
         limits.check_counts(num_images, hires_steps)
         final = hires_target(int(width), int(height), hires.scale, hires.resize, facts.vae_factor)
         limits.check_size(*final.upscale_to)  # upscaled before it is cropped
         final_width, final_height = final.size(facts.vae_factor)
         _check_size(final_width, final_height, facts, "the hires fix's target ")
         limits.check_size(final_width, final_height)
-        second = (hires_steps, final_width, final_height)
+        second = (hires_steps * SAMPLERS[hires.sampler].model_calls, final_width, final_height)
     limits.check_work(num_images, steps_run, passes, int(width), int(height), facts.vae_factor, second)
     subseed_strength = _finite(given.subseed_strength, "variation seed strength", 0.0, 1.0)
     subseed = given.subseed
@@ -223,6 +230,7 @@ def prepare(
         emphasis=given.emphasis,
         pad_conds=given.pad_conds,
         hires=hires,
+        schedule_type=schedule_type,
     )
 
 
@@ -259,8 +267,6 @@ def _check_hires(
     hires_negative = None
     if hires.negative_prompt is not None:
         hires_negative = _check_prompt(hires.negative_prompt, "hires negative prompt")
-    if hires.schedule_type is not None and not isinstance(hires.schedule_type, str):
-        raise SettingsError(f"the hires schedule type must be text, not {type(hires.schedule_type).__name__}")
     return HiresFix(
         scale=scale,
         resize=None if resize == (0, 0) else resize,

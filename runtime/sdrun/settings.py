@@ -96,6 +96,8 @@ class ImageSettings:
     pad_conds: bool = False
     # The hires fix's second pass (width and height stay the first pass's, as the web UI records them).
     hires: HiresFix | None = None
+    # A1111's schedule type of the samplers that take one (A1111's own, the k_* ones); None: Automatic.
+    schedule_type: str | None = None
 
 
 # An init image or a mask: a picture, or the path of its file.
@@ -139,6 +141,8 @@ class GenerationSettings:
     emphasis: str = "Original"
     pad_conds: bool = False
     hires: HiresFix | None = None
+    # A1111's schedule type (its label or its API's name) for the samplers that take one; None: Automatic.
+    schedule_type: str | None = None
 
     def but(self, **changes: Any) -> "GenerationSettings":
         """These settings with `changes`; a name that is not a setting is a SettingsError naming them."""
@@ -152,7 +156,8 @@ class GenerationSettings:
     @classmethod
     def from_image(cls, recorded: "ImageSettings", **changes: Any) -> "GenerationSettings":
         """The settings that make `recorded`'s image again (its init image and mask, which a PNG does not
-        carry, come in `changes`, with anything else to change)."""
+        carry, come in `changes`, with anything else to change; another sampler leaves the recorded
+        schedule type behind)."""
         made = cls(
             prompt=recorded.prompt,
             negative_prompt=recorded.negative_prompt,
@@ -174,6 +179,7 @@ class GenerationSettings:
             emphasis=recorded.emphasis,
             pad_conds=recorded.pad_conds,
             hires=recorded.hires,
+            schedule_type=None if "sampler" in changes else recorded.schedule_type,
         )
         return made.but(**changes)
 

@@ -103,13 +103,18 @@ def test_from_png_reproduces_image_to_image(tiny_onnx_dir: Path, tmp_path: Path)
 
 def test_web_ui_png_with_a_sampler_sdrun_lacks(tiny_onnx_dir: Path, tmp_path: Path) -> None:
     png = tmp_path / "webui.png"
-    text = "a cat\nSteps: 3, Sampler: DPM++ SDE, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 64x64"
+    text = "a cat\nSteps: 3, Sampler: DPM fast, Schedule type: Karras, CFG scale: 7, Seed: 1, Size: 64x64"
     from PIL import PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", text)
     Image.new("RGB", (64, 64)).save(png, pnginfo=info)
-    assert_one_line_error(run_cli("--from-png", png, "--model", tiny_onnx_dir), "unknown sampler 'DPM++ SDE'")
+    assert_one_line_error(run_cli("--from-png", png, "--model", tiny_onnx_dir), "unknown sampler 'DPM fast'")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", text.replace("DPM fast, Schedule type: Karras", "Euler, Schedule type: Beta"))
+    Image.new("RGB", (64, 64)).save(png, pnginfo=info)
+    refused = run_cli("--from-png", png, "--model", tiny_onnx_dir)
+    assert_one_line_error(refused, "unknown schedule type 'Beta'")
     out = tmp_path / "cat.png"
     result = run_cli("--from-png", png, "--model", tiny_onnx_dir, "--sampler", "euler", "--out", out)
     assert result.exit_code == 0, result.output

@@ -8,19 +8,20 @@ from PIL import Image
 from sdrun.errors import SettingsError
 from sdrun.infotext import format_parameters, parse_parameters, read_parameters, sdrun_version
 from sdrun.png_files import read_png_settings, save_png
-from sdrun.samplers import SAMPLER_TABLE, SAMPLERS
+from sdrun.samplers import SAMPLERS, resolve_schedule_type
 from sdrun.settings import ImageSettings
 
 BASE = ImageSettings(
     prompt="a red cube",
     negative_prompt="",
     steps=20,
-    sampler="euler_a",
+    sampler="k_euler_a",
     guidance_scale=7.0,
     seed=1,
     width=512,
     height=768,
     model="tiny-shapes",
+    schedule_type="Uniform",
 )
 
 
@@ -70,15 +71,27 @@ def test_round_trip(prompt: str, negative: str, sampler: str) -> None:
         height=384,
         model='odd, name: "v2"',
         strength=0.35,
+        schedule_type=resolve_schedule_type(sampler, None),  # as prepare records it
     )
     assert parse_parameters(format_parameters(settings)) == settings
 
 
-def test_every_sampler_has_a_label_of_its_own() -> None:
-    names = {(spec.a1111_label, spec.a1111_schedule) for spec in SAMPLER_TABLE}
-    assert len(names) == len(SAMPLER_TABLE)
-    automatic = [spec.a1111_label for spec in SAMPLER_TABLE if spec.a1111_automatic]
-    assert sorted(automatic) == sorted({spec.a1111_label for spec in SAMPLER_TABLE}), "one Automatic each"
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_sdrun_sampler_key_only_where_a1111s_names_stand_for_another(sampler: str) -> None:
+    """A1111's labels read as its own samplers (k_*): sdrun's diffusers-discretised rows that share a label
+    (euler_a is "Euler a") say which they are in a key of sdrun's own; the others need none."""
+    settings = ImageSettings(**{**BASE.__dict__, "sampler": sampler, "schedule_type": None})
+    settings = ImageSettings(**{**settings.__dict__, "schedule_type": resolve_schedule_type(sampler, None)})
+    claimed = sampler in ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "euler_trailing")
+    assert ("sdrun sampler: " in format_parameters(settings)) is claimed
+
+
+def test_diffusers_rows_keep_the_web_ui_layout() -> None:
+    settings = ImageSettings(**{**BASE.__dict__, "sampler": "euler_a", "schedule_type": None})
+    assert format_parameters(settings).endswith(
+        "Steps: 20, Sampler: Euler a, Schedule type: Uniform, CFG scale: 7, Seed: 1, Size: 512x768, "
+        "Model: tiny-shapes, sdrun sampler: euler_a"
+    )
 
 
 def test_parses_what_the_web_ui_writes() -> None:
@@ -96,7 +109,7 @@ def test_parses_what_the_web_ui_writes() -> None:
         prompt='masterpiece, best quality, "quoted" words\na second prompt line',
         negative_prompt="lowres, bad anatomy",
         steps=28,
-        sampler="dpmpp_2m_karras",
+        sampler="k_dpmpp_2m",
         guidance_scale=7.0,
         seed=3527823911,
         width=512,
@@ -106,31 +119,39 @@ def test_parses_what_the_web_ui_writes() -> None:
         clip_skip=2,
         model_hash="6ce0161689",
         random_source="gpu",  # no RNG field: the web UI's default source
+        schedule_type="Karras",
     )
 
 
 @pytest.mark.parametrize(
     "sampler_fields, expected",
     [
-        ("Sampler: DPM++ 2M Karras", "dpmpp_2m_karras"),  # before web UI 1.9
-        ("Sampler: DPM++ 2M", "dpmpp_2m"),
-        ("Sampler: DPM++ 2M, Schedule type: Automatic", "dpmpp_2m_karras"),
-        ("Sampler: Euler a, Schedule type: Automatic", "euler_a"),
-        ("Sampler: Euler, Schedule type: Uniform", "euler"),
-        ("Sampler: DDIM", "ddim"),
-        ("Sampler: DPM++ SDE, Schedule type: Karras", "DPM++ SDE"),
-        ("Sampler: Euler a, Schedule type: Karras", "Euler a Karras"),
-        ("Sampler: DDIM, Schedule type: SGM Uniform", "ddim_trailing"),
-        ("Sampler: Euler, Schedule type: SGM Uniform", "euler_trailing"),
-        ("Sampler: LCM, Schedule type: Automatic", "lcm"),
-        ("Sampler: TCD", "tcd"),
-        ("Sampler: Euler a, Schedule type: SGM Uniform", "Euler a SGM Uniform"),
-        ("Sampler: Euler, Schedule type: Exponential", "Euler Exponential"),
+        ("Sampler: DPM++ 2M Karras", ("k_dpmpp_2m", "Karras")),  # before web UI 1.9
+        ("Sampler: DPM++ SDE Karras", ("k_dpmpp_sde", "Karras")),
+        ("Sampler: DPM2 a Karras", ("k_dpm_2_a", "Karras")),
+        ("Sampler: DPM++ 2M SDE Exponential", ("k_dpmpp_2m_sde", "Exponential")),  # web UI 1.6 to 1.8
+        ("Sampler: DPM++ 2M", ("k_dpmpp_2m", "Uniform")),  # no schedule type: before 1.9, or Uniform
+        ("Sampler: DPM++ 2M, Schedule type: Automatic", ("k_dpmpp_2m", None)),
+        ("Sampler: Euler a", ("k_euler_a", "Uniform")),
+        ("Sampler: Euler a, Schedule type: Automatic", ("k_euler_a", None)),
+        ("Sampler: Euler, Schedule type: Uniform", ("k_euler", "Uniform")),
+        ("Sampler: DDIM", ("ddim", None)),
+        ("Sampler: DPM++ SDE, Schedule type: Karras", ("k_dpmpp_sde", "Karras")),
+        ("Sampler: Euler a, Schedule type: Karras", ("k_euler_a", "Karras")),
+        ("Sampler: DDIM, Schedule type: SGM Uniform", ("ddim_trailing", None)),
+        ("Sampler: Euler, Schedule type: SGM Uniform", ("k_euler", "SGM Uniform")),
+        ("Sampler: LCM, Schedule type: Automatic", ("lcm", None)),
+        ("Sampler: TCD", ("tcd", None)),
+        ("Sampler: Heun, Schedule type: Simple", ("k_heun", "Simple")),
+        ("Sampler: Euler, Schedule type: Exponential", ("k_euler", "Exponential")),
+        ("Sampler: DDIM, Schedule type: Karras", ("DDIM Karras", None)),
+        ("Sampler: euler_a, Schedule type: Karras", ("euler_a", None)),  # sdrun's own name
     ],
 )
-def test_web_ui_sampler_labels(sampler_fields: str, expected: str) -> None:
+def test_web_ui_sampler_labels(sampler_fields: str, expected: tuple[str, str | None]) -> None:
     text = f"a cat\nSteps: 20, {sampler_fields}, CFG scale: 7, Seed: 1, Size: 512x512"
-    assert parse_parameters(text).sampler == expected
+    parsed = parse_parameters(text)
+    assert (parsed.sampler, parsed.schedule_type) == expected
 
 
 @pytest.mark.parametrize(

@@ -42,7 +42,18 @@ def test_the_client_handshake(client, served_folder: Path) -> None:
     assert [model["title"] for model in models] == [served_folder.name]
     samplers = {sampler["name"]: sampler["aliases"] for sampler in client.get("/sdapi/v1/samplers").json()}
     assert {"Euler a", "DPM++ 2M", "DDIM", "LCM"} <= set(samplers)
-    assert "dpmpp_2m_karras" in samplers["DPM++ 2M"]
+    assert {"dpmpp_2m_karras", "k_dpmpp_2m"} <= set(samplers["DPM++ 2M"])
+    assert {"Heun", "DPM2 a", "DPM++ SDE", "DPM++ 2M SDE"} <= set(samplers)
+    schedulers = {item["name"]: item["label"] for item in client.get("/sdapi/v1/schedulers").json()}
+    assert schedulers == {
+        "automatic": "Automatic",
+        "uniform": "Uniform",
+        "karras": "Karras",
+        "exponential": "Exponential",
+        "sgm_uniform": "SGM Uniform",
+        "simple": "Simple",
+        "normal": "Normal",
+    }
     assert (
         client.post("/sdapi/v1/options", json={"sd_model_checkpoint": served_folder.name}).status_code == 200
     )
@@ -74,13 +85,19 @@ def test_txt2img_gives_the_librarys_images_with_their_seeds(
     assert made["parameters"]["seed"] == 40 and len(made["images"]) == 2
     for index, image in enumerate(made["images"]):
         settings = parse_parameters(png_parameters(image))
-        assert (settings.seed, settings.sampler, settings.guidance_scale) == (
+        assert (settings.seed, settings.sampler, settings.schedule_type, settings.guidance_scale) == (
             40 + index,
-            "dpmpp_2m_karras",
+            "k_dpmpp_2m",
+            "Karras",
             5.0,
         )
         expected = library_pixels(
-            40 + index, steps=3, guidance_scale=5.0, sampler="dpmpp_2m_karras", random_source=GPU
+            40 + index,
+            steps=3,
+            guidance_scale=5.0,
+            sampler="k_dpmpp_2m",
+            schedule_type="Karras",
+            random_source=GPU,
         )
         np.testing.assert_array_equal(decode(image), expected)
 
@@ -114,9 +131,9 @@ def test_older_clients_sampler_index_names_the_sampler_when_sampler_name_is_abse
     body = {"prompt": PROMPT, "seed": 12, "steps": 3, "sampler_index": "Euler a"}
     made = client.post("/sdapi/v1/txt2img", json=body).json()
     assert json.loads(made["info"])["sampler_name"] == "Euler a"
-    assert parse_parameters(png_parameters(made["images"][0])).sampler == "euler_a"
+    assert parse_parameters(png_parameters(made["images"][0])).sampler == "k_euler_a"
     np.testing.assert_array_equal(
-        decode(made["images"][0]), library_pixels(12, steps=3, sampler="euler_a", random_source=GPU)
+        decode(made["images"][0]), library_pixels(12, steps=3, sampler="k_euler_a", random_source=GPU)
     )
     both = {**body, "sampler_name": "DDIM"}
     made = client.post("/sdapi/v1/txt2img", json=both).json()
@@ -160,18 +177,22 @@ def test_img2img_with_a_mask_repaints_its_white_area_or_with_invert_its_black_on
 
 
 def test_sampler_names_map_both_ways_and_unknown_ones_are_refused(client) -> None:
-    for name, scheduler, sdrun_name in [
-        ("Euler a", None, "euler_a"),
-        ("DPM++ 2M", None, "dpmpp_2m_karras"),  # no scheduler is Automatic, which is Karras for DPM++ 2M
-        ("DPM++ 2M Karras", None, "dpmpp_2m_karras"),  # the label before web UI 1.9
-        ("DPM++ 2M", "automatic", "dpmpp_2m_karras"),  # Automatic is Karras for DPM++ 2M
-        ("DPM++ 2M", "uniform", "dpmpp_2m"),
-        ("Euler", "sgm_uniform", "euler_trailing"),
+    for name, scheduler, sdrun_names in [
+        ("Euler a", None, ("k_euler_a", "Uniform")),
+        ("DPM++ 2M", None, ("k_dpmpp_2m", "Karras")),  # no scheduler is Automatic: Karras for DPM++ 2M
+        ("DPM++ 2M Karras", None, ("k_dpmpp_2m", "Karras")),  # the label before web UI 1.9
+        ("DPM++ 2M", "automatic", ("k_dpmpp_2m", "Karras")),
+        ("DPM++ 2M", "uniform", ("k_dpmpp_2m", "Uniform")),
+        ("Euler", "sgm_uniform", ("k_euler", "SGM Uniform")),
+        ("DPM++ SDE", "Exponential", ("k_dpmpp_sde", "Exponential")),
+        ("DDIM", None, ("ddim", None)),
+        ("dpmpp_2m_karras", None, ("dpmpp_2m_karras", None)),  # sdrun's own names
     ]:
         body = {"prompt": PROMPT, "seed": 1, "steps": 2, "sampler_name": name, "scheduler": scheduler}
         made = client.post("/sdapi/v1/txt2img", json=body).json()
-        assert parse_parameters(png_parameters(made["images"][0])).sampler == sdrun_name, name
-    for name in ["DPM++ SDE", "Heun", "Euler a Karras"]:
+        settings = parse_parameters(png_parameters(made["images"][0]))
+        assert (settings.sampler, settings.schedule_type) == sdrun_names, name
+    for name in ["DPM fast", "Restart", "DDIM Karras"]:
         refused = client.post("/sdapi/v1/txt2img", json={"prompt": PROMPT, "sampler_name": name})
         assert refused.status_code == 400 and "unknown sampler" in refused.json()["detail"], name
 

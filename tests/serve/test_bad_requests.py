@@ -67,7 +67,7 @@ _INPAINT = {"prompt": PROMPT, "init_images": [png_b64(init_image())], "mask": pn
         (GENERATIONS, {"prompt": "x" * 30_001}, "prompt: String should have at most 30000 characters"),
         (TXT2IMG, {"prompt": PROMPT, "width": -64}, "width: Input should be greater than or equal to 1"),
         (TXT2IMG, {"prompt": PROMPT, "steps": 2.5}, "steps: Input should be a valid integer"),
-        (TXT2IMG, {"prompt": PROMPT, "scheduler": "exponential"}, "unknown scheduler"),
+        (TXT2IMG, {"prompt": PROMPT, "scheduler": "beta"}, "unknown scheduler"),
         (IMG2IMG, {"prompt": PROMPT, "init_images": ["not base64!"]}, "init_images[0] is not base64"),
         (
             IMG2IMG,

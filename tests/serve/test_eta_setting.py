@@ -41,7 +41,7 @@ def test_eta_reaches_the_sampler_and_the_png(reference: Pipeline, tmp_path: Path
 
 
 def test_a_sampler_without_eta_refuses_one(reference: Pipeline) -> None:
-    with pytest.raises(SettingsError, match="eta applies to the ddim, ddim_trailing, tcd samplers only"):
+    with pytest.raises(SettingsError, match="eta applies to the ddim, ddim_trailing, k_.*, tcd samplers"):
         reference.prepare(PROMPT, sampler="euler", eta=0.5)
     with pytest.raises(SettingsError, match="eta -0.5 for ddim is out of range"):
         reference.prepare(PROMPT, sampler="ddim", eta=-0.5)

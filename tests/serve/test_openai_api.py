@@ -69,8 +69,16 @@ def test_generate_takes_n_size_and_our_settings(
     assert answer.created > 0 and len(answer.data) == 2
     for index, image in enumerate(answer.data):
         settings = parse_parameters(png_parameters(image.b64_json))
-        assert (settings.seed, settings.steps, settings.sampler) == (30 + index, 3, "dpmpp_2m_karras")
-        expected = library_pixels(30 + index, steps=3, guidance_scale=3.0, sampler="dpmpp_2m_karras")
+        # A1111's label (its older one, with the schedule type in it) runs A1111's own DPM++ 2M Karras.
+        assert (settings.seed, settings.steps, settings.sampler, settings.schedule_type) == (
+            30 + index,
+            3,
+            "k_dpmpp_2m",
+            "Karras",
+        )
+        expected = library_pixels(
+            30 + index, steps=3, guidance_scale=3.0, sampler="k_dpmpp_2m", schedule_type="Karras"
+        )
         np.testing.assert_array_equal(decode(image.b64_json), expected)
 
 

@@ -30,13 +30,14 @@ from sdrun.samplers import a1111_names
 from sdrun.serve.dependencies import run_job, served_models
 from sdrun.serve.encoding import image_from_base64, inverted_mask, pngs_base64
 from sdrun.serve.jobs import Models
-from sdrun.serve.samplers import a1111_samplers, sampler_for
+from sdrun.serve.samplers import a1111_samplers, a1111_schedulers, sampler_and_schedule
 from sdrun.serve.schemas import (
     A1111ImagesResponse,
     A1111Img2ImgRequest,
     A1111Model,
     A1111Progress,
     A1111Sampler,
+    A1111Scheduler,
     A1111State,
     A1111Txt2ImgRequest,
 )
@@ -71,7 +72,7 @@ def _random_source(body: A1111Txt2ImgRequest) -> object:
 
 def _settings(body: A1111Txt2ImgRequest) -> GenerationSettings:
     """The body's settings; what it leaves out, the library takes from the model."""
-    sampler = body.sampler_name or body.sampler_index
+    sampler, schedule_type = sampler_and_schedule(body.sampler_name or body.sampler_index, body.scheduler)
     resize = (body.seed_resize_from_w or 0, body.seed_resize_from_h or 0)
     options = body.override_settings or {}
     return GenerationSettings(
@@ -80,7 +81,8 @@ def _settings(body: A1111Txt2ImgRequest) -> GenerationSettings:
         seed=None if body.seed is None or body.seed == -1 else body.seed,
         steps=body.steps,
         guidance_scale=body.cfg_scale,
-        sampler=sampler_for(sampler, body.scheduler),
+        sampler=sampler,
+        schedule_type=schedule_type,
         eta=body.eta,
         width=body.width,
         height=body.height,
@@ -101,10 +103,10 @@ def _hires(body: A1111Txt2ImgRequest) -> HiresFix | None:
         return None
     sampler_name = None if body.hr_sampler_name in (None, SAME_SAMPLER) else body.hr_sampler_name
     scheduler = None if body.hr_scheduler in (None, SAME_SCHEDULER) else body.hr_scheduler
-    sampler = None
+    sampler, schedule_type = None, None
     if sampler_name is not None or scheduler is not None:
         first = body.sampler_name or body.sampler_index
-        sampler = sampler_for(sampler_name or first, scheduler or body.scheduler)
+        sampler, schedule_type = sampler_and_schedule(sampler_name or first, scheduler or body.scheduler)
     return HiresFix(
         scale=body.hr_scale,
         resize=(body.hr_resize_x, body.hr_resize_y),
@@ -114,6 +116,7 @@ def _hires(body: A1111Txt2ImgRequest) -> HiresFix | None:
         prompt=body.hr_prompt or None,
         negative_prompt=body.hr_negative_prompt or None,
         sampler=sampler,
+        schedule_type=schedule_type,
     )
 
 
@@ -122,7 +125,7 @@ async def _response(
 ) -> A1111ImagesResponse:
     made = [item.settings for item in images]
     first = made[0]
-    label, schedule = a1111_names(first.sampler)
+    label, schedule = a1111_names(first.sampler, first.schedule_type)
     info = {
         "prompt": first.prompt,
         "all_prompts": [settings.prompt for settings in made],
@@ -219,6 +222,11 @@ async def sd_models(models: ServedModels) -> list[A1111Model]:
 @router.get("/samplers")
 async def samplers() -> list[A1111Sampler]:
     return [A1111Sampler(**sampler) for sampler in a1111_samplers()]
+
+
+@router.get("/schedulers")
+async def schedulers() -> list[A1111Scheduler]:
+    return [A1111Scheduler(**scheduler) for scheduler in a1111_schedulers()]
 
 
 @router.get("/options")

@@ -24,7 +24,7 @@ from sdrun.results import GeneratedImage
 from sdrun.serve.dependencies import run_job, served_models
 from sdrun.serve.encoding import image_from_bytes, inverted_mask, pngs_base64
 from sdrun.serve.jobs import Models
-from sdrun.serve.samplers import sampler_for
+from sdrun.serve.samplers import sampler_and_schedule
 from sdrun.serve.schemas import (
     OpenAIEditRequest,
     OpenAIGenerationRequest,
@@ -60,6 +60,7 @@ def _settings(body: OpenAISettings) -> GenerationSettings:
             'response_format "url" is not served (this server keeps no images): ask for b64_json'
         )
     width, height = _size(body.size)
+    sampler, schedule_type = sampler_and_schedule(body.sampler)  # an older label names its schedule
     return GenerationSettings(
         prompt=body.prompt,
         negative_prompt=body.negative_prompt,
@@ -69,7 +70,8 @@ def _settings(body: OpenAISettings) -> GenerationSettings:
         seed=body.seed,
         steps=body.steps,
         guidance_scale=body.guidance_scale,
-        sampler=sampler_for(body.sampler),
+        sampler=sampler,
+        schedule_type=schedule_type,
         eta=body.eta,
     )
 

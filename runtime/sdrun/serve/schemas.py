@@ -163,3 +163,11 @@ class A1111Sampler(BaseModel):
     name: str
     aliases: list[str]
     options: dict[str, str]
+
+
+class A1111Scheduler(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None
+    default_rho: float
+    need_inner_model: bool
