@@ -18,6 +18,7 @@ from PIL import Image
 
 from sdrun import a1111
 from sdrun.errors import SettingsError
+from sdrun.samplers import SAMPLERS
 
 UPSCALERS = (*a1111.LATENT_UPSCALERS, *a1111.PIXEL_UPSCALERS)
 # The web UI's img2img runs at most this fraction of the schedule (sd_samplers_common.setup_img2img_steps).
@@ -72,19 +73,21 @@ def hires_target(
     return HiresTarget(to, ((to[0] - resize_x) // factor, (to[1] - resize_y) // factor))
 
 
-def second_pass_schedule(
-    steps: int, strength: float, strength_sets_timesteps: bool = False
-) -> tuple[int, float]:
+def second_pass_schedule(steps: int, strength: float, sampler: str) -> tuple[int, float]:
     """The web UI's hires pass runs exactly `steps` steps, the last ones of a schedule of
     int(steps / strength) steps (its img2img with the steps given): that schedule's length, and the strength
-    that has sdrun's image-to-image (diffusers' step count) run `steps` of it. A sampler whose strength sets
-    its timesteps (LCM, TCD) runs all its steps anyway: `steps` and `strength` as they are."""
-    if strength_sets_timesteps:
+    at which sdrun's image-to-image with `sampler` (sdrun.samplers.first_step) runs `steps` of it. A sampler
+    whose strength sets its timesteps (LCM, TCD) runs all its steps anyway: `steps` and `strength` as they
+    are."""
+    spec = SAMPLERS[sampler]
+    if spec.strength_sets_timesteps:
         return steps, strength
     fraction = min(strength, MAX_STRENGTH_FRACTION)
     schedule_steps = int(steps / fraction)
-    # Half a step above `steps` so that int(schedule_steps * strength) is `steps` despite rounding.
-    return schedule_steps, min((steps + 0.5) / schedule_steps, 1.0)
+    # The web UI's own samplers run one step more than int(strength * schedule) (first_step); half a step
+    # above the count so that rounding cannot take one away.
+    counted = steps - 1 if spec.takes_schedule_type else steps
+    return schedule_steps, min((counted + 0.5) / schedule_steps, 1.0)
 
 
 def truncated(latents: np.ndarray, truncate: tuple[int, int]) -> np.ndarray:

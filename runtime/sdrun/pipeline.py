@@ -43,7 +43,7 @@ from sdrun.networks import (
     VaeEncoderGraph,
 )
 from sdrun.progress import Progress, ProgressCallback
-from sdrun.prompt_syntax import prompt_schedule
+from sdrun.prompt_syntax import extra_networks, prompt_schedule
 from sdrun.providers import ProviderRequest, create_session, provider_name, requested_providers
 from sdrun.random_sources import NormalSource
 from sdrun.request import GenerationRequest, prepare, settings_of
@@ -256,10 +256,13 @@ class Pipeline:
         """The UNet's contexts for both prompts, as AUTOMATIC1111 makes them (sdrun.text_conditioning:
         chunks of 75 tokens, `emphasis`, `pad_conds`; prompt editing and alternation over `steps` model
         calls when given, else the prompts as written; with `hires_steps`, over a hires pass of that many
-        after `steps`, sdrun.prompt_syntax.prompt_schedule);
+        after `steps`, sdrun.prompt_syntax.prompt_schedule; "<lora:...>"-style tags taken out of the
+        prompt);
         the negative one is skipped at guidance 1 and under an LCM UNet (whose guidance is an input, not
         an unconditional pass)."""
         with_negative = unconditional_pass(guidance_scale, self.facts.guidance_embedding_dim)
+        # The web UI takes extra-network tags out of the prompt (not the negative one) before reading it.
+        prompt = extra_networks(prompt)[0]
 
         def schedule(text: str) -> list[tuple[int, str]]:
             return [(1, text)] if steps is None else prompt_schedule(text, steps, hires_steps)
@@ -456,14 +459,14 @@ class Pipeline:
         else:
             request = self.prepare(call, negative_prompt, **fields)
         facts = self.facts
-        # Prompt editing counts model calls, one a step for every sdrun sampler (A1111's step multiplier 1).
+        # Prompt editing counts model calls: two a step for the web UI's second-order samplers.
         embeddings = self.encode_prompt(
             request.prompt,
             request.negative_prompt,
             request.guidance_scale,
             emphasis=request.emphasis,
             pad_conds=request.pad_conds,
-            steps=request.steps,
+            steps=request.steps * SAMPLERS[request.sampler].model_calls,
         )
         size = (request.width, request.height)
         init = load_rgb(request.image, size) if request.image is not None else None
@@ -594,11 +597,10 @@ class Pipeline:
             request.guidance_scale,
             emphasis=request.emphasis,
             pad_conds=request.pad_conds,
-            steps=request.steps,
-            hires_steps=steps,
+            steps=request.steps * SAMPLERS[request.sampler].model_calls,
+            hires_steps=steps * SAMPLERS[hires.sampler].model_calls,
         )
-        sets_timesteps = SAMPLERS[hires.sampler].strength_sets_timesteps
-        schedule_steps, strength = second_pass_schedule(steps, hires.strength, sets_timesteps)
+        schedule_steps, strength = second_pass_schedule(steps, hires.strength, hires.sampler)
         target = hires_target(request.width, request.height, hires.scale, hires.resize, facts.vae_factor)
         eta = request.eta if SAMPLERS[hires.sampler].eta_default is not None else None
 

@@ -190,8 +190,7 @@ def prepare(
         hires_schedule = _or(hires.schedule_type, given.schedule_type)
         hires = dataclasses.replace(hires, schedule_type=resolve_schedule_type(hires.sampler, hires_schedule))
         hires_steps = _or(hires.steps, steps)
-        sets_timesteps = SAMPLERS[hires.sampler].strength_sets_timesteps
-        schedule_steps, run_strength = second_pass_schedule(hires_steps, hires.strength, sets_timesteps)
+        schedule_steps, run_strength = second_pass_schedule(hires_steps, hires.strength, hires.sampler)
         hires_eta = eta if SAMPLERS[hires.sampler].eta_default is not None else None
         make_sampler(hires.sampler, schedule, schedule_steps, hires_eta, run_strength, hires.schedule_type)
         limits.check_counts(num_images, hires_steps)

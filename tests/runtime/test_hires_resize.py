@@ -9,6 +9,7 @@ from PIL import Image
 
 from sdrun import a1111
 from sdrun.hires import hires_target, resize_latents, second_pass_schedule, upscale_picture
+from sdrun.samplers import first_step
 
 # (input height, width) -> (output height, width): integer and non-integer scales, up and down, odd sizes.
 SIZES = [
@@ -111,14 +112,17 @@ def test_target_follows_the_web_ui(first, scale, resize, upscale_to, truncate) -
 @pytest.mark.parametrize(
     "steps, strength, schedule_steps", [(10, 0.7, 14), (20, 0.5, 40), (8, 1.0, 8), (3, 0.3, 10)]
 )
-def test_second_pass_runs_its_steps_of_a_longer_schedule(steps: int, strength: float, schedule_steps: int):
+@pytest.mark.parametrize("sampler", ["euler", "ddim", "k_euler", "k_dpmpp_2m"])
+def test_second_pass_runs_its_steps_of_a_longer_schedule(
+    steps: int, strength: float, schedule_steps: int, sampler: str
+) -> None:
     """sd_samplers_common.setup_img2img_steps with the steps given: int(steps / min(strength, 0.999)) in
-    all, of which the last `steps` run (diffusers' count: int(total * strength))."""
-    total, run_strength = second_pass_schedule(steps, strength)
+    all, of which the last `steps` run, whichever count of img2img steps the sampler has (first_step)."""
+    total, run_strength = second_pass_schedule(steps, strength, sampler)
     assert total == schedule_steps
-    assert min(int(total * run_strength), total) == steps
+    assert total - first_step(total, run_strength, sampler) == steps
 
 
 def test_samplers_whose_strength_sets_their_timesteps_keep_both() -> None:
-    """LCM and TCD run all their steps lower in the schedule: the hires steps and strength as given."""
-    assert second_pass_schedule(4, 0.5, strength_sets_timesteps=True) == (4, 0.5)
+    """LCM runs all its steps lower in the schedule: the hires steps and strength as given."""
+    assert second_pass_schedule(4, 0.5, "lcm") == (4, 0.5)
