@@ -20,6 +20,7 @@ from sdrun.images import fit_within, open_image, oriented_size
 from sdrun.inpaint import DEFAULT_MASK_BLUR, MAX_MASK_BLUR
 from sdrun.limits import MAX_GUIDANCE, MAX_PROMPT_CHARACTERS, Limits
 from sdrun.model_facts import ModelFacts
+from sdrun.prompt_syntax import check_prompt_syntax
 from sdrun.samplers import SAMPLERS, first_step, make_sampler
 from sdrun.schedule import NoiseSchedule
 from sdrun.settings import GenerationSettings, ImageSettings, check_seed, random_seed
@@ -100,6 +101,8 @@ def prepare(
     prompt = _check_prompt(given.prompt, "prompt")
     negative_prompt = _check_prompt(given.negative_prompt, "negative prompt")
     steps = _whole(_or(given.steps, defaults.steps), "steps", 1)
+    check_prompt_syntax(prompt, steps, "prompt", stacklevel=3)
+    check_prompt_syntax(negative_prompt, steps, "negative prompt", stacklevel=3)
     guidance_scale = _finite(
         _or(given.guidance_scale, defaults.guidance_scale), "guidance scale", -MAX_GUIDANCE, MAX_GUIDANCE
     )
