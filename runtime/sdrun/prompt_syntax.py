@@ -429,7 +429,8 @@ def check_prompt_syntax(prompt: str, steps: int, what: str = "prompt", stackleve
     parsed but not written out at each step. `stacklevel` is warnings.warn's, from this function's caller.
 
     The emphasis is checked on the whole prompt, not each step's text: a bad weight inside a part of a
-    "[from:to:when]" that no step reads is refused here though A1111 never reads it.
+    "[from:to:when]" that no step reads, or edits nested past MAX_EMPHASIS_DEPTH (their brackets count),
+    are refused here though A1111 never reads them.
     """
     text, networks = extra_networks(prompt)
     if networks:
