@@ -14,6 +14,7 @@ from sdrun.limits import Limits
 from sdrun.memory import MemoryPolicy
 from sdrun.pipeline import Pipeline
 from sdrun.progress import Progress
+from sdrun.prompt_syntax import ExtraNetworkWarning
 from sdrun.request import GenerationRequest, NegativePromptIgnoredWarning
 from sdrun.results import GeneratedImage, Result
 from sdrun.samplers import SAMPLERS
@@ -22,6 +23,7 @@ from sdrun.stopping import GenerationCancelled, StopSignal
 
 __all__ = [
     "SAMPLERS",
+    "ExtraNetworkWarning",
     "GeneratedImage",
     "GenerationCancelled",
     "GenerationRequest",

@@ -1,4 +1,4 @@
-"""AUTOMATIC1111's prompt syntax: emphasis weights and BREAK.
+"""AUTOMATIC1111's prompt syntax: emphasis weights, BREAK, prompt editing, alternation, extra networks.
 
 The contract is A1111's own behaviour (modules/prompt_parser.py), recorded as data outside the project
 (tests/runtime/data/a1111_prompts.json) and reproduced here without its code:
@@ -194,8 +194,15 @@ def prompt_schedule(
     (they are `parse_emphasis`'s); so do escapes.
 
     Like A1111's, a prompt its grammar does not take (a "|" outside "[...]", a lone backslash at the end)
-    is read literally at every step, and a bracket with no valid match is text. Differences: A1111 fails
-    with a Python error on a step too large for a float ("[a:b:1e999]"); this raises a SettingsError.
+    is read literally at every step, and a bracket with no valid match is text. With alternation every step
+    has its own pair, as A1111's (the same text may come back for many steps).
+
+    Differences: A1111 fails with a Python error on a step too large for a float ("[a:b:1e999]"); this
+    raises a SettingsError. Where an edit outside brackets is followed by a ":" or by a bracket that closes
+    nothing ("[a:3]:b", "[a:b:3]]"), lark's Earley parse is ambiguous and A1111 reads the edit or the
+    plain text depending on the process's hash seed (PYTHONHASHSEED); this always reads the edit. lark
+    takes seconds and then fails (RecursionError) on a few hundred nested edits; this reads them in
+    milliseconds.
     """
     root, total = _schedule_tree(prompt, steps, hires_steps, old_scheduling)
     if root is None:
@@ -415,14 +422,15 @@ def extra_networks(prompt: str) -> tuple[str, list[ExtraNetwork]]:
     return _EXTRA_NETWORK.sub(take, prompt), found
 
 
-def check_prompt_syntax(prompt: str, steps: int, what: str = "prompt") -> None:
+def check_prompt_syntax(prompt: str, steps: int, what: str = "prompt", stacklevel: int = 2) -> None:
     """Refuses, with a SettingsError, a prompt A1111 would fail on (an emphasis weight or an editing step
     that is not a number it can use, brackets nested past MAX_EMPHASIS_DEPTH), and warns (one line,
     ExtraNetworkWarning) for the extra networks it names, which sdrun does not apply. Cheap: the schedule is
-    parsed but not written out at each step.
+    parsed but not written out at each step. `stacklevel` is warnings.warn's, from this function's caller.
 
     The emphasis is checked on the whole prompt, not each step's text: a bad weight inside a part of a
-    "[from:to:when]" that no step reads is refused here though A1111 never reads it.
+    "[from:to:when]" that no step reads, or edits nested past MAX_EMPHASIS_DEPTH (their brackets count),
+    are refused here though A1111 never reads them.
     """
     text, networks = extra_networks(prompt)
     if networks:
@@ -432,10 +440,13 @@ def check_prompt_syntax(prompt: str, steps: int, what: str = "prompt") -> None:
             f"the {what} names extra networks that sdrun does not apply: {quoted(tags)}{more} (merge a LoRA "
             "into the model when exporting: sdexport build --lora FILE:SCALE)",
             ExtraNetworkWarning,
-            stacklevel=3,
+            stacklevel=stacklevel + 1,
         )
-    _schedule_tree(text, steps, None, False)
-    parse_emphasis(text)
+    try:
+        _schedule_tree(text, steps, None, False)
+        parse_emphasis(text)
+    except SettingsError as error:  # their messages say "the prompt"; this may be the negative one
+        raise SettingsError(str(error).replace("the prompt", f"the {what}", 1)) from None
 
 
 def _tag(network: ExtraNetwork) -> str:

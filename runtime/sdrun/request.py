@@ -24,6 +24,7 @@ from sdrun.images import fit_within, open_image, oriented_size
 from sdrun.inpaint import DEFAULT_MASK_BLUR, MAX_MASK_BLUR
 from sdrun.limits import MAX_GUIDANCE, MAX_PROMPT_CHARACTERS, Limits
 from sdrun.model_facts import ModelFacts
+from sdrun.prompt_syntax import check_prompt_syntax
 from sdrun.random_sources import DEFAULT_RANDOM_SOURCE, RANDOM_SOURCES
 from sdrun.samplers import SAMPLERS, first_step, make_sampler, resolve_schedule_type
 from sdrun.schedule import NoiseSchedule
@@ -147,6 +148,8 @@ def prepare(
     prompt = _check_prompt(given.prompt, "prompt")
     negative_prompt = _check_prompt(given.negative_prompt, "negative prompt")
     steps = _whole(_or(given.steps, defaults.steps), "steps", 1)
+    check_prompt_syntax(prompt, steps, "prompt", stacklevel=3)
+    check_prompt_syntax(negative_prompt, steps, "negative prompt", stacklevel=3)
     guidance_scale = _finite(
         _or(given.guidance_scale, defaults.guidance_scale), "guidance scale", -MAX_GUIDANCE, MAX_GUIDANCE
     )
@@ -262,10 +265,13 @@ def _check_hires(
     strength = _finite(hires.strength, "hires strength", 0.0, 1.0)
     if strength == 0.0:
         raise SettingsError("hires strength 0 leaves no step to run: give a strength above 0, up to 1")
-    hires_prompt = None if hires.prompt is None else _check_prompt(hires.prompt, "hires prompt")
-    hires_negative = None
+    hires_prompt, hires_negative = None, None
+    if hires.prompt is not None:
+        hires_prompt = _check_prompt(hires.prompt, "hires prompt")
+        check_prompt_syntax(hires_prompt, steps, "hires prompt", stacklevel=4)
     if hires.negative_prompt is not None:
         hires_negative = _check_prompt(hires.negative_prompt, "hires negative prompt")
+        check_prompt_syntax(hires_negative, steps, "hires negative prompt", stacklevel=4)
     return HiresFix(
         scale=scale,
         resize=None if resize == (0, 0) else resize,

@@ -123,3 +123,17 @@ def test_check_prompt_syntax_warns_of_loras_and_refuses_bad_syntax() -> None:
     for bad, message in [("(x:1.2.3)", "not a number"), ("[a:b:1e999]", "too large"), ("(" * 101, "deep")]:
         with pytest.raises(SettingsError, match=message):
             check_prompt_syntax(bad, 20)
+
+
+def test_prepare_refuses_bad_syntax_and_warns_of_loras(tiny_sdexport_dir: Path) -> None:
+    # prepare runs no network: a request is refused, or warned about, before its first UNet pass.
+    from sdrun.pipeline import Pipeline
+
+    with Pipeline.load(tiny_sdexport_dir, provider="cpu") as pipeline:
+        with pytest.raises(SettingsError, match="emphasis weight"):
+            pipeline.prepare("a (cube:1.2.3)")
+        with pytest.raises(SettingsError, match="negative prompt's editing step"):
+            pipeline.prepare("a cube", negative_prompt="[a:b:1e999]")
+        with pytest.warns(ExtraNetworkWarning, match="the prompt names extra networks") as caught:
+            pipeline.prepare("a cube <lora:shiny:0.7>")
+        assert caught[0].filename == __file__  # the warning points at the caller's line
