@@ -1,9 +1,10 @@
 """The issue's end-to-end promise: given the same weights and an AUTOMATIC1111 infotext, sdrun draws the
-web UI's picture. The reference (webui_pictures) is the web UI's algorithm in torch on diffusers' and
-transformers' modules of the tiny random weights, with k-diffusion's samplers and torch's CPU generator;
-sdrun runs our export of those weights from nothing but the infotext. Pictures agree within 2 levels mean
-absolute difference and the final latents closely; the neighbours (the prompt read literally, sdrun's numpy
-source, no ENSD, Euler for Euler a) miss the latents by far more."""
+web UI's picture. The reference (tests/webui_pictures.py) is the web UI's algorithm in torch over PyTorch
+networks of the same weights (diffusers' and transformers' for the tiny random model, sdexport's modules
+for the embedded model), with k-diffusion's samplers and torch's CPU generator; sdrun runs the exported
+folder from nothing but the infotext. Pictures agree within 2 levels mean absolute difference and the final
+latents closely; the neighbours (the prompt read literally, sdrun's numpy source, no ENSD, Euler for
+Euler a, the first chunk of a long prompt) miss the latents by far more."""
 
 import json
 import shutil
@@ -17,8 +18,20 @@ import torch
 from diffusers import StableDiffusionPipeline
 from kdiffusion_reference import requires_kdiffusion
 from PIL import Image
-from webui_pictures import CpuSource, GuidedUNet, conditioning, decode, sample
+from transformers import CLIPTokenizer
+from webui_pictures import (
+    CpuSource,
+    GuidedUNet,
+    Networks,
+    conditioning,
+    decode,
+    diffusers_networks,
+    sample,
+    sdexport_networks,
+)
 
+from sdexport import embedded
+from sdexport.checkpoints.load import load_model
 from sdrun.infotext import parse_parameters
 from sdrun.pipeline import Pipeline
 from sdrun.prompt_syntax import ExtraNetworkWarning
@@ -32,7 +45,7 @@ PROMPT = "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky)))."
 # A1111's own parse of PROMPT, recorded from its parser (tests/runtime/data/a1111_prompts.json).
 PROMPT_FRAGMENTS = next(
     [(text, weight) for text, weight in row["emphasis"]]
-    for row in json.loads((Path(__file__).parent / "data" / "a1111_prompts.json").read_text())["rows"]
+    for row in json.loads((Path(__file__).parents[1] / "runtime/data/a1111_prompts.json").read_text())["rows"]
     if row["prompt"] == PROMPT
 )
 NEGATIVE = "low quality"
@@ -41,7 +54,6 @@ LONG_PROMPT = " ".join(f"a red cube number {n}," for n in range(20))
 SEED = 1234
 STEPS = 8
 SCALE = 7.0
-LATENT_SHAPE = (1, 4, 8, 8)
 
 
 def _infotext(sampler: str, schedule: str = "Automatic", *, prompt: str = PROMPT, extra: str = "") -> str:
@@ -53,13 +65,13 @@ def _infotext(sampler: str, schedule: str = "Automatic", *, prompt: str = PROMPT
 
 
 @pytest.fixture(scope="module")
-def webui_model(tiny_diffusers_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """The tiny model with a random bias in CLIP's final layer norm, as a diffusers folder and our build of
-    it. Left at zero, every token's hidden state has mean zero, and the "Original" emphasis (which divides by
-    the mean) would divide rounding noise by rounding noise."""
+def random_model(tiny_diffusers_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Networks, Path]:
+    """The tiny random model with a random bias in CLIP's final layer norm, for the reference and as our
+    build. Left at zero, every token's hidden state has mean zero, and the "Original" emphasis (which divides
+    by the mean) would divide rounding noise by rounding noise."""
     folder = tmp_path_factory.mktemp("webui-diffusers") / "model"
     shutil.copytree(tiny_diffusers_dir, folder)
-    pipe = StableDiffusionPipeline.from_pretrained(folder)
+    pipe = StableDiffusionPipeline.from_pretrained(folder).to(torch.float32)
     with torch.no_grad():
         norm = pipe.text_encoder.text_model.final_layer_norm
         norm.bias.copy_(torch.randn(norm.bias.shape, generator=torch.Generator().manual_seed(5)))
@@ -69,17 +81,17 @@ def webui_model(tiny_diffusers_dir: Path, tmp_path_factory: pytest.TempPathFacto
     command = [sys.executable, "-c", build, "build", str(folder), "--output", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
-    return folder, out
+    return diffusers_networks(pipe), out
 
 
 @pytest.fixture(scope="module")
-def reference(webui_model: tuple[Path, Path]) -> StableDiffusionPipeline:
-    return StableDiffusionPipeline.from_pretrained(webui_model[0]).to(torch.float32)
+def reference(random_model: tuple[Networks, Path]) -> Networks:
+    return random_model[0]
 
 
 @pytest.fixture(scope="module")
-def sdrun_pipeline(webui_model: tuple[Path, Path]) -> Pipeline:
-    return Pipeline.load(webui_model[1], provider="cpu")
+def sdrun_pipeline(random_model: tuple[Networks, Path]) -> Pipeline:
+    return Pipeline.load(random_model[1], provider="cpu")
 
 
 def _sdrun(pipeline: Pipeline, text: str, **changes: object) -> tuple[Image.Image, np.ndarray]:
@@ -95,7 +107,7 @@ def _sdrun(pipeline: Pipeline, text: str, **changes: object) -> tuple[Image.Imag
 
 
 def _webui(
-    reference: StableDiffusionPipeline,
+    networks: Networks,
     sampler: str,
     schedule_type: str | None = None,
     *,
@@ -103,18 +115,18 @@ def _webui(
     fragments: list[tuple[str, float]] = PROMPT_FRAGMENTS,
     hires: tuple[int, float] | None = None,
 ) -> tuple[Image.Image, torch.Tensor]:
-    """The web UI's picture: its conditioning, CPU draws and k-diffusion sampler; with `hires` (steps,
+    """The web UI's 64x64 picture: its conditioning, CPU draws and k-diffusion sampler; with `hires` (steps,
     denoising strength), its hires fix with the Latent upscaler at 2x."""
-    cond = conditioning(reference, fragments)
-    model = GuidedUNet(reference, cond, conditioning(reference, [(NEGATIVE, 1.0)]), SCALE)
+    cond = conditioning(networks, fragments)
+    model = GuidedUNet(networks, cond, conditioning(networks, [(NEGATIVE, 1.0)]), SCALE)
     source = CpuSource(SEED, ensd)
-    latents = sample(model, sampler, schedule_type, source.next(LATENT_SHAPE), STEPS, source)
+    latents = sample(model, sampler, schedule_type, source.next((1, 4, 8, 8)), STEPS, source)
     if hires is not None:
         steps, strength = hires
         upscaled = torch.nn.functional.interpolate(latents, size=(16, 16), mode="bilinear", antialias=False)
         again = CpuSource(SEED, ensd)  # the second pass's fresh ImageRNG for the seed at the new size
         latents = sample(model, sampler, schedule_type, upscaled, steps, again, strength=strength)
-    return decode(reference, latents), latents
+    return decode(networks, latents), latents
 
 
 def _mean_levels(ours: Image.Image, theirs: Image.Image) -> float:
@@ -167,6 +179,14 @@ def test_hires_fix_with_a_latent_upscaler(reference, sdrun_pipeline: Pipeline) -
     _agree(ours, _webui(reference, "k_euler_a", hires=(4, 0.6)))
 
 
+def test_extra_network_tags_leave_the_prompt_and_are_named(reference, sdrun_pipeline: Pipeline) -> None:
+    """The web UI takes "<lora:...>" tags out of the prompt before reading it; sdrun does too, and says in
+    one warning that the LoRA is not applied."""
+    with pytest.warns(ExtraNetworkWarning, match="inkpunk"):
+        ours = _sdrun(sdrun_pipeline, _infotext("Euler", prompt=f"{PROMPT} <lora:inkpunk_v2:0.8>"))
+    _agree(ours, _webui(reference, "k_euler"))
+
+
 def test_the_neighbours_miss_by_far_more(reference, sdrun_pipeline: Pipeline) -> None:
     """The power of the checks above: the prompt read literally (emphasis None), sdrun's numpy source and
     Euler for Euler a each move the latents far beyond the tolerance."""
@@ -179,9 +199,21 @@ def test_the_neighbours_miss_by_far_more(reference, sdrun_pipeline: Pipeline) ->
         assert _relative_l2(neighbour[1], theirs[1]) > 100 * LATENT_RTOL
 
 
-def test_extra_network_tags_leave_the_prompt_and_are_named(reference, sdrun_pipeline: Pipeline) -> None:
-    """The web UI takes "<lora:...>" tags out of the prompt before reading it; sdrun does too, and says in
-    one warning that the LoRA is not applied."""
-    with pytest.warns(ExtraNetworkWarning, match="inkpunk"):
-        ours = _sdrun(sdrun_pipeline, _infotext("Euler", prompt=f"{PROMPT} <lora:inkpunk_v2:0.8>"))
-    _agree(ours, _webui(reference, "k_euler"))
+@pytest.fixture(scope="module")
+def embedded_reference(tiny_folder: Path) -> Networks:
+    """The embedded model as sdexport's PyTorch modules read its checkpoint, with the tokenizer its build
+    wrote (transformers' CLIPTokenizer)."""
+    model = load_model(embedded.CHECKPOINT).model
+    return sdexport_networks(model, CLIPTokenizer.from_pretrained(tiny_folder / "tokenizer"))
+
+
+def test_the_embedded_model_draws_the_web_uis_picture(embedded_reference: Networks, tiny_pipeline) -> None:
+    """A trained model, whose pictures are shapes rather than noise: Euler a with ENSD, then a hires fix;
+    the numpy source draws another picture, far beyond the tolerance in levels too."""
+    text = _infotext("Euler a", extra=", ENSD: 31337")
+    ours = _sdrun(tiny_pipeline, text)
+    _agree(ours, _webui(embedded_reference, "k_euler_a", ensd=31337))
+    assert _mean_levels(_sdrun(tiny_pipeline, text.replace("RNG: CPU", "RNG: numpy"))[0], ours[0]) > 10
+    hires = ", Denoising strength: 0.5, Hires upscale: 2, Hires steps: 4, Hires upscaler: Latent"
+    theirs = _webui(embedded_reference, "k_euler_a", ensd=31337, hires=(4, 0.5))
+    _agree(_sdrun(tiny_pipeline, text + hires), theirs)

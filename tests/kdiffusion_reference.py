@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-KDIFFUSION = Path(__file__).resolve().parents[2] / ".venv" / "k-diffusion"
+KDIFFUSION = Path(__file__).resolve().parents[1] / ".venv" / "k-diffusion"
 _PACKAGE = KDIFFUSION / "k_diffusion"
 
 requires_kdiffusion = pytest.mark.skipif(

@@ -1,15 +1,17 @@
 """AUTOMATIC1111's text-to-image and hires fix end to end, for tests/runtime/test_a1111_pictures.py, written
 in torch from the web UI's behaviour (modules/sd_hijack_clip.py, sd_emphasis.py, rng.py, processing.py,
-sd_samplers_kdiffusion.py): transformers' CLIP, diffusers' UNet and VAE of the tiny random model,
-k-diffusion's own samplers and sigmas (a1111_reference, kdiffusion_reference) and torch's CPU generator
-(the web UI's "CPU" random source). Nothing of sdrun runs here.
+sd_samplers_kdiffusion.py) over PyTorch networks (Networks: diffusers' UNet and VAE with transformers' CLIP
+for the tiny random model, sdexport's PyTorch modules for the embedded one), with k-diffusion's own samplers
+and sigmas (a1111_reference, kdiffusion_reference), transformers' tokenizer and torch's CPU generator (the
+web UI's "CPU" random source). Nothing of sdrun runs here.
 
 Prompts arrive parsed into (text, weight) fragments, as the web UI's own parser gives them (recorded in
 tests/runtime/data/a1111_prompts.json), so nothing here parses.
 """
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,10 +19,12 @@ from a1111_reference import a1111_sigmas
 from diffusers import StableDiffusionPipeline
 from kdiffusion_reference import load
 from PIL import Image
+from transformers import CLIPTokenizer
+
+from sdexport.models.stable_diffusion import StableDiffusion
 
 CHUNK_TOKENS = 75
 COMMA_BACKTRACK = 20
-LATENT_SCALE = 0.18215
 # sdrun row -> k-diffusion's function, for the samplers these tests run.
 FUNCTIONS = {
     "k_euler": "sample_euler",
@@ -29,12 +33,45 @@ FUNCTIONS = {
 }
 
 
+@dataclass(frozen=True)
+class Networks:
+    """A model's PyTorch networks as the web UI calls them: token ids -> last hidden states, the UNet's eps
+    (x, t, context), latents -> pixels in [-1, 1], and the VAE's latent scale."""
+
+    tokenizer: CLIPTokenizer
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    eps: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    latent_scale: float
+
+
+def diffusers_networks(pipe: StableDiffusionPipeline) -> Networks:
+    return Networks(
+        pipe.tokenizer,
+        lambda ids: pipe.text_encoder(ids)[0],
+        lambda x, t, context: pipe.unet(x, t, context).sample,
+        lambda latents: pipe.vae.decode(latents).sample,
+        pipe.vae.config.scaling_factor,
+    )
+
+
+def sdexport_networks(model: StableDiffusion, tokenizer: CLIPTokenizer) -> Networks:
+    """sdexport's PyTorch modules of a checkpoint (its own reading of the CompVis layout)."""
+    return Networks(
+        tokenizer,
+        lambda ids: model.text_encoder(ids)[0],
+        lambda x, t, context: model.unet(x, t, context),
+        lambda latents: model.vae.decode(latents),
+        model.config.vae.scaling_factor,
+    )
+
+
 def chunked_ids(
-    pipe: StableDiffusionPipeline, fragments: Sequence[tuple[str, float]]
+    networks: Networks, fragments: Sequence[tuple[str, float]]
 ) -> list[tuple[list[int], list[float]]]:
     """The web UI's tokenize_line: 75-token chunks (split after the last comma within 20 tokens of a chunk's
     end, closed early by BREAK), each wrapped in start/end tokens and padded with the end token."""
-    tokenizer = pipe.tokenizer
+    tokenizer = networks.tokenizer
     start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
     comma = tokenizer.get_vocab()[",</w>"]
     chunks: list[tuple[list[int], list[float]]] = []
@@ -70,13 +107,13 @@ def chunked_ids(
     return chunks
 
 
-def conditioning(pipe: StableDiffusionPipeline, fragments: Sequence[tuple[str, float]]) -> torch.Tensor:
+def conditioning(networks: Networks, fragments: Sequence[tuple[str, float]]) -> torch.Tensor:
     """[1, 77 * chunks, width]: each chunk's last hidden states, weighted and mean-restored per chunk (the
     web UI's "Original" emphasis), concatenated along the tokens."""
     states = []
     with torch.no_grad():
-        for ids, weights in chunked_ids(pipe, fragments):
-            z = pipe.text_encoder(torch.tensor([ids]))[0]
+        for ids, weights in chunked_ids(networks, fragments):
+            z = networks.encode(torch.tensor([ids]))
             mean = z.mean()
             z = z * torch.tensor(weights)[None, :, None]
             states.append(z * (mean / z.mean()))
@@ -109,24 +146,21 @@ def compvis_alphas_cumprod() -> torch.Tensor:
 
 
 class GuidedUNet:
-    """The CompVis model k-diffusion's CompVisDenoiser wraps: diffusers' UNet under classifier-free
-    guidance; cond and uncond of different lengths run as two passes (the web UI's default, no Pad conds)."""
+    """The CompVis model k-diffusion's CompVisDenoiser wraps: the UNet under classifier-free guidance; cond
+    and uncond of different lengths run as two passes (the web UI's default, no Pad conds)."""
 
-    def __init__(
-        self, pipe: StableDiffusionPipeline, cond: torch.Tensor, uncond: torch.Tensor, scale: float
-    ) -> None:
-        self.pipe, self.cond, self.uncond, self.scale = pipe, cond, uncond, scale
+    def __init__(self, networks: Networks, cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> None:
+        self.networks, self.cond, self.uncond, self.scale = networks, cond, uncond, scale
         self.alphas_cumprod = compvis_alphas_cumprod()
 
     def apply_model(self, x: torch.Tensor, t: torch.Tensor, cond: object = None) -> torch.Tensor:
-        unet = self.pipe.unet
+        eps = self.networks.eps
         with torch.no_grad():
             if self.cond.shape == self.uncond.shape:
-                both = unet(torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.uncond, self.cond])).sample
+                both = eps(torch.cat([x, x]), torch.cat([t, t]), torch.cat([self.uncond, self.cond]))
                 uncond, cond = both.chunk(2)
             else:
-                uncond = unet(x, t, self.uncond).sample
-                cond = unet(x, t, self.cond).sample
+                uncond, cond = eps(x, t, self.uncond), eps(x, t, self.cond)
         return uncond + self.scale * (cond - uncond)
 
 
@@ -160,9 +194,9 @@ def sample(
         return function(denoiser, start, sigmas, disable=True, **extra)
 
 
-def decode(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> Image.Image:
+def decode(networks: Networks, latents: torch.Tensor) -> Image.Image:
     """The web UI's decode and conversion: clamped to [0, 1], times 255, truncated to 8 bits."""
     with torch.no_grad():
-        pixels = pipe.vae.decode(latents / LATENT_SCALE).sample
+        pixels = networks.decode(latents / networks.latent_scale)
     pixels = torch.clamp((pixels[0] + 1.0) / 2.0, 0.0, 1.0)
     return Image.fromarray((255.0 * pixels.permute(1, 2, 0).numpy()).astype(np.uint8))
