@@ -27,7 +27,8 @@ from kdiffusion_reference import requires_kdiffusion
 from sampler_parity import SHAPE, fake_model, relative_error
 from scheduler_configs import SD1_CONFIG
 
-from sdrun.samplers import SAMPLERS, sample, sampler_for_a1111
+from sdrun.errors import SettingsError
+from sdrun.samplers import SAMPLERS, first_step, make_sampler, sample, sampler_for_a1111
 from sdrun.samplers.a1111_ddim import A1111DDIM
 from sdrun.samplers.a1111_sigmas import DiscreteSigmas
 from sdrun.samplers.a1111_sigmas import a1111_sigmas as our_sigmas
@@ -110,7 +111,7 @@ def assert_same_run(
             strength=strength,
             eta=1.0 if eta is None else eta,
         )
-    calls, trajectory, rng = [], [], CountingGenerator(seed)
+    calls, trajectory, totals, rng = [], [], set(), CountingGenerator(seed)
 
     def ours(x_in: np.ndarray, t: float) -> np.ndarray:
         calls.append((x_in.copy(), t))
@@ -127,9 +128,10 @@ def assert_same_run(
         strength=strength,
         eta=eta,
         schedule_type=schedule_type,
-        callback=lambda step, total, x: trajectory.append(x.copy()),
+        callback=lambda step, total, x: trajectory.append(x.copy()) or totals.add(total),
     )
     np.testing.assert_array_equal(result, trajectory[-1])
+    assert totals == {len(reference)}, "the callback's total is the steps run"
     assert len(calls) == len(model.calls), "model calls"
     assert rng.draws == reference_rng.draws, "noise draws"
     for step, ((x_in, t), (ref_x_in, ref_t)) in enumerate(zip(calls, model.calls, strict=True)):
@@ -274,3 +276,13 @@ def test_a1111s_ddim_label_runs_k_ddim() -> None:
     assert [sampler_for_a1111("DDIM", schedule) for schedule in schedules] == ["k_ddim"] * 3
     assert sampler_for_a1111("DDIM", "SGM Uniform") == "ddim_trailing"
     assert sampler_for_a1111("ddim") == "ddim"
+
+
+def test_ddim_refuses_runs_without_a_step() -> None:
+    """At 1 step the web UI's DDIM calls no model, nor below 2 steps of img2img's t_enc: refused."""
+    schedule = NoiseSchedule.from_config(SD1_CONFIG)
+    with pytest.raises(SettingsError, match="runs no step at 1 step"):
+        make_sampler("k_ddim", schedule, 1)
+    with pytest.raises(SettingsError, match="leaves none of the 10 steps"):
+        first_step(10, 0.15, "k_ddim")  # t_enc 1: timesteps[:1], no model call
+    assert first_step(10, 0.2, "k_ddim") == 8  # t_enc 2: one model call, at the second level from 1
