@@ -6,7 +6,9 @@ from its source (web UI 1.10): its sampler table (modules/sd_samplers_kdiffusion
 k-diffusion function and options), the schedule types of modules/sd_schedulers.py that are not in
 k-diffusion (SGM Uniform, Simple, Normal, over the wrapper's sigma_to_t and t_to_sigma), get_sigmas
 (Automatic, the model's sigma range, discard_next_to_last_sigma), and txt2img's and img2img's starts
-(KDiffusionSampler.sample and sample_img2img with sd_samplers_common.setup_img2img_steps).
+(KDiffusionSampler.sample and sample_img2img with sd_samplers_common.setup_img2img_steps). Its own DDIM
+(modules/sd_samplers_timesteps_impl.ddim, driven by sd_samplers_timesteps.CompVisSampler) is restated here
+in torch from its source, since the web UI cannot be imported.
 """
 
 from __future__ import annotations
@@ -153,3 +155,56 @@ def run_a1111(
     result = sampler(inner, x, run_sigmas, extra_args=extra_args, callback=callback, disable=True, **kwargs)
     trajectory.append(result.numpy().copy())
     return trajectory, sigmas.numpy().astype(np.float64)
+
+
+def a1111_ddim_timesteps(steps: int) -> torch.Tensor:
+    """CompVisSampler.get_timesteps (no discarded next-to-last sigma): ascending."""
+    return torch.clip(torch.asarray(list(range(0, 1000, 1000 // steps))) + 1, 0, 999)
+
+
+def _ddim(denoiser, x, timesteps, alphas_cumprod, eta, randn_like, callback):
+    """sd_samplers_timesteps_impl.ddim: float32 alphas at the timesteps, float64 ones a level below."""
+    alphas = alphas_cumprod[timesteps]
+    alphas_prev = alphas_cumprod[torch.nn.functional.pad(timesteps[:-1], pad=(1, 0))].to(torch.float64)
+    sqrt_one_minus_alphas = torch.sqrt(1 - alphas)
+    sigmas = eta * np.sqrt(
+        (1 - alphas_prev.numpy()) / (1 - alphas.numpy()) * (1 - alphas.numpy() / alphas_prev.numpy())
+    )
+    s_in = x.new_ones([x.shape[0]])
+    for i in range(len(timesteps) - 1):
+        index = len(timesteps) - 1 - i
+        e_t = denoiser(x, timesteps[index].item() * s_in)
+        a_t = alphas[index].item() * s_in
+        a_prev = alphas_prev[index].item() * s_in
+        sigma_t = sigmas[index].item() * s_in
+        pred_x0 = (x - sqrt_one_minus_alphas[index].item() * s_in * e_t) / a_t.sqrt()
+        dir_xt = (1.0 - a_prev - sigma_t**2).sqrt() * e_t
+        noise = sigma_t * randn_like(x)  # drawn every step, eta 0 too
+        x = a_prev.sqrt() * pred_x0 + dir_xt + noise
+        callback(x.numpy().copy())
+    return x
+
+
+def run_a1111_ddim(model, prediction_type, steps, noise, randn_like, *, init=None, strength=1.0, eta=0.0):
+    """The web UI's DDIM run (CompVisSampler.sample, or sample_img2img without img2img_fix_steps): the
+    latents after each step. The denoiser is CompVisTimestepsDenoiser, or CompVisTimestepsVDenoiser's
+    epsilon from v."""
+    alphas_cumprod = model.alphas_cumprod
+
+    def denoiser(x, t):
+        output = model.apply_model(x, t)
+        if prediction_type != "v_prediction":
+            return output
+        abar = alphas_cumprod[t.to(torch.int)][:, None, None, None]
+        return abar.sqrt() * output + (1 - abar).sqrt() * x
+
+    timesteps = a1111_ddim_timesteps(steps)
+    x = torch.from_numpy(noise)
+    if init is not None:
+        t_enc = int(min(strength, 0.999) * steps)
+        abar = alphas_cumprod[timesteps[t_enc]]
+        x = torch.from_numpy(init) * torch.sqrt(abar) + x * torch.sqrt(1 - abar)
+        timesteps = timesteps[:t_enc]
+    trajectory = []
+    _ddim(denoiser, x, timesteps, alphas_cumprod, eta, randn_like, trajectory.append)
+    return trajectory

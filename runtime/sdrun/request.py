@@ -180,9 +180,11 @@ def prepare(
     mask = None if given.mask is None else open_image(given.mask, limits.max_init_pixels, "mask")
     width, height = _or(width, facts.default_size), _or(height, facts.default_size)
     eta = None if given.eta is None else _finite(given.eta, "eta", -MAX_GUIDANCE, MAX_GUIDANCE)
-    make_sampler(sampler, schedule, steps, eta, strength if image is not None else 1.0, given.schedule_type)
+    img2img_strength = strength if image is not None else 1.0
+    made = make_sampler(sampler, schedule, steps, eta, img2img_strength, given.schedule_type)
     schedule_type = resolve_schedule_type(sampler, given.schedule_type)
-    steps_run = steps - first_step(steps, strength, sampler) if image is not None else steps
+    # The steps the sampler runs: A1111's DDIM runs more than `steps` at some step counts.
+    steps_run = len(made.timesteps) - (first_step(steps, strength, sampler) if image is not None else 0)
     _check_size(width, height, facts)
     limits.check_size(int(width), int(height))
     passes = (2 if two_passes else 1) * SAMPLERS[sampler].model_calls

@@ -1,6 +1,7 @@
 """AUTOMATIC1111's samplers (the k_* rows) against k-diffusion itself, driven as the web UI drives it
 (a1111_reference): the same model function and the same noise, the same latents after every step, for
-every sampler and schedule type, txt2img and img2img, epsilon and v prediction.
+every sampler and schedule type, txt2img and img2img, epsilon and v prediction; and A1111's own DDIM
+(k_ddim) against its loop restated in torch.
 
 Noise: the ancestral samplers get our draws through k-diffusion's noise_sampler, the SDE ones our
 Brownian path (sdrun.samplers.brownian), built from an rng seeded alike; A1111 builds the latter with
@@ -12,16 +13,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from a1111_reference import A1111_SAMPLERS, SCHEDULE_NAMES, CompVisModel, a1111_sigmas, run_a1111, wrapper
+from a1111_reference import (
+    A1111_SAMPLERS,
+    SCHEDULE_NAMES,
+    CompVisModel,
+    a1111_sigmas,
+    run_a1111,
+    run_a1111_ddim,
+    wrapper,
+)
 from kdiffusion_reference import load as load_kdiffusion
 from kdiffusion_reference import requires_kdiffusion
 from sampler_parity import SHAPE, fake_model, relative_error
 from scheduler_configs import SD1_CONFIG
 
-from sdrun.samplers import SAMPLERS, sample
+from sdrun.errors import SettingsError
+from sdrun.samplers import SAMPLERS, first_step, make_sampler, sample, sampler_for_a1111
+from sdrun.samplers.a1111_ddim import A1111DDIM
 from sdrun.samplers.a1111_sigmas import DiscreteSigmas
 from sdrun.samplers.a1111_sigmas import a1111_sigmas as our_sigmas
 from sdrun.samplers.brownian import BrownianNoise
+from sdrun.samplers.discrete import DDIM
 from sdrun.schedule import NoiseSchedule
 
 pytestmark = requires_kdiffusion
@@ -58,25 +70,48 @@ def _noise_sampler(name: str, rng: CountingGenerator):
 
 
 def assert_same_run(
-    name, steps, *, schedule_type=None, config=SD1_CONFIG, init=None, strength=1.0, eta=None, seed=3
+    name,
+    steps,
+    *,
+    schedule_type=None,
+    config=SD1_CONFIG,
+    init=None,
+    strength=1.0,
+    eta=None,
+    seed=3,
+    reference_name=None,
 ):
+    """Our row ``name`` against A1111's ``reference_name`` (the same by default)."""
+    reference_name = reference_name or name
     schedule = NoiseSchedule.from_config(config)
     noise = np.random.default_rng(50 + seed).standard_normal(SHAPE, dtype=np.float32)
     model = CompVisModel(schedule.alphas_cumprod, fake_model)
     reference_rng = CountingGenerator(seed)
-    reference, _ = run_a1111(
-        name,
-        model,
-        schedule.prediction_type,
-        steps,
-        noise,
-        _noise_sampler(name, reference_rng),
-        schedule_type=schedule_type,
-        init=init,
-        strength=strength,
-        eta=1.0 if eta is None else eta,
-    )
-    calls, trajectory, rng = [], [], CountingGenerator(seed)
+    if SAMPLERS[reference_name].a1111_timesteps:
+        reference = run_a1111_ddim(
+            model,
+            schedule.prediction_type,
+            steps,
+            noise,
+            lambda x: torch.from_numpy(reference_rng.standard_normal(SHAPE, dtype=np.float32)),
+            init=init,
+            strength=strength,
+            eta=0.0 if eta is None else eta,
+        )
+    else:
+        reference, _ = run_a1111(
+            reference_name,
+            model,
+            schedule.prediction_type,
+            steps,
+            noise,
+            _noise_sampler(reference_name, reference_rng),
+            schedule_type=schedule_type,
+            init=init,
+            strength=strength,
+            eta=1.0 if eta is None else eta,
+        )
+    calls, trajectory, totals, rng = [], [], set(), CountingGenerator(seed)
 
     def ours(x_in: np.ndarray, t: float) -> np.ndarray:
         calls.append((x_in.copy(), t))
@@ -93,9 +128,10 @@ def assert_same_run(
         strength=strength,
         eta=eta,
         schedule_type=schedule_type,
-        callback=lambda step, total, x: trajectory.append(x.copy()),
+        callback=lambda step, total, x: trajectory.append(x.copy()) or totals.add(total),
     )
     np.testing.assert_array_equal(result, trajectory[-1])
+    assert totals == {len(reference)}, "the callback's total is the steps run"
     assert len(calls) == len(model.calls), "model calls"
     assert rng.draws == reference_rng.draws, "noise draws"
     for step, ((x_in, t), (ref_x_in, ref_t)) in enumerate(zip(calls, model.calls, strict=True)):
@@ -194,3 +230,59 @@ def test_model_calls_bound_each_step(name: str) -> None:
     )
     most = -(-len(model.calls) // len(trajectory))
     assert SAMPLERS[name].model_calls == most
+
+
+DDIM_INIT = np.random.default_rng(9).standard_normal(SHAPE, dtype=np.float32)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+@pytest.mark.parametrize("steps", [8, 7, 20, 30])
+def test_ddim_txt2img_matches_a1111(steps: int, eta: float) -> None:
+    assert_same_run("k_ddim", steps, eta=eta)
+
+
+@pytest.mark.parametrize("eta", [0.0, 0.5])
+@pytest.mark.parametrize("strength", [0.45, 0.8])
+@pytest.mark.parametrize("steps", [8, 7, 20, 30])
+def test_ddim_img2img_matches_a1111(steps: int, strength: float, eta: float) -> None:
+    assert_same_run("k_ddim", steps, init=DDIM_INIT, strength=strength, eta=eta)
+
+
+def test_ddim_v_prediction_matches_a1111() -> None:
+    config = {**SD1_CONFIG, "prediction_type": "v_prediction"}
+    assert_same_run("k_ddim", 7, config=config, init=DDIM_INIT, strength=0.8, eta=0.5)
+
+
+@pytest.mark.parametrize("init", [None, DDIM_INIT])
+def test_diffusers_ddim_is_not_a1111s(init: np.ndarray | None) -> None:
+    """The power of the DDIM comparison: diffusers' DDIM (the ddim row) fails it."""
+    with pytest.raises(AssertionError):
+        assert_same_run("ddim", 7, init=init, strength=1.0 if init is None else 0.8, reference_name="k_ddim")
+
+
+def test_ddim_img2img_starts_one_level_above(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The power of the img2img comparison: noising to the first step's own level fails it."""
+    def at_first_step(self: A1111DDIM, x0: np.ndarray, noise: np.ndarray, index: int) -> np.ndarray:
+        return DDIM.noised(self, x0, noise, index + 1)
+
+    monkeypatch.setattr(A1111DDIM, "noised", at_first_step)
+    with pytest.raises(AssertionError):
+        assert_same_run("k_ddim", 20, init=DDIM_INIT, strength=0.8)
+
+
+def test_a1111s_ddim_label_runs_k_ddim() -> None:
+    """A1111's "DDIM" (Automatic or Uniform) is its own DDIM; SGM Uniform stays diffusers' trailing one."""
+    schedules = (None, "Automatic", "Uniform")
+    assert [sampler_for_a1111("DDIM", schedule) for schedule in schedules] == ["k_ddim"] * 3
+    assert sampler_for_a1111("DDIM", "SGM Uniform") == "ddim_trailing"
+    assert sampler_for_a1111("ddim") == "ddim"
+
+
+def test_ddim_refuses_runs_without_a_step() -> None:
+    """At 1 step the web UI's DDIM calls no model, nor below 2 steps of img2img's t_enc: refused."""
+    schedule = NoiseSchedule.from_config(SD1_CONFIG)
+    with pytest.raises(SettingsError, match="runs no step at 1 step"):
+        make_sampler("k_ddim", schedule, 1)
+    with pytest.raises(SettingsError, match="leaves none of the 10 steps"):
+        first_step(10, 0.15, "k_ddim")  # t_enc 1: timesteps[:1], no model call
+    assert first_step(10, 0.2, "k_ddim") == 8  # t_enc 2: one model call, at the second level from 1

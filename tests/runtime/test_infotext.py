@@ -82,7 +82,7 @@ def test_sdrun_sampler_key_only_where_a1111s_names_stand_for_another(sampler: st
     (euler_a is "Euler a") say which they are in a key of sdrun's own; the others need none."""
     settings = ImageSettings(**{**BASE.__dict__, "sampler": sampler, "schedule_type": None})
     settings = ImageSettings(**{**settings.__dict__, "schedule_type": resolve_schedule_type(sampler, None)})
-    claimed = sampler in ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "euler_trailing")
+    claimed = sampler in ("euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "euler_trailing", "ddim")
     assert ("sdrun sampler: " in format_parameters(settings)) is claimed
 
 
@@ -135,7 +135,7 @@ def test_parses_what_the_web_ui_writes() -> None:
         ("Sampler: Euler a", ("k_euler_a", "Uniform")),
         ("Sampler: Euler a, Schedule type: Automatic", ("k_euler_a", None)),
         ("Sampler: Euler, Schedule type: Uniform", ("k_euler", "Uniform")),
-        ("Sampler: DDIM", ("ddim", None)),
+        ("Sampler: DDIM", ("k_ddim", None)),
         ("Sampler: DPM++ SDE, Schedule type: Karras", ("k_dpmpp_sde", "Karras")),
         ("Sampler: Euler a, Schedule type: Karras", ("k_euler_a", "Karras")),
         ("Sampler: DDIM, Schedule type: SGM Uniform", ("ddim_trailing", None)),

@@ -29,7 +29,9 @@ from sdrun.samplers import (
 from sdrun.schedule import NoiseSchedule
 
 # The rows that run on their diffusers scheduler's timesteps (A1111's own are test_a1111_samplers').
-DIFFUSERS_ROWS = [name for name, spec in SAMPLERS.items() if not spec.takes_schedule_type]
+DIFFUSERS_ROWS = [
+    name for name, spec in SAMPLERS.items() if not (spec.takes_schedule_type or spec.a1111_timesteps)
+]
 
 
 @pytest.mark.parametrize("name", DIFFUSERS_ROWS)

@@ -139,7 +139,7 @@ def test_older_clients_sampler_index_names_the_sampler_when_sampler_name_is_abse
     made = client.post("/sdapi/v1/txt2img", json=both).json()
     assert json.loads(made["info"])["sampler_name"] == "DDIM", "sampler_name wins over sampler_index"
     np.testing.assert_array_equal(
-        decode(made["images"][0]), library_pixels(12, steps=3, sampler="ddim", random_source=GPU)
+        decode(made["images"][0]), library_pixels(12, steps=3, sampler="k_ddim", random_source=GPU)
     )
 
 
@@ -185,7 +185,7 @@ def test_sampler_names_map_both_ways_and_unknown_ones_are_refused(client) -> Non
         ("DPM++ 2M", "uniform", ("k_dpmpp_2m", "Uniform")),
         ("Euler", "sgm_uniform", ("k_euler", "SGM Uniform")),
         ("DPM++ SDE", "Exponential", ("k_dpmpp_sde", "Exponential")),
-        ("DDIM", None, ("ddim", None)),
+        ("DDIM", None, ("k_ddim", None)),
         ("dpmpp_2m_karras", None, ("dpmpp_2m_karras", None)),  # sdrun's own names
     ]:
         body = {"prompt": PROMPT, "seed": 1, "steps": 2, "sampler_name": name, "scheduler": scheduler}

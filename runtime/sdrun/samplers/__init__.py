@@ -1,13 +1,14 @@
 """Samplers in numpy: the noise schedule plus a model callable in, latents out.
 
 Every sampler matches its diffusers scheduler step for step (timesteps, model inputs, updates, img2img
-start), but AUTOMATIC1111's own (the k_* rows), which match k-diffusion's functions on A1111's noise levels
-(sdrun.samplers.karras_family). Randomness comes only from the ``rng`` passed in, as
-``rng.standard_normal(latents.shape, dtype=np.float32)`` draws and nothing else. The diffusers rows draw
-exactly one, after that step's model call, on every step that re-injects noise: every step of ddpm, of
-euler_a, and of ddim and ddim_trailing with eta > 0; every step but the last of lcm, and of tcd with gamma
-(its eta) > 0. The k_* rows draw as k-diffusion does (sdrun.samplers.karras_ancestral). Latents stay
-float32, as in diffusers; the schedule's coefficients are computed once per run in float64.
+start), but AUTOMATIC1111's own: the k_* rows, which match k-diffusion's functions on A1111's noise levels
+(sdrun.samplers.karras_family), and k_ddim, A1111's DDIM (sdrun.samplers.a1111_ddim). Randomness comes only
+from the ``rng`` passed in, as ``rng.standard_normal(latents.shape, dtype=np.float32)`` draws and nothing
+else. The diffusers rows draw exactly one, after that step's model call, on every step that re-injects
+noise: every step of ddpm, of euler_a, and of ddim and ddim_trailing with eta > 0; every step but the last
+of lcm, and of tcd with gamma (its eta) > 0. The k_* rows draw as k-diffusion does
+(sdrun.samplers.karras_ancestral), k_ddim as A1111 does: one every step, at eta 0 too. Latents stay float32,
+as in diffusers; the schedule's coefficients are computed once per run in float64.
 
 A sampler goes on from the very array it yielded, so that ``sample`` can paste known latents into it
 (KnownLatents: inpainting with a plain UNet) and every sampler takes them alike.
@@ -24,6 +25,7 @@ import numpy as np
 
 from sdrun import a1111
 from sdrun.errors import SettingsError, quoted
+from sdrun.samplers.a1111_ddim import A1111DDIM, a1111_levels, img2img_first_step
 from sdrun.samplers.a1111_sigmas import SCHEDULE_TYPES
 from sdrun.samplers.consistency import LCM, TCD, distillation_steps
 from sdrun.samplers.discrete import DDIM, DDPM
@@ -121,7 +123,9 @@ class SamplerSpec:
     that label. `takes_schedule_type`: it is one of A1111's own k-diffusion samplers, on A1111's noise
     levels for a schedule type (`a1111_schedule` is the one "Automatic" picks) and with A1111's img2img
     steps; the others run on their diffusers scheduler's timesteps. `model_calls`: the model calls a step
-    makes at most (A1111's "second_order" samplers make two), for the bound on a call's work."""
+    makes at most (A1111's "second_order" samplers make two), for the bound on a call's work.
+    `a1111_timesteps`: it is A1111's own DDIM, on A1111's timesteps (more steps than asked for at some step
+    counts) and img2img steps, starting one level above its first step."""
 
     name: str
     make: Callable[..., Sampler]
@@ -134,6 +138,7 @@ class SamplerSpec:
     strength_sets_timesteps: bool = False
     takes_schedule_type: bool = False
     model_calls: int = 1
+    a1111_timesteps: bool = False
 
 
 def _a1111(
@@ -180,6 +185,7 @@ SAMPLER_TABLE = (
     _a1111("k_dpmpp_2m", KDPMPP2M, "DPM++ 2M"),
     _a1111("k_dpmpp_sde", KDPMPPSDE, "DPM++ SDE", 1.0, 2),
     _a1111("k_dpmpp_2m_sde", KDPMPP2MSDE, "DPM++ 2M SDE", 1.0),
+    SamplerSpec("k_ddim", A1111DDIM, "DDIM", eta_default=0.0, a1111_timesteps=True),
 )
 SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in SAMPLER_TABLE}
 
@@ -206,7 +212,7 @@ def a1111_sampler(label: str, schedule: str | None = None) -> tuple[str, str | N
         if schedule is None:
             return family[0].name, a1111.UNIFORM
         return family[0].name, None if schedule.lower() == a1111.AUTOMATIC.lower() else schedule
-    for spec in rows:
+    for spec in sorted(rows, key=lambda spec: not spec.a1111_timesteps):  # A1111's own DDIM first
         automatic = schedule == a1111.AUTOMATIC and spec.a1111_automatic
         if automatic or spec.a1111_schedule == (schedule or a1111.UNIFORM):
             return spec.name, None
@@ -265,6 +271,14 @@ def first_step(num_steps: int, strength: float, sampler: str = "") -> int:
     check_strength(strength)
     if sampler in SAMPLERS and SAMPLERS[sampler].strength_sets_timesteps:
         return 0
+    if sampler in SAMPLERS and SAMPLERS[sampler].a1111_timesteps:
+        first = img2img_first_step(num_steps, strength)
+        if first >= len(a1111_levels(num_steps)) - 1:  # the lowest level is where the steps go, not from
+            raise SamplerError(
+                f"strength {strength} leaves none of the {num_steps} steps of the web UI's DDIM to run: "
+                "raise strength or the steps"
+            )
+        return first
     if sampler in SAMPLERS and SAMPLERS[sampler].takes_schedule_type:
         # A1111's sample_img2img: t_enc = int(min(strength, 0.999) steps), and k-diffusion runs the last
         # t_enc + 1 noise levels of the schedule (one step more than t_enc), so never none.
@@ -358,11 +372,11 @@ def sample(
     txt2img starts from ``noise`` scaled to the sampler's initial noise level. img2img (``init_latents``
     given, already scaled by the VAE factor) skips the first steps as ``strength`` says (or, for the
     samplers whose strength sets their timesteps, runs them all lower in the schedule) and starts from
-    ``init_latents`` noised to the first step it runs. ``eta`` None is the sampler's default. ``known``
-    latents are pasted outside their mask after every step. ``schedule_type``: see make_sampler.
-    ``callback(step, total, latents)`` follows every step (step counts from 0 within this run); a truthy
-    return stops the run and returns those latents. A model raising SamplingStopped stops it too, within
-    a step.
+    ``init_latents`` noised to the first step it runs (A1111's DDIM: one level above). ``eta`` None is the
+    sampler's default. ``known`` latents are pasted outside their mask after every step.
+    ``schedule_type``: see make_sampler. ``callback(step, total, latents)`` follows every step (step counts
+    from 0 within this run, of the ``total`` it runs); a truthy return stops the run and returns those
+    latents. A model raising SamplingStopped stops it too, within a step.
     """
     if init_latents is None and strength != 1.0:
         raise SamplerError(f"strength {strength} is for img2img only: give init_latents or leave it at 1")
@@ -378,8 +392,8 @@ def sample(
                 "encode the image at the output size"
             )
         first = first_step(num_steps, strength, name)
-        x = sampler.noised(init_latents, noise, first)
-    total = num_steps - first
+        x = sampler.noised(init_latents, noise, first - 1 if SAMPLERS[name].a1111_timesteps else first)
+    total = len(sampler.timesteps) - first
     steps = sampler.steps(model, x, first, rng)
     try:
         for step, x in enumerate(steps):

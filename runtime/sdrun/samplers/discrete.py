@@ -17,9 +17,12 @@ class _DiscreteSampler:
     """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) epsilon (Ho et al. 2020, eq. 4); the model sees x_t as is."""
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int) -> None:
+        self._on_timesteps(schedule, schedule.spaced_timesteps(num_steps, schedule.spacing("leading")))
+
+    def _on_timesteps(self, schedule: NoiseSchedule, timesteps: np.ndarray) -> None:
         self.schedule = schedule
-        self.timesteps = schedule.spaced_timesteps(num_steps, schedule.spacing("leading"))
-        self._abar = schedule.alphas_cumprod[self.timesteps.astype(np.int64)]
+        self.timesteps = timesteps
+        self._abar = schedule.alphas_cumprod[timesteps.astype(np.int64)]
 
     def initial(self, noise: np.ndarray) -> np.ndarray:
         return noise
@@ -71,15 +74,21 @@ class DDIM(_DiscreteSampler):
     eta = 0 is the deterministic DDIM, eta = 1 the DDPM variance.
 
     The previous timestep is t - T // num_steps whatever the spacing, and below 0 abar_prev is 1 if the
-    config sets set_alpha_to_one, else abar_0: both as diffusers' DDIMScheduler.
+    config sets set_alpha_to_one, else abar_0: both as diffusers' DDIMScheduler, which draws no noise at
+    eta 0.
     """
+
+    draws_at_eta_zero = False
 
     def __init__(self, schedule: NoiseSchedule, num_steps: int, eta: float = 0.0) -> None:
         super().__init__(schedule, num_steps)
-        self.eta = eta
         prev = self.timesteps.astype(np.int64) - schedule.num_train_timesteps // num_steps
         final_abar = 1.0 if schedule.set_alpha_to_one else schedule.alphas_cumprod[0]
-        abar_prev = np.where(prev >= 0, schedule.alphas_cumprod[np.maximum(prev, 0)], final_abar)
+        self._step_to(np.where(prev >= 0, schedule.alphas_cumprod[np.maximum(prev, 0)], final_abar), eta)
+
+    def _step_to(self, abar_prev: np.ndarray, eta: float) -> None:
+        """The coefficients of the steps from each timestep's abar to ``abar_prev``."""
+        self.eta = eta
         std = eta * ((1 - abar_prev) / (1 - self._abar) * (1 - self._abar / abar_prev)) ** 0.5
         self._x0_coef = (abar_prev**0.5).tolist()
         self._eps_coef = ((1 - abar_prev - std**2) ** 0.5).tolist()
@@ -91,6 +100,6 @@ class DDIM(_DiscreteSampler):
         for i in range(first, len(self.timesteps)):
             x0, eps = self._denoise(model, x, i)
             x = self._x0_coef[i] * x0 + self._eps_coef[i] * eps
-            if self.eta > 0:
+            if self.eta > 0 or self.draws_at_eta_zero:
                 x = x + self._std[i] * rng.standard_normal(x.shape, dtype=np.float32)
             yield x
