@@ -90,7 +90,7 @@ def test_diffusers_rows_keep_the_web_ui_layout() -> None:
     settings = ImageSettings(**{**BASE.__dict__, "sampler": "euler_a", "schedule_type": None})
     assert format_parameters(settings).endswith(
         "Steps: 20, Sampler: Euler a, Schedule type: Uniform, CFG scale: 7, Seed: 1, Size: 512x768, "
-        "Model: tiny-shapes, sdrun sampler: euler_a"
+        f"Model: tiny-shapes, RNG: numpy, sdrun sampler: euler_a, Version: {sdrun_version()}"
     )
 
 

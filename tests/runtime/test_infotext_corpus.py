@@ -14,7 +14,7 @@ import pytest
 
 from sdrun import a1111, infotext
 from sdrun.infotext import MAX_NAMED_KEYS, format_parameters, read_parameters, sdrun_version
-from sdrun.samplers import SAMPLERS, sampler_for_a1111
+from sdrun.samplers import SAMPLERS, a1111_sampler, resolve_schedule_type
 from sdrun.settings import ImageSettings
 
 DATA = Path(__file__).parent / "data"
@@ -110,7 +110,10 @@ def test_reads_each_text_as_the_web_ui_does(entry: dict) -> None:
         "mask blur": (settings.mask_blur, _optional_float(theirs, "Mask blur")),
         "eta": (settings.eta, _eta(theirs)),
         # The web UI reads a missing "Schedule type" as Automatic.
-        "sampler": (settings.sampler, sampler_for_a1111(theirs["Sampler"], theirs["Schedule type"])),
+        "sampler": (
+            _resolved(settings.sampler, settings.schedule_type),
+            _resolved(*a1111_sampler(theirs["Sampler"], theirs["Schedule type"])),
+        ),
     }
     # A text of a web UI before 1.7.0-225 is drawn again there only with compatibility options.
     compatibility = {"Downcast alphas_cumprod", "Old prompt editing timelines", "Pad conds v0"} & set(theirs)
@@ -128,6 +131,11 @@ def test_reads_each_text_as_the_web_ui_does(entry: dict) -> None:
             assert theirs[key] == value, key
 
 
+def _resolved(sampler: str, schedule_type: str | None) -> tuple[str, str | None]:
+    """A sampler and the schedule type it runs on ("Automatic", None, resolved to the sampler's own)."""
+    return sampler, resolve_schedule_type(sampler, schedule_type) if sampler in SAMPLERS else schedule_type
+
+
 def _optional_float(fields: dict, key: str) -> float | None:
     return float(fields[key]) if key in fields else None
 
@@ -141,7 +149,9 @@ def _eta(fields: dict) -> float | None:
 def test_the_web_ui_reads_what_sdrun_writes(recorded: dict) -> None:
     """sdrun still writes the texts that the web UI's reader was given, and that reader found in them the
     settings they came from, with no compatibility options turned on by sdrun's Version."""
-    settings = ImageSettings(**recorded["settings"])
+    fields = recorded["settings"]
+    resized = fields.get("seed_resize_from")
+    settings = ImageSettings(**{**fields, "seed_resize_from": tuple(resized) if resized else None})
     written = recorded["text"].replace("Version: sdrun 0.1.0", f"Version: {sdrun_version()}")
     assert format_parameters(settings) == written
     theirs = recorded["a1111"]
@@ -152,7 +162,16 @@ def test_the_web_ui_reads_what_sdrun_writes(recorded: dict) -> None:
         settings.seed,
     )
     assert (int(theirs["Size-1"]), int(theirs["Size-2"])) == (settings.width, settings.height)
-    assert sampler_for_a1111(theirs["Sampler"], theirs["Schedule type"]) == settings.sampler
+    # The web UI draws a diffusers-discretised sampler's label with its own sampler; sdrun's own key keeps it.
+    label_sampler, schedule_type = a1111_sampler(theirs["Sampler"], theirs["Schedule type"])
+    assert theirs.get("sdrun sampler", label_sampler) == settings.sampler
+    if "sdrun sampler" not in theirs and SAMPLERS[settings.sampler].takes_schedule_type:
+        assert schedule_type == (settings.schedule_type or SAMPLERS[settings.sampler].a1111_schedule)
+    assert theirs.get("RNG", "GPU") == {None: "numpy", "gpu": "GPU", "cpu": "CPU", "nv": "NV"}[
+        settings.random_source
+    ]
+    assert int(theirs.get("ENSD", 0)) == settings.eta_noise_seed_delta
+    assert float(theirs.get("Variation seed strength", 0)) == settings.subseed_strength
     assert (theirs.get("Model", ""), theirs.get("Model hash", "")) == (settings.model, settings.model_hash)
     assert int(theirs["Clip skip"]) == settings.clip_skip
     assert _optional_float(theirs, "Denoising strength") == settings.strength
@@ -176,6 +195,7 @@ def test_fields_follow_create_infotext_order(recorded: dict) -> None:
 
 @pytest.mark.parametrize("sampler", list(SAMPLERS))
 def test_round_trip_keeps_every_setting(sampler: str) -> None:
+    """Every setting of the recorded image, its schedule type as `prepare` resolves it, comes back."""
     settings = ImageSettings(
         prompt="(masterpiece:1.2), a cat BREAK a hat, <lora:x:0.5>\nsecond line: 🙂",
         negative_prompt='lowres, "text"',
@@ -192,6 +212,14 @@ def test_round_trip_keeps_every_setting(sampler: str) -> None:
         clip_skip=3,
         eta=0.25,
         model_hash="0123456789",
+        random_source="cpu",
+        eta_noise_seed_delta=31337,
+        subseed=5,
+        subseed_strength=0.25,
+        seed_resize_from=(512, 768),
+        emphasis="No norm",
+        pad_conds=True,
+        schedule_type=resolve_schedule_type(sampler, None),
     )
     read = read_parameters(format_parameters(settings))
     assert read.settings == settings and read.unhonoured == {}
