@@ -17,8 +17,8 @@ model's "Model hash" when the folder records its checkpoint's digest, and "Versi
 A text to read settings from may come from anywhere: it is bounded, and the parser is linear in its input.
 Reading never drops a field silently: what sdrun has no setting for (an extension's fields, "Lora hashes",
 a VAE's name) comes back in `Infotext.unhonoured`, for the caller to name in one warning.
-The keys are A1111's (sdrun.a1111); "Mask overlay" and "sdrun sampler" are sdrun's own (the latter names
-a diffusers-discretised sampler whose A1111 label runs A1111's own). "RNG" is the random source: the web
+The keys are A1111's (sdrun.a1111); "Mask overlay", "sdrun sampler" and "sdrun hires sampler" are sdrun's
+own (the latter two name a diffusers-discretised sampler whose A1111 label runs A1111's own). "RNG" is the random source: the web
 UI writes it only for its CPU and NV sources, so a text without it was drawn by its GPU source ("gpu"),
 and sdrun writes "RNG: numpy" for its own default so that its pictures come back as they were made.
 """
@@ -45,6 +45,7 @@ _ETA_KEYS = (a1111.ETA_DDIM, a1111.ETA)
 # for it stand for another (sdrun's diffusers-discretised euler_a is "Euler a", which reads as k_euler_a).
 MASK_OVERLAY = "Mask overlay"
 SDRUN_SAMPLER = "sdrun sampler"
+SDRUN_HIRES_SAMPLER = "sdrun hires sampler"
 # The web UI's longest texts (prompts with many LoRA and embedding tags) are a few kB.
 MAX_PARAMETERS_CHARACTERS = 65_536
 _WHOLE = re.compile(r"[0-9]{1,20}")
@@ -138,7 +139,10 @@ def _hires_pairs(hires: HiresFix | None, sampler: str, schedule_type: str | None
     if hires is None:
         return {}
     label, schedule = a1111_names(sampler, schedule_type)
-    hires_label, hires_schedule = a1111_names(hires.sampler or sampler, hires.schedule_type or schedule_type)
+    hires_sampler = hires.sampler or sampler
+    hires_label, hires_schedule = a1111_names(hires_sampler, hires.schedule_type or schedule_type)
+    # As SDRUN_SAMPLER: a hires sampler of its own whose label reads back as another (a diffusers row).
+    own = hires_sampler != sampler and a1111_sampler(hires_label, hires_schedule)[0] != hires_sampler
     return {
         a1111.HIRES_SAMPLER: hires_label if hires_label != label else None,
         a1111.HIRES_PROMPT: hires.prompt,
@@ -148,6 +152,7 @@ def _hires_pairs(hires: HiresFix | None, sampler: str, schedule_type: str | None
         a1111.HIRES_STEPS: hires.steps,
         a1111.HIRES_UPSCALER: hires.upscaler,
         a1111.HIRES_SCHEDULE_TYPE: hires_schedule if hires_schedule != schedule else None,
+        SDRUN_HIRES_SAMPLER: hires_sampler if own else None,
     }
 
 
@@ -162,6 +167,8 @@ def _parse_hires(pairs: dict[str, str], sampler: str, schedule_type: str | None)
     hires_sampler, hires_schedule = sampler, schedule_type
     if a1111.HIRES_SAMPLER in pairs or a1111.HIRES_SCHEDULE_TYPE in pairs:
         hires_sampler, hires_schedule = a1111_sampler(label, schedule)
+    if SDRUN_HIRES_SAMPLER in pairs:
+        hires_sampler, hires_schedule = pairs[SDRUN_HIRES_SAMPLER], None
     return HiresFix(
         scale=_optional(pairs, a1111.HIRES_UPSCALE, _float) or 2.0,
         resize=_optional(pairs, a1111.HIRES_RESIZE, _size),

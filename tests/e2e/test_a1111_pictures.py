@@ -41,6 +41,8 @@ pytestmark = requires_kdiffusion
 
 MAX_MEAN_LEVELS = 2.0
 LATENT_RTOL = 1e-4
+# The trained embedded model's export is validated to a looser bound than the random one's.
+EMBEDDED_LATENT_RTOL = 5e-4
 PROMPT = "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky)))."
 # A1111's own parse of PROMPT, recorded from its parser (tests/runtime/data/a1111_prompts.json).
 PROMPT_FRAGMENTS = next(
@@ -137,10 +139,12 @@ def _relative_l2(ours: np.ndarray, theirs: torch.Tensor) -> float:
     return float(np.linalg.norm(ours - theirs.numpy()) / np.linalg.norm(theirs.numpy()))
 
 
-def _agree(ours: tuple[Image.Image, np.ndarray], theirs: tuple[Image.Image, torch.Tensor]) -> None:
+def _agree(
+    ours: tuple[Image.Image, np.ndarray], theirs: tuple[Image.Image, torch.Tensor], rtol: float = LATENT_RTOL
+) -> None:
     assert ours[0].size == theirs[0].size
     assert _mean_levels(ours[0], theirs[0]) <= MAX_MEAN_LEVELS
-    assert _relative_l2(ours[1], theirs[1]) < LATENT_RTOL
+    assert _relative_l2(ours[1], theirs[1]) < rtol
 
 
 @pytest.mark.parametrize(
@@ -212,8 +216,8 @@ def test_the_embedded_model_draws_the_web_uis_picture(embedded_reference: Networ
     the numpy source draws another picture, far beyond the tolerance in levels too."""
     text = _infotext("Euler a", extra=", ENSD: 31337")
     ours = _sdrun(tiny_pipeline, text)
-    _agree(ours, _webui(embedded_reference, "k_euler_a", ensd=31337))
+    _agree(ours, _webui(embedded_reference, "k_euler_a", ensd=31337), EMBEDDED_LATENT_RTOL)
     assert _mean_levels(_sdrun(tiny_pipeline, text.replace("RNG: CPU", "RNG: numpy"))[0], ours[0]) > 10
     hires = ", Denoising strength: 0.5, Hires upscale: 2, Hires steps: 4, Hires upscaler: Latent"
     theirs = _webui(embedded_reference, "k_euler_a", ensd=31337, hires=(4, 0.5))
-    _agree(_sdrun(tiny_pipeline, text + hires), theirs)
+    _agree(_sdrun(tiny_pipeline, text + hires), theirs, EMBEDDED_LATENT_RTOL)

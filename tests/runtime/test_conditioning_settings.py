@@ -90,7 +90,7 @@ def test_the_infotext_records_them_as_the_web_ui_does() -> None:
     assert "Emphasis" not in format_parameters(base) and "Pad conds" not in format_parameters(base)
     changed = ImageSettings(**{**base.__dict__, "emphasis": "No norm", "pad_conds": True})
     line = format_parameters(changed).splitlines()[-1]
-    assert "RNG: numpy, Emphasis: No norm, Pad conds: True, Version: " in line
+    assert "RNG: numpy, Emphasis: No norm, Pad conds: True, " in line
     assert parse_parameters(format_parameters(changed)) == changed
     # The web UI writes Emphasis only when a prompt has brackets (weights change nothing else).
     plain = ImageSettings(**{**changed.__dict__, "prompt": "a red cube"})

@@ -25,7 +25,7 @@ def test_written_as_the_web_ui_writes_it() -> None:
         "a red cube\n"
         "Steps: 20, Sampler: Euler a, Schedule type: Uniform, CFG scale: 7, Seed: 1, Size: 512x768, "
         "Model: tiny-shapes, Denoising strength: 0.7, RNG: numpy, Hires upscale: 2, Hires steps: 10, "
-        f"Hires upscaler: Latent, Version: {sdrun_version()}"
+        f"Hires upscaler: Latent, sdrun sampler: euler_a, Version: {sdrun_version()}"
     )
 
 
@@ -40,14 +40,15 @@ def test_read_from_the_web_ui() -> None:
     )
     settings = parse_parameters(text)
     assert (settings.width, settings.height, settings.strength) == (512, 512, None)
-    assert settings.sampler == "dpmpp_2m_karras"
+    assert (settings.sampler, settings.schedule_type) == ("k_dpmpp_2m", "Karras")
     assert settings.hires == HiresFix(
         resize=(1024, 0),
         upscaler="Latent (bicubic antialiased)",
         steps=12,
         strength=0.45,
         prompt="a castle, detailed",
-        sampler="euler",
+        sampler="k_euler",
+        schedule_type="Uniform",
     )
 
 
@@ -63,6 +64,7 @@ def test_a_text_without_hires_keys_has_no_hires_fix() -> None:
         HiresFix(scale=1.5, upscaler="Lanczos", strength=0.55, sampler="euler_a"),
         HiresFix(resize=(1024, 1536), upscaler="Latent (nearest-exact)", steps=7, sampler="dpmpp_2m_karras"),
         HiresFix(prompt="a blue cube, sharp", negative_prompt="blurry", sampler="euler_a", upscaler="None"),
+        HiresFix(steps=5, sampler="k_dpmpp_2m", schedule_type="Exponential"),
     ],
 )
 def test_round_trip(hires: HiresFix) -> None:

@@ -25,7 +25,7 @@ def test_enable_hr_gives_the_hires_image_and_its_infotext(client, reference: Pip
     hires = HiresFix(scale=2.0, steps=2, strength=0.6, upscaler="Latent")
     # The A1111 routes draw the web UI's default GPU noise.
     expected = reference.generate(
-        PROMPT, seed=21, steps=3, sampler="euler", hires=hires, random_source="gpu"
+        PROMPT, seed=21, steps=3, sampler="k_euler", hires=hires, random_source="gpu"
     ).images[0]
     np.testing.assert_array_equal(image, np.asarray(expected))
     info = json.loads(answer.json()["info"])
@@ -34,7 +34,8 @@ def test_enable_hr_gives_the_hires_image_and_its_infotext(client, reference: Pip
     hires_fields = "Denoising strength: 0.6, Hires upscale: 2, Hires steps: 2, Hires upscaler: Latent"
     assert f"{hires_fields}, Version: " in infotext
     assert (info["width"], info["height"], info["denoising_strength"]) == (64, 64, 0.6)
-    assert parse_parameters(infotext).hires == HiresFix(scale=2.0, steps=2, strength=0.6, sampler="euler")
+    read = parse_parameters(infotext).hires
+    assert read == HiresFix(scale=2.0, steps=2, strength=0.6, sampler="k_euler", schedule_type="Uniform")
 
 
 def test_without_enable_hr_the_hr_fields_are_ignored(client) -> None:

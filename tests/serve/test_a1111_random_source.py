@@ -24,7 +24,7 @@ def test_a_body_with_the_web_uis_seed_fields(client, library_pixels: Callable[..
     info = json.loads(made["info"])
     assert (info["all_seeds"], info["all_subseeds"], info["subseed_strength"]) == ([3, 3], [9, 10], 0.4)
     assert (info["seed_resize_from_w"], info["seed_resize_from_h"]) == (48, 80)
-    library = dict(steps=3, sampler="euler_a", random_source="cpu", eta_noise_seed_delta=31337,
+    library = dict(steps=3, sampler="k_euler_a", random_source="cpu", eta_noise_seed_delta=31337,
                    subseed_strength=0.4, seed_resize_from=(48, 80))  # fmt: skip
     for index, image in enumerate(made["images"]):
         text = png_parameters(image)
