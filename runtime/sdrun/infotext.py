@@ -18,9 +18,10 @@ A text to read settings from may come from anywhere: it is bounded, and the pars
 Reading never drops a field silently: what sdrun has no setting for (an extension's fields, "Lora hashes",
 a VAE's name) comes back in `Infotext.unhonoured`, for the caller to name in one warning.
 The keys are A1111's (sdrun.a1111); "Mask overlay", "sdrun sampler" and "sdrun hires sampler" are sdrun's
-own (the latter two name a diffusers-discretised sampler whose A1111 label runs A1111's own). "RNG" is the random source: the web
-UI writes it only for its CPU and NV sources, so a text without it was drawn by its GPU source ("gpu"),
-and sdrun writes "RNG: numpy" for its own default so that its pictures come back as they were made.
+own (the latter two name a diffusers-discretised sampler whose A1111 label runs A1111's own). "RNG" is the
+random source: the web UI writes it only for its CPU and NV sources, so a text without it was drawn by its
+GPU source ("gpu"), and sdrun writes "RNG: numpy" for its own default so that its pictures come back as
+they were made.
 """
 
 import json
