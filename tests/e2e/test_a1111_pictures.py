@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from a1111_reference import run_a1111_ddim
 from diffusers import StableDiffusionPipeline
 from kdiffusion_reference import requires_kdiffusion
 from PIL import Image
@@ -160,6 +161,22 @@ def test_k_diffusion_samplers_draw_the_web_uis_picture(
     reference, sdrun_pipeline: Pipeline, label: str, schedule: str, sampler: str, schedule_type: str | None
 ) -> None:
     _agree(_sdrun(sdrun_pipeline, _infotext(label, schedule)), _webui(reference, sampler, schedule_type))
+
+
+def test_ddim_draws_the_web_uis_picture(reference, sdrun_pipeline: Pipeline) -> None:
+    """The web UI's own DDIM (its timesteps sampler, not k-diffusion's): 7 model calls at 8 steps, ending at
+    t = 1, a draw every step at eta 0 too."""
+    cond = conditioning(reference, PROMPT_FRAGMENTS)
+    model = GuidedUNet(reference, cond, conditioning(reference, [(NEGATIVE, 1.0)]), SCALE)
+    source = CpuSource(SEED)
+    noise = source.next((1, 4, 8, 8)).numpy()
+    run = run_a1111_ddim(model, "epsilon", STEPS, noise, lambda x: source.next(x.shape))
+    final = torch.from_numpy(run[-1])
+    ours = _sdrun(sdrun_pipeline, _infotext("DDIM"))
+    _agree(ours, (decode(reference, final), final))
+    # diffusers' DDIM has the same timesteps at 8 steps but one more step, to the end of the schedule.
+    diffusers_ddim = _sdrun(sdrun_pipeline, _infotext("DDIM"), sampler="ddim")
+    assert _relative_l2(diffusers_ddim[1], final) > 5 * LATENT_RTOL
 
 
 def test_ensd_reseeds_the_later_draws(reference, sdrun_pipeline: Pipeline) -> None:
