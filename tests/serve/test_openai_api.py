@@ -25,6 +25,7 @@ from serve_helpers import (
 from sdrun.cli import main as sdrun_main
 from sdrun.infotext import parse_parameters
 from sdrun.pipeline import Pipeline
+from sdrun.settings import HiresFix
 
 openai = pytest.importorskip("openai")
 
@@ -126,3 +127,20 @@ def test_models_lists_the_served_folder(client: "openai.OpenAI", served_folder: 
     assert [model.id for model in client.models.list()] == [served_folder.name]
     with pytest.raises(openai.BadRequestError, match="not served here"):
         client.images.generate(prompt=PROMPT, model="dall-e-3")
+
+
+def test_generate_takes_a_hires_fix(client: "openai.OpenAI", reference: Pipeline) -> None:
+    """Ours: `hires` in extra_body is the library's HiresFix; the image comes at the target size."""
+    hires = {"scale": 2, "steps": 2, "strength": 0.5, "upscaler": "Latent (bicubic)", "sampler": "Euler"}
+    answer = client.images.generate(
+        prompt=PROMPT,
+        size="64x64",
+        response_format="b64_json",
+        extra_body={"seed": 4, "steps": 3, "sampler": "euler", "hires": hires},
+    )
+    (image,) = answer.data
+    fix = HiresFix(scale=2.0, steps=2, strength=0.5, upscaler="Latent (bicubic)", sampler="k_euler")
+    expected = reference.generate(PROMPT, seed=4, steps=3, sampler="euler", hires=fix).images[0]
+    assert decode(image.b64_json).shape == (128, 128, 3)
+    np.testing.assert_array_equal(decode(image.b64_json), np.asarray(expected))
+    assert parse_parameters(png_parameters(image.b64_json)).hires is not None

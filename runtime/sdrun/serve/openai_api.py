@@ -28,13 +28,14 @@ from sdrun.serve.samplers import sampler_and_schedule
 from sdrun.serve.schemas import (
     OpenAIEditRequest,
     OpenAIGenerationRequest,
+    OpenAIHires,
     OpenAIImage,
     OpenAIImagesResponse,
     OpenAIModel,
     OpenAIModelList,
     OpenAISettings,
 )
-from sdrun.settings import GenerationSettings
+from sdrun.settings import GenerationSettings, HiresFix
 
 router = APIRouter(prefix="/v1")
 ServedModels = Annotated[Models, Depends(served_models)]
@@ -73,6 +74,22 @@ def _settings(body: OpenAISettings) -> GenerationSettings:
         sampler=sampler,
         schedule_type=schedule_type,
         eta=body.eta,
+        hires=None if body.hires is None else _hires(body.hires),
+    )
+
+
+def _hires(fields: OpenAIHires) -> HiresFix:
+    sampler, schedule_type = sampler_and_schedule(fields.sampler)
+    return HiresFix(
+        scale=fields.scale,
+        resize=None if fields.resize is None else (fields.resize[0], fields.resize[1]),
+        upscaler=fields.upscaler,
+        steps=fields.steps,
+        strength=fields.strength,
+        prompt=fields.prompt,
+        negative_prompt=fields.negative_prompt,
+        sampler=sampler,
+        schedule_type=schedule_type,
     )
 
 

@@ -23,6 +23,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
 
 
+class OpenAIHires(_Strict):
+    """ours: AUTOMATIC1111's hires fix (sdrun.settings.HiresFix; the library checks the values)."""
+
+    scale: float = 2.0
+    resize: list[int] | None = Field(None, min_length=2, max_length=2, description="[width, height]")
+    upscaler: str = Field("Latent", max_length=60)
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS_PER_REQUEST, description="null: the first pass's")
+    strength: float = 0.7
+    prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARACTERS, description="null: the prompt")
+    negative_prompt: str | None = Field(None, max_length=MAX_PROMPT_CHARACTERS)
+    sampler: str | None = Field(None, max_length=60, description="null: the first pass's")
+
+
 class OpenAISettings(_Strict):
     """The fields of both OpenAI requests: OpenAI's, then ours (which the openai client sends as
     `extra_body`)."""
@@ -38,6 +51,7 @@ class OpenAISettings(_Strict):
     guidance_scale: float | None = Field(None, ge=-MAX_GUIDANCE, le=MAX_GUIDANCE)
     sampler: str | None = Field(None, max_length=60, description="sdrun's name or A1111's label")
     eta: float | None = Field(None, description="ours: the sampler's noise (ddim, tcd)")
+    hires: OpenAIHires | None = Field(None, description="ours: a hires fix (generations only)")
 
 
 class OpenAIGenerationRequest(OpenAISettings):
