@@ -38,12 +38,19 @@ def load() -> tuple[types.ModuleType, types.ModuleType]:
         package = types.ModuleType("k_diffusion")
         package.__path__ = [str(_PACKAGE)]
         sys.modules["k_diffusion"] = package
+        stubs = []
         if importlib.util.find_spec("torchvision") is None:
-            stub = types.ModuleType("torchvision.transforms.functional")
-            sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))
-            sys.modules.setdefault("torchvision.transforms", types.ModuleType("torchvision.transforms"))
-            sys.modules["torchvision.transforms.functional"] = stub
-            sys.modules["torchvision.transforms"].functional = stub
-        for name in ("utils", "sampling", "external"):
-            setattr(package, name, _load(name))
+            stubs = ["torchvision", "torchvision.transforms", "torchvision.transforms.functional"]
+            for name in stubs:
+                sys.modules[name] = types.ModuleType(name)
+            functional = sys.modules["torchvision.transforms.functional"]
+            sys.modules["torchvision.transforms"].functional = functional
+        try:
+            for name in ("utils", "sampling", "external"):
+                setattr(package, name, _load(name))
+        finally:
+            # A stub left behind has no __spec__, and transformers' and diffusers' checks for torchvision
+            # (find_spec) would raise on it in every later test of the same process.
+            for name in stubs:
+                del sys.modules[name]
     return sys.modules["k_diffusion.sampling"], sys.modules["k_diffusion.external"]
