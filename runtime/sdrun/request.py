@@ -198,6 +198,7 @@ def prepare(
         schedule_steps, run_strength = second_pass_schedule(hires_steps, hires.strength, hires.sampler)
         hires_eta = eta if SAMPLERS[hires.sampler].eta_default is not None else None
         make_sampler(hires.sampler, schedule, schedule_steps, hires_eta, run_strength, hires.schedule_type)
+        first_step(schedule_steps, run_strength, hires.sampler)  # a txt2img-only one: before the first pass
         limits.check_counts(num_images, hires_steps)
         final = hires_target(int(width), int(height), hires.scale, hires.resize, facts.vae_factor)
         limits.check_size(*final.upscale_to)  # upscaled before it is cropped

@@ -177,6 +177,7 @@ def test_interrupting_the_first_pass_gives_its_image(pipeline) -> None:
         (HiresFix(scale=40.0), "hires scale 40.0 is out of range"),
         (HiresFix(strength=0.0), "hires strength 0 leaves no step to run"),
         (HiresFix(steps=0), "hires steps must be a whole number >= 1"),
+        (HiresFix(sampler="k_unipc"), "k_unipc is for txt2img only"),
         (HiresFix(resize=(4096, 4096)), "4096x4096 is 16,777,216 pixels, above the limit"),
     ],
 )

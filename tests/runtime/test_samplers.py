@@ -28,9 +28,12 @@ from sdrun.samplers import (
 )
 from sdrun.schedule import NoiseSchedule
 
-# The rows that run on their diffusers scheduler's timesteps (A1111's own are test_a1111_samplers').
+# The rows that run on their diffusers scheduler's timesteps (A1111's own are test_a1111_samplers', its
+# UniPC, k_unipc, test_a1111_unipc's).
 DIFFUSERS_ROWS = [
-    name for name, spec in SAMPLERS.items() if not (spec.takes_schedule_type or spec.a1111_timesteps)
+    name
+    for name, spec in SAMPLERS.items()
+    if not (spec.takes_schedule_type or spec.a1111_timesteps) and name != "k_unipc"
 ]
 
 

@@ -27,6 +27,7 @@ from sdrun import a1111
 from sdrun.errors import SettingsError, quoted
 from sdrun.samplers.a1111_ddim import A1111DDIM, a1111_levels, img2img_first_step
 from sdrun.samplers.a1111_sigmas import SCHEDULE_TYPES
+from sdrun.samplers.a1111_unipc import A1111UniPC
 from sdrun.samplers.consistency import LCM, TCD, distillation_steps
 from sdrun.samplers.discrete import DDIM, DDPM
 from sdrun.samplers.dpm_solver import DPMSolverPP2M
@@ -125,7 +126,7 @@ class SamplerSpec:
     steps; the others run on their diffusers scheduler's timesteps. `model_calls`: the model calls a step
     makes at most (A1111's "second_order" samplers make two), for the bound on a call's work.
     `a1111_timesteps`: it is A1111's own DDIM, on A1111's timesteps (more steps than asked for at some step
-    counts) and img2img steps, starting one level above its first step."""
+    counts) and img2img steps, starting one level above its first step. `txt2img_only`: it refuses img2img."""
 
     name: str
     make: Callable[..., Sampler]
@@ -139,6 +140,7 @@ class SamplerSpec:
     takes_schedule_type: bool = False
     model_calls: int = 1
     a1111_timesteps: bool = False
+    txt2img_only: bool = False
 
 
 def _a1111(
@@ -186,6 +188,7 @@ SAMPLER_TABLE = (
     _a1111("k_dpmpp_sde", KDPMPPSDE, "DPM++ SDE", 1.0, 2),
     _a1111("k_dpmpp_2m_sde", KDPMPP2MSDE, "DPM++ 2M SDE", 1.0),
     SamplerSpec("k_ddim", A1111DDIM, "DDIM", eta_default=0.0, a1111_timesteps=True),
+    SamplerSpec("k_unipc", A1111UniPC, "UniPC", txt2img_only=True),
 )
 SAMPLERS: dict[str, SamplerSpec] = {spec.name: spec for spec in SAMPLER_TABLE}
 
@@ -269,6 +272,8 @@ def first_step(num_steps: int, strength: float, sampler: str = "") -> int:
     """Index of the first step img2img runs (diffusers' StableDiffusionImg2ImgPipeline.get_timesteps; A1111's
     for its own samplers), 0 for the samplers whose strength sets their timesteps."""
     check_strength(strength)
+    if sampler in SAMPLERS and SAMPLERS[sampler].txt2img_only:
+        raise SamplerError(f"{sampler} is for txt2img only: choose another sampler for img2img (k_dpmpp_2m)")
     if sampler in SAMPLERS and SAMPLERS[sampler].strength_sets_timesteps:
         return 0
     if sampler in SAMPLERS and SAMPLERS[sampler].a1111_timesteps:
