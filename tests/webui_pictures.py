@@ -67,11 +67,11 @@ def sdexport_networks(model: StableDiffusion, tokenizer: CLIPTokenizer) -> Netwo
 
 
 def chunked_ids(
-    networks: Networks, fragments: Sequence[tuple[str, float]]
+    tokenizer: CLIPTokenizer, fragments: Sequence[tuple[str, float]], backtrack: int = COMMA_BACKTRACK
 ) -> list[tuple[list[int], list[float]]]:
-    """The web UI's tokenize_line: 75-token chunks (split after the last comma within 20 tokens of a chunk's
-    end, closed early by BREAK), each wrapped in start/end tokens and padded with the end token."""
-    tokenizer = networks.tokenizer
+    """The web UI's tokenize_line: 75-token chunks (the words after a comma within `backtrack` tokens of a
+    full chunk's end moved on, 0 turns that off; BREAK closes a chunk), each wrapped in start/end tokens and
+    padded with the end token."""
     start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
     comma = tokenizer.get_vocab()[",</w>"]
     chunks: list[tuple[list[int], list[float]]] = []
@@ -89,10 +89,10 @@ def chunked_ids(
         if text == "BREAK" and weight == -1:
             close()
             continue
-        for token in tokenizer(text, add_special_tokens=False)["input_ids"]:
+        for token in tokenizer(text, truncation=False, add_special_tokens=False)["input_ids"]:
             if token == comma:
                 last_comma = len(tokens)
-            elif len(tokens) == CHUNK_TOKENS and 0 <= len(tokens) - last_comma <= COMMA_BACKTRACK:
+            elif len(tokens) == CHUNK_TOKENS and 0 <= len(tokens) - last_comma <= backtrack:
                 cut = last_comma + 1
                 moved_tokens, moved_weights = tokens[cut:], weights[cut:]
                 tokens, weights = tokens[:cut], weights[:cut]
@@ -112,7 +112,7 @@ def conditioning(networks: Networks, fragments: Sequence[tuple[str, float]]) -> 
     web UI's "Original" emphasis), concatenated along the tokens."""
     states = []
     with torch.no_grad():
-        for ids, weights in chunked_ids(networks, fragments):
+        for ids, weights in chunked_ids(networks.tokenizer, fragments):
             z = networks.encode(torch.tensor([ids]))
             mean = z.mean()
             z = z * torch.tensor(weights)[None, :, None]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import CLIPTextModel
 from transformers import CLIPTokenizer as ReferenceTokenizer
+from webui_pictures import chunked_ids as reference_chunks
 
 from sdrun import text_conditioning
 from sdrun.errors import SettingsError
@@ -54,45 +55,6 @@ def biased(tiny_diffusers_dir: Path) -> tuple[ReferenceTokenizer, CLIPTextModel]
 
 def _words(count: int, offset: int = 0) -> str:
     return " ".join(WORDS[(offset + index) % len(WORDS)] for index in range(count))
-
-
-def reference_chunks(
-    tokenizer: ReferenceTokenizer, fragments: list[tuple[str, float]], backtrack: int = 20
-) -> list[tuple[list[int], list[float]]]:
-    """A1111's tokenize_line: 75 tokens a chunk, BREAK, the words after a comma near a full chunk's end
-    moved on (`backtrack` 0 turns that off), [start] + 75 + [end] padded with the end token."""
-    comma = tokenizer.get_vocab()[",</w>"]
-    start, end = tokenizer.bos_token_id, tokenizer.eos_token_id
-    chunks: list[tuple[list[int], list[float]]] = []
-    tokens: list[int] = []
-    weights: list[float] = []
-    last_comma = -1
-
-    def close() -> None:
-        nonlocal tokens, weights, last_comma
-        fill = 76 - len(tokens)
-        chunks.append(([start, *tokens, *[end] * fill], [1.0, *weights, *[1.0] * fill]))
-        tokens, weights, last_comma = [], [], -1
-
-    for text, weight in fragments:
-        if (text, weight) == BREAK:
-            close()
-            continue
-        for token in tokenizer(text, truncation=False, add_special_tokens=False)["input_ids"]:
-            if token == comma:
-                last_comma = len(tokens)
-            elif backtrack and len(tokens) == 75 and last_comma != -1 and 75 - last_comma <= backtrack:
-                moved, moved_weights = tokens[last_comma + 1 :], weights[last_comma + 1 :]
-                del tokens[last_comma + 1 :], weights[last_comma + 1 :]
-                close()
-                tokens, weights = moved, moved_weights
-            if len(tokens) == 75:
-                close()
-            tokens.append(token)
-            weights.append(weight)
-    if tokens or not chunks:
-        close()
-    return chunks
 
 
 def reference_encode(

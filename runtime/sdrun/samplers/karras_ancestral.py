@@ -63,14 +63,9 @@ class KDPM2Ancestral(_Stochastic):
 
     def _run(self, model, x, sigmas, rng):
         for sigma, sigma_next in intervals(sigmas):
-            d = self._slope(model, x, sigma)
             sigma_down, sigma_up = ancestral_step(sigma, sigma_next, self.eta)
-            if sigma_down == 0:
-                x = x + (sigma_down - sigma) * d
-            else:
-                sigma_mid = log_midpoint(sigma, sigma_down)
-                x_2 = x + (sigma_mid - sigma) * d
-                x = x + (sigma_down - sigma) * self._slope(model, x_2, sigma_mid)
+            x = self._dpm2_step(model, x, sigma, sigma_down)
+            if sigma_down != 0:
                 x = x + sigma_up * _noise(rng, x)
             yield x
 

@@ -68,6 +68,16 @@ class KarrasSampler:
         """dx/dsigma = (x - D(x; sigma)) / sigma, the probability-flow ODE (Karras et al. 2022, eq. 3)."""
         return (x - self._denoised(model, x, sigma)) / sigma
 
+    def _dpm2_step(self, model: Model, x: np.ndarray, sigma: float, target: float) -> np.ndarray:
+        """x moved from sigma to `target` by DPM-Solver-2 (the slope at the log-midpoint carries the whole
+        step), or by Euler's method when `target` is 0."""
+        d = self._slope(model, x, sigma)
+        if target == 0:
+            return x + (target - sigma) * d
+        sigma_mid = log_midpoint(sigma, target)
+        x_2 = x + (sigma_mid - sigma) * d
+        return x + (target - sigma) * self._slope(model, x_2, sigma_mid)
+
 
 def intervals(sigmas: Sequence[float]) -> Iterator[tuple[float, float]]:
     """(sigma, sigma_next) of each step."""
@@ -112,13 +122,7 @@ class KDPM2(KarrasSampler):
 
     def _run(self, model, x, sigmas, rng):
         for sigma, sigma_next in intervals(sigmas):
-            d = self._slope(model, x, sigma)
-            if sigma_next == 0:
-                x = x + (sigma_next - sigma) * d
-            else:
-                sigma_mid = log_midpoint(sigma, sigma_next)
-                x_2 = x + (sigma_mid - sigma) * d
-                x = x + (sigma_next - sigma) * self._slope(model, x_2, sigma_mid)
+            x = self._dpm2_step(model, x, sigma, sigma_next)
             yield x
 
 
