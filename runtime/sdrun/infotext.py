@@ -264,13 +264,6 @@ def _float(pairs: dict[str, str], key: str) -> float:
     return float(pairs[key])
 
 
-def _size(pairs: dict[str, str], key: str) -> tuple[int, int]:
-    size = _SIZE.fullmatch(pairs[key])
-    if size is None:
-        raise SettingsError(f"parameters field {key}: {quoted(pairs[key])} is not WIDTHxHEIGHT")
-    return int(size.group(1)), int(size.group(2))
-
-
 def _switch(pairs: dict[str, str], key: str) -> bool:
     if pairs[key] not in ("on", "off"):
         raise SettingsError(f"parameters field {key}: {quoted(pairs[key])} is not on or off")
